@@ -1,0 +1,39 @@
+# Every target builds its own virtualenv first, so a fresh clone needs nothing but python3 and make.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: venv demo test lint bench bench-full clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m qwenedit.demo
+
+test: $(STAMP)
+	$(BIN)/ruff check qwenedit flows tests bench
+	$(BIN)/ruff format --check qwenedit flows tests bench
+	$(BIN)/mypy qwenedit flows
+	$(BIN)/pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check qwenedit flows tests bench
+	$(BIN)/ruff format --check qwenedit flows tests bench
+	$(BIN)/mypy qwenedit flows
+
+bench: $(STAMP)
+	$(BIN)/python -m bench --scale 10
+
+bench-full: $(STAMP)
+	$(BIN)/python -m bench --scale 1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

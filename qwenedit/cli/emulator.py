@@ -1,0 +1,1 @@
+"""`qwenedit emulator` (to be written)."""

@@ -1,0 +1,1 @@
+"""`qwenedit run` (to be written)."""

@@ -1,0 +1,1 @@
+"""`qwenedit validate` (to be written)."""

@@ -192,10 +192,10 @@ def _family(status: int, code: str, message: str) -> type[DashScopeError]:
         return ModelNotFound
     if status == 400 and code.startswith("InternalError"):
         return RequestRejected  # the 400 variant is a deterministic input problem
-    if code.startswith(("InternalError", "SystemError", "ModelServiceFailed")) or status in (500, 502, 504):
-        return ServerError
     if status == 503:
         return ServiceUnavailable
+    if code.startswith(("InternalError", "SystemError", "ModelServiceFailed")) or status >= 500:
+        return ServerError
     if status == 401:
         return InvalidApiKey
     if status == 403:

@@ -1,1 +1,203 @@
-"""`qwenedit run` (to be written)."""
+"""`qwenedit run`: run a manifest through the Prefect flow with a live progress bar.
+
+Exit codes: 0 every job succeeded or was skipped · 1 some jobs failed · 2 bad options or manifest ·
+3 stopped by the run breaker (account error) or the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from qwenedit.cli._app import app
+
+console = Console(stderr=True)
+
+
+def _quiet_prefect() -> None:
+    """Per-task INFO lines would drown the progress bar; the UI and the reports have them."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _progress_table(ctx: Any) -> Table:
+    stats = ctx.stats
+    totals = stats.totals
+    done = stats.finished
+    total = stats.total_jobs or 1
+    width = 30
+    filled = int(width * done / total)
+    bar = "█" * filled + "░" * (width - filled)
+    rate = stats.request_rate()
+    remaining = total - done
+    eta = "—"
+    elapsed = max(1e-6, time.monotonic() - stats.started)
+    if done:
+        eta_s = remaining * elapsed / done
+        eta = f"{int(eta_s // 60)}m{int(eta_s % 60):02d}s"
+    spend = ", ".join(f"{a} {c}" for c, a in totals.total_cost().items()) or "0"
+    t = Table.grid(padding=(0, 2))
+    t.add_row(
+        f"[bold]{bar}[/] {done}/{stats.total_jobs}",
+        f"[green]ok {totals.counts.get('succeeded', 0)}[/]",
+        f"skip {totals.counts.get('skipped', 0)}",
+        f"[red]failed {totals.counts.get('failed', 0)}[/]",
+        f"images {totals.images}",
+        f"spend {spend}",
+        f"{rate:.2f} req/s",
+        f"429s {stats.throttled}",
+        f"ETA {eta}",
+    )
+    return t
+
+
+def print_summary(summary: dict[str, Any], out: Console) -> None:
+    t = Table(title=f"run {summary['run_id']}", show_header=True)
+    t.add_column("status")
+    t.add_column("jobs", justify="right")
+    for status, n in summary["by_status"].items():
+        t.add_row(status, str(n))
+    out.print(t)
+    for c in summary["cost_by_region_model"]:
+        out.print(f"  {c['region']:<10} {c['model']:<34} {c['cost']:>12} {c['currency']}")
+    total = ", ".join(f"{a} {c}" for c, a in summary["total_cost"].items()) or "0"
+    out.print(
+        f"[bold]total cost: {total}[/]   images stored: {summary['images_stored']}/{summary['images_requested']}"
+    )
+    out.print(
+        f"wall {summary['wall_time_s']:.1f} s · {summary['requests_sent']} requests · "
+        f"{summary['request_rate']:.3f} req/s (limit {summary['rps_limit']}) · {summary['throttled_429']} × 429"
+    )
+    if summary.get("possibly_billed_jobs"):
+        out.print(
+            f"[yellow]{summary['possibly_billed_jobs']} job(s) possibly billed (timed out or dropped)[/]"
+        )
+    if summary.get("billed_not_stored_images"):
+        out.print(
+            f"[yellow]{summary['billed_not_stored_images']} billed image(s) not stored: see results.csv[/]"
+        )
+    stopped = summary.get("stopped_by")
+    if stopped:
+        if stopped["cause"] == "breaker":
+            out.print(f"[red]stopped: account error {stopped['code']}: {stopped['message']}[/]")
+        else:
+            out.print(f"[red]stopped: budget {stopped['limit']} reached; remaining jobs not attempted[/]")
+    out.print(f"reports: {summary['report_dir']}/  (results.csv, summary.json, failed.jsonl)")
+
+
+@app.command()
+def run(
+    manifest: Annotated[str, typer.Argument(help="CSV or JSONL manifest: local path, s3:// or https://")],
+    dest: Annotated[str, typer.Option("--dest", help="s3://bucket/prefix or a local folder")],
+    region: Annotated[str, typer.Option(help="singapore or beijing (prices and endpoint)")] = "singapore",
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", envvar="DASHSCOPE_BASE_URL", help="API root, e.g. the emulator"),
+    ] = None,
+    rps: Annotated[float, typer.Option(help="requests per second allowed per account and model")] = 2.0,
+    max_in_flight: Annotated[int, typer.Option("--max-in-flight", help="calls open at once")] = 64,
+    budget: Annotated[str | None, typer.Option(help="stop before spend could exceed this (USD)")] = None,
+    report_dir: Annotated[str, typer.Option("--report-dir", help="where run reports go")] = "runs",
+    input_root: Annotated[
+        str | None, typer.Option("--input-root", help="local images may only come from here")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="default model for rows without one")] = None,
+    prices: Annotated[str | None, typer.Option(help="price file overriding the built-in table")] = None,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", help="tries per job for retryable errors")
+    ] = 6,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for one API answer")] = 120.0,
+    recall_expired: Annotated[
+        bool, typer.Option("--recall-expired", help="pay again for jobs whose outputs expired unstored")
+    ] = False,
+    allow_output_host: Annotated[
+        list[str] | None, typer.Option("--allow-output-host", help="extra host allowed to serve outputs")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="live progress bar")] = True,
+) -> None:
+    """Run MANIFEST: edit every row's images and store the outputs and a cost report at --dest."""
+    _quiet_prefect()
+    from flows.edit_manifest import RUNS, edit_manifest, exit_code, new_run_id
+    from qwenedit.api import api_key_from_env
+    from qwenedit.cli.validate import print_problems
+    from qwenedit.manifest import ManifestError, validate_manifest
+    from qwenedit.pricing import load_prices
+
+    if rps <= 0 or max_in_flight < 1 or max_attempts < 1 or timeout <= 0:
+        console.print("[red]error:[/] --rps, --timeout must be > 0; --max-in-flight, --max-attempts ≥ 1")
+        raise typer.Exit(2)
+    if budget is not None:
+        try:
+            if Decimal(budget) < 0:
+                raise InvalidOperation
+        except InvalidOperation:
+            console.print(f"[red]error:[/] --budget must be a non-negative amount, got {budget!r}")
+            raise typer.Exit(2) from None
+    try:
+        api_key_from_env()
+        price_table = load_prices(prices)
+        validation = validate_manifest(
+            manifest, region=region, model=model, prices=price_table, input_root=input_root
+        )
+    except ManifestError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    except Exception as err:  # missing key, bad price file, bad options: a message, never a traceback
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    if any(p.severity == "error" for p in validation.problems):
+        print_problems(validation.problems, console)
+        console.print("[red]manifest is invalid: nothing was run[/]")
+        raise typer.Exit(2)
+
+    run_id = new_run_id()
+
+    async def main() -> dict[str, Any]:
+        flow_run = asyncio.ensure_future(
+            edit_manifest(
+                manifest=manifest,
+                dest=dest,
+                region=region,
+                base_url=base_url,
+                rps=rps,
+                max_in_flight=max_in_flight,
+                budget_usd=budget,
+                report_dir=report_dir,
+                input_root=input_root,
+                model=model,
+                prices=prices,
+                max_attempts=max_attempts,
+                timeout_s=timeout,
+                recall_expired=recall_expired,
+                allowed_output_hosts=allow_output_host,
+                run_id=run_id,
+            )
+        )
+        if progress:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                while not flow_run.done():
+                    ctx = RUNS.get(run_id)
+                    if ctx is not None:
+                        live.update(_progress_table(ctx))
+                    await asyncio.wait({flow_run}, timeout=0.25)
+        result: dict[str, Any] = await flow_run
+        return result
+
+    try:
+        summary = asyncio.run(main())
+    except Exception as err:
+        console.print(f"[red]run failed:[/] {type(err).__name__}: {err}")
+        raise typer.Exit(2) from None
+    print_summary(summary, Console())
+    raise typer.Exit(exit_code(summary))

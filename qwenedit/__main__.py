@@ -1,0 +1,5 @@
+"""`python -m qwenedit` is the `qwenedit` command."""
+
+from qwenedit.cli import app
+
+app()

@@ -1,0 +1,236 @@
+"""Run reports: ``results.csv``, ``summary.json`` and ``failed.jsonl`` (pandas).
+
+Job results are appended to a spool file (one JSON line each) as jobs finish, in whatever order
+they finish, so memory stays flat however long the manifest is. At the end the spool becomes:
+
+- ``results.csv``: one row per manifest row, in manifest order, with the manifest's extra columns;
+  cells a spreadsheet would run as formulas are escaped with a leading apostrophe;
+- ``summary.json``: counts by status, images, cost by region and model and in total, rates;
+- ``failed.jsonl``: failed and not-attempted rows in manifest form, ready to rerun.
+
+Costs are exact decimals (strings in JSON, plain numbers in CSV), never floats.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+STATUSES = ("succeeded", "failed", "skipped", "not_attempted")
+
+RESULT_COLUMNS = [
+    "job_id",
+    "status",
+    "model",
+    "region",
+    "images_requested",
+    "image_count",
+    "width",
+    "height",
+    "unit_price",
+    "cost",
+    "currency",
+    "request_id",
+    "attempts",
+    "outputs",
+    "error_code",
+    "error_message",
+    "started_at",
+    "finished_at",
+    "possibly_billed",
+    "billed_not_stored",
+]
+
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class JobResult:
+    """How one manifest row ended in this run."""
+
+    row: int
+    job_id: str
+    status: str
+    model: str
+    region: str
+    images_requested: int
+    image_count: int = 0
+    width: int | None = None
+    height: int | None = None
+    unit_price: str = ""
+    cost: str = "0"  # what THIS run spent on the job (a skipped job costs nothing now)
+    currency: str = ""
+    request_id: str = ""
+    attempts: int = 0
+    outputs: list[str] = field(default_factory=list)
+    error_code: str = ""
+    error_message: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    possibly_billed: bool = False  # a timed-out or dropped call may have been charged
+    billed_not_stored: int = 0  # images paid for (now or earlier) that are not at dest
+    extra: dict[str, str] = field(default_factory=dict)
+    manifest_row: dict[str, Any] | None = None  # for failed.jsonl
+
+
+def escape_formula(value: object) -> object:
+    """Neutralise a cell a spreadsheet would evaluate (CSV injection)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+class ResultSpool:
+    """Append-only JSON-lines file of ``JobResult`` records."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("a", encoding="utf-8")
+
+    def add(self, result: JobResult) -> None:
+        self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __iter__(self) -> Iterator[JobResult]:
+        with self.path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield JobResult(**json.loads(line))
+
+
+def results_frame(results: Iterable[JobResult]) -> pd.DataFrame:
+    """The results table, one row per manifest row in manifest order, formulas escaped."""
+    records = []
+    extra_cols: dict[str, None] = {}
+    for r in results:
+        rec = {col: getattr(r, col) for col in RESULT_COLUMNS}
+        rec["outputs"] = " ".join(r.outputs)
+        rec["_row"] = r.row
+        for k, v in r.extra.items():
+            extra_cols.setdefault(k, None)
+            rec[f"extra:{k}"] = v
+        records.append(rec)
+    columns = ["_row", *RESULT_COLUMNS, *(f"extra:{k}" for k in extra_cols)]
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    frame = frame.sort_values("_row", kind="stable").drop(columns="_row")
+    frame = frame.rename(columns={f"extra:{k}": k for k in extra_cols if k not in RESULT_COLUMNS})
+    for col in frame.columns:
+        frame[col] = frame[col].map(escape_formula)
+    return frame.reset_index(drop=True)
+
+
+@dataclass
+class RunTotals:
+    """Aggregates of a run, built incrementally so the summary never needs the whole table."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    images: int = 0
+    images_requested: int = 0
+    cost: dict[tuple[str, str, str], Decimal] = field(default_factory=dict)  # (region, model, currency)
+    possibly_billed: int = 0
+    billed_not_stored: int = 0
+
+    def add(self, r: JobResult) -> None:
+        self.counts[r.status] += 1
+        self.images_requested += r.images_requested
+        if r.status == "succeeded":
+            self.images += r.image_count
+        cost = Decimal(r.cost or "0")
+        if cost:
+            key = (r.region, r.model, r.currency)
+            self.cost[key] = self.cost.get(key, Decimal(0)) + cost
+        self.possibly_billed += int(r.possibly_billed)
+        self.billed_not_stored += r.billed_not_stored
+
+    def total_cost(self) -> dict[str, str]:
+        by_currency: dict[str, Decimal] = {}
+        for (_, _, currency), amount in self.cost.items():
+            by_currency[currency] = by_currency.get(currency, Decimal(0)) + amount
+        return {c: str(a) for c, a in sorted(by_currency.items())}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": sum(self.counts.values()),
+            "by_status": {s: self.counts.get(s, 0) for s in STATUSES},
+            "images_requested": self.images_requested,
+            "images_stored": self.images,
+            "possibly_billed_jobs": self.possibly_billed,
+            "billed_not_stored_images": self.billed_not_stored,
+            "cost_by_region_model": [
+                {"region": region, "model": model, "currency": currency, "cost": str(amount)}
+                for (region, model, currency), amount in sorted(self.cost.items())
+            ],
+            "total_cost": self.total_cost(),
+        }
+
+
+def failed_rows(results: Iterable[JobResult]) -> Iterator[dict[str, Any]]:
+    """Failed and not-attempted jobs in manifest (JSONL) form, in manifest order."""
+    chosen = [r for r in results if r.status in ("failed", "not_attempted") and r.manifest_row is not None]
+    for r in sorted(chosen, key=lambda r: r.row):
+        assert r.manifest_row is not None
+        yield r.manifest_row
+
+
+def write_reports(spool: ResultSpool, summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write the three report files into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "results.csv": out_dir / "results.csv",
+        "summary.json": out_dir / "summary.json",
+        "failed.jsonl": out_dir / "failed.jsonl",
+    }
+    results_frame(spool).to_csv(paths["results.csv"], index=False)
+    paths["summary.json"].write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    with paths["failed.jsonl"].open("w", encoding="utf-8") as fh:
+        for row in failed_rows(spool):
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return paths
+
+
+def markdown_summary(summary: dict[str, Any]) -> str:
+    """The run summary as markdown, for the Prefect artifact and the README."""
+    status = summary["by_status"]
+    lines = [
+        f"# qwenedit run `{summary.get('run_id', '')}`",
+        "",
+        "| status | jobs |",
+        "|---|---|",
+        *(f"| {s} | {status[s]} |" for s in STATUSES),
+        "",
+        f"Images stored: **{summary['images_stored']}** of {summary['images_requested']} requested.",
+        "",
+        "| region | model | cost |",
+        "|---|---|---|",
+        *(
+            f"| {c['region']} | {c['model']} | {c['cost']} {c['currency']} |"
+            for c in summary["cost_by_region_model"]
+        ),
+        "",
+        "Total: " + (", ".join(f"**{a} {c}**" for c, a in summary["total_cost"].items()) or "**0**"),
+    ]
+    for key, label in (
+        ("possibly_billed_jobs", "jobs possibly billed (timed out or dropped)"),
+        ("billed_not_stored_images", "images billed but not stored"),
+    ):
+        if summary.get(key):
+            lines.append(f"\n⚠ {summary[key]} {label}.")
+    if "wall_time_s" in summary:
+        lines.append(
+            f"\nWall time {summary['wall_time_s']:.1f} s · {summary.get('requests_sent', 0)} requests · "
+            f"{summary.get('request_rate', 0):.3f} req/s · {summary.get('throttled_429', 0)} × 429"
+        )
+    return "\n".join(lines) + "\n"

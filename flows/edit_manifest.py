@@ -144,7 +144,9 @@ async def run_manifest(
     io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="qwenedit-io")
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     budget = Decimal(str(budget_usd)) if budget_usd not in (None, "") else None
-    async with DashScopeClient(api_key, endpoint, timeout=timeout_s, max_connections=max_in_flight + 8) as client:
+    async with DashScopeClient(
+        api_key, endpoint, timeout=timeout_s, max_connections=max_in_flight + 8
+    ) as client:
         with httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits) as http:
             ctx = RunContext(
                 run_id=run_id,
@@ -170,7 +172,9 @@ async def run_manifest(
             if on_context is not None:
                 on_context(ctx)
             try:
-                jobs = iter_jobs(manifest, region=region, model=model, prices=price_table, input_root=input_root)
+                jobs = iter_jobs(
+                    manifest, region=region, model=model, prices=price_table, input_root=input_root
+                )
                 await _run_window(ctx, jobs, max_in_flight)
             finally:
                 ctx.spool.close()
@@ -202,13 +206,22 @@ async def _one(ctx: RunContext, job: Job) -> None:
         await edit_job(job, ctx.run_id)
     except Exception as err:
         log.error("task for job %s failed in orchestration: %s", job.job_id, type(err).__name__)
-        if job.row not in ctx.unrecorded:  # the job recorded its own result; only Prefect's bookkeeping failed
+        if (
+            job.row not in ctx.unrecorded
+        ):  # the job recorded its own result; only Prefect's bookkeeping failed
             return
         ctx.unrecorded.discard(job.row)
         result = JobResult(
-            row=job.row, job_id=job.job_id, status="failed", model=job.model, region=job.region,
-            images_requested=job.n, error_code="OrchestrationError", error_message=type(err).__name__,
-            extra=dict(job.extra), manifest_row=job.to_manifest_row(),
+            row=job.row,
+            job_id=job.job_id,
+            status="failed",
+            model=job.model,
+            region=job.region,
+            images_requested=job.n,
+            error_code="OrchestrationError",
+            error_message=type(err).__name__,
+            extra=dict(job.extra),
+            manifest_row=job.to_manifest_row(),
         )
         ctx.spool.add(result)
         ctx.stats.totals.add(result)
@@ -221,7 +234,11 @@ def _summary(ctx: RunContext, manifest: str, dest: str, endpoint: str, rps: floa
     summary.update(stats.totals.to_dict())
     stopped_by = None
     if ctx.breaker.reason is not None:
-        stopped_by = {"cause": "breaker", "code": ctx.breaker.reason.code, "message": ctx.breaker.reason.message}
+        stopped_by = {
+            "cause": "breaker",
+            "code": ctx.breaker.reason.code,
+            "message": ctx.breaker.reason.message,
+        }
     elif ctx.budget.exhausted:
         stopped_by = {"cause": "budget", "limit": str(ctx.budget.limit)}
     summary.update(

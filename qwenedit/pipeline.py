@@ -238,13 +238,14 @@ async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
         result.outputs = list(done.outputs)
         return
 
-    pending = [
-        c for c in await _with_store_retries(ctx, ctx.ledger.charges, job.job_id) if c.fingerprint == fp
-    ]
+    charges = await _with_store_retries(ctx, ctx.ledger.charges, job.job_id)
+    pending = [c for c in charges if c.fingerprint == fp]
+    # Outputs of an earlier, different version of this row may sit at the same keys.
+    stale = {c.request_id for c in charges if c.fingerprint != fp}
     if pending:
         charge = pending[-1]
         if not charge.expired(datetime.now(UTC)):
-            await _store_outputs(ctx, job, fp, charge, result)  # paid earlier: copy without calling
+            await _store_outputs(ctx, job, fp, charge, result, stale)  # paid earlier: copy without calling
             return
         if not ctx.recall_expired:
             result.request_id, result.image_count = charge.request_id, charge.image_count
@@ -271,7 +272,7 @@ async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
     ctx.budget.charged += charge.cost_decimal
     result.cost = charge.cost
     await _with_store_retries(ctx, ctx.ledger.write_charge, charge)
-    await _store_outputs(ctx, job, fp, charge, result)
+    await _store_outputs(ctx, job, fp, charge, result, stale)
 
 
 async def _call(
@@ -332,10 +333,14 @@ def _charge_for(ctx: RunContext, job: Job, fp: str, answer: EditResult, price: P
     )
 
 
-async def _store_outputs(ctx: RunContext, job: Job, fp: str, charge: Charge, result: JobResult) -> None:
+async def _store_outputs(
+    ctx: RunContext, job: Job, fp: str, charge: Charge, result: JobResult, stale: set[str]
+) -> None:
     result.request_id, result.image_count = charge.request_id, charge.image_count
     result.width, result.height = charge.width, charge.height
     stored: list[str] = []
+    if stale:
+        await _with_store_retries(ctx, _supersede, ctx.dest, job.job_id, charge.request_id)
     try:
         for k, url in enumerate(charge.output_urls, start=1):
             key = output_key(job.job_id, k)
@@ -364,6 +369,22 @@ async def _store_outputs(ctx: RunContext, job: Job, fp: str, charge: Charge, res
     )
     await _with_store_retries(ctx, ctx.ledger.write_done, done)
     result.status = "succeeded"
+
+
+def _supersede(dest: Destination, job_id: str, request_id: str) -> None:
+    """Move outputs of an earlier version of a changed row aside (they were paid for: keep them)."""
+    for k in range(1, 7):  # n is at most 6
+        key = output_key(job_id, k)
+        info = dest.head(key)
+        if info is None:
+            continue
+        old_request = info.get("metadata", {}).get("request-id", "unknown")
+        if old_request == request_id:
+            continue
+        data = dest.get_bytes(key)
+        if data is not None:
+            dest.put_bytes(f"{job_id}/superseded/{old_request}/{k}.png", data, "image/png", overwrite=False)
+        dest.delete(key)
 
 
 async def _copy_with_retries(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k: int) -> None:

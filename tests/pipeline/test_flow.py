@@ -173,7 +173,9 @@ async def test_injected_5xx_and_throttling_end_every_job_with_a_result_and_nothi
     assert emulator.stats()["throttled_429"] > 0
     assert summary["throttled_429"] == emulator.stats()["throttled_429"]
     ledger = emulator.ledger()
-    stored = {r["request_id"]: int(r["image_count"]) for _, r in table.iterrows() if r["status"] == "succeeded"}
+    stored = {
+        r["request_id"]: int(r["image_count"]) for _, r in table.iterrows() if r["status"] == "succeeded"
+    }
     assert {e["request_id"]: int(e["image_count"]) for e in ledger} == stored
     assert sum(Decimal(c) for c in table["cost"]) == billed_images(emulator) * Decimal("0.03")
 

@@ -111,12 +111,16 @@ async def test_a_changed_row_runs_again_and_its_outputs_are_replaced(
     emulator = emulator_factory(rps=20.0)
     rows = simple_rows(3)
     await run(write_manifest(rows), pipeline_env, emulator, tmp_path)
+    first_request = results(first).loc[1, "request_id"]
     rows[1]["prompt"] = "make it green instead"
     second = await run(write_manifest(rows), pipeline_env, emulator, tmp_path)
     table = results(second)
     assert list(table["status"]) == ["skipped", "succeeded", "skipped"]
-    head = pipeline_env.client.head_object(Bucket=pipeline_env.bucket, Key="out/job-0001/1.png")
-    assert head["Metadata"]["request-id"] == table.loc[1, "request_id"]
+    client, bucket = pipeline_env.client, pipeline_env.bucket
+    head = client.head_object(Bucket=bucket, Key="out/job-0001/1.png")
+    assert head["Metadata"]["request-id"] == table.loc[1, "request_id"] != first_request
+    # the earlier version was paid for: it is kept aside, not thrown away
+    client.head_object(Bucket=bucket, Key=f"out/job-0001/superseded/{first_request}/1.png")
 
 
 async def test_charged_but_not_copied_job_is_copied_without_a_new_call(

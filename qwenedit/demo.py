@@ -52,7 +52,11 @@ def main(out: Path = ROOT / "demo-out") -> int:
         ]  # fmt: skip
         console.print("$ qwenedit run jobs.example.csv --dest s3://qwenedit-demo/demo --base-url <emulator>")
         code = subprocess.run(cmd, env=env, check=False).returncode
-        run_dir = max((out / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+        runs = list((out / "runs").glob("*/results.csv"))
+        if not runs:
+            console.print(f"[red]the run wrote no report (exit code {code}); see the messages above[/]")
+            return code or 1
+        run_dir = max(runs, key=lambda p: p.stat().st_mtime).parent
         results = pd.read_csv(run_dir / "results.csv", dtype=str, keep_default_na=False)
         _print_results(results)
         billed = sum(e["image_count"] for e in emulator.ledger())
@@ -62,9 +66,12 @@ def main(out: Path = ROOT / "demo-out") -> int:
             f"the emulator's billing ledger shows {billed} billed images"
         )
         keys = _list(client, BUCKET, "demo/")
-        console.print(f"\n[bold]stored objects[/] in s3://{BUCKET}/demo/ ({len(keys)}):")
-        for key, size in keys:
+        images = [(k, size) for k, size in keys if k.endswith(".png") and "/_" not in k]
+        console.print(f"\n[bold]stored images[/] in s3://{BUCKET}/demo/ ({len(images)}):")
+        for key, size in images:
             console.print(f"  {size:>9,d}  {key}")
+        bookkeeping = len(keys) - len(images)
+        console.print(f"  + {bookkeeping} ledger and report objects under demo/_ledger/ and demo/_runs/")
         sheet = _contact_sheet(out, manifest, results, client)
         console.print(f"\ncontact sheet: {sheet}")
         console.print(f"reports:       {run_dir}")
@@ -73,8 +80,7 @@ def main(out: Path = ROOT / "demo-out") -> int:
 
 
 def _print_results(results: pd.DataFrame) -> None:
-    t = Table(title="results.csv")
-    for col in (
+    columns = (
         "job_id",
         "status",
         "model",
@@ -84,10 +90,12 @@ def _print_results(results: pd.DataFrame) -> None:
         "cost",
         "attempts",
         "error_code",
-    ):
+    )
+    t = Table(title="results.csv")
+    for col in columns:
         t.add_column(col)
     for _, row in results.iterrows():
-        t.add_row(*(str(row[c]) for c in t.columns_names()))  # type: ignore[attr-defined]
+        t.add_row(*(str(row[c]) for c in columns))
     console.print(t)
 
 

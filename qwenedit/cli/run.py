@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from qwenedit.cli._app import app
 
@@ -27,39 +28,37 @@ def _quiet_prefect() -> None:
     """Per-task INFO lines would drown the progress bar; the UI and the reports have them."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral API server (used when PREFECT_API_URL is unset) runs migrations on first start;
+    # Prefect's 20 s default is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _progress_table(ctx: Any) -> Table:
+def progress_line(ctx: Any) -> Text:
+    """One line: bar, done/total, outcomes, images, spend, request rate, 429s, ETA."""
     stats = ctx.stats
     totals = stats.totals
-    done = stats.finished
-    total = stats.total_jobs or 1
-    width = 30
+    done, total = stats.finished, max(1, stats.total_jobs)
+    width = 20
     filled = int(width * done / total)
-    bar = "█" * filled + "░" * (width - filled)
-    rate = stats.request_rate()
-    remaining = total - done
-    eta = "—"
-    elapsed = max(1e-6, time.monotonic() - stats.started)
+    eta = "--"
     if done:
-        eta_s = remaining * elapsed / done
+        eta_s = (total - done) * (time.monotonic() - stats.started) / done
         eta = f"{int(eta_s // 60)}m{int(eta_s % 60):02d}s"
-    spend = ", ".join(f"{a} {c}" for c, a in totals.total_cost().items()) or "0"
-    t = Table.grid(padding=(0, 2))
-    t.add_row(
-        f"[bold]{bar}[/] {done}/{stats.total_jobs}",
-        f"[green]ok {totals.counts.get('succeeded', 0)}[/]",
-        f"skip {totals.counts.get('skipped', 0)}",
-        f"[red]failed {totals.counts.get('failed', 0)}[/]",
-        f"images {totals.images}",
-        f"spend {spend}",
-        f"{rate:.2f} req/s",
-        f"429s {stats.throttled}",
-        f"ETA {eta}",
+    spend = " ".join(f"{a} {c}" for c, a in totals.total_cost().items()) or "0"
+    line = Text()
+    line.append("█" * filled + "░" * (width - filled), style="bold")
+    line.append(f" {done}/{stats.total_jobs} ")
+    line.append(f"ok {totals.counts.get('succeeded', 0)} ", style="green")
+    line.append(f"skip {totals.counts.get('skipped', 0)} ")
+    line.append(
+        f"fail {totals.counts.get('failed', 0) + totals.counts.get('not_attempted', 0)} ", style="red"
     )
-    return t
+    line.append(
+        f"| img {totals.images} | {spend} | {stats.request_rate():.2f} req/s | 429 {stats.throttled} | ETA {eta}"
+    )
+    return line
 
 
 def print_summary(summary: dict[str, Any], out: Console) -> None:
@@ -77,7 +76,8 @@ def print_summary(summary: dict[str, Any], out: Console) -> None:
     )
     out.print(
         f"wall {summary['wall_time_s']:.1f} s · {summary['requests_sent']} requests · "
-        f"{summary['request_rate']:.3f} req/s (limit {summary['rps_limit']}) · {summary['throttled_429']} × 429"
+        f"{summary['request_rate']:.3f} req/s overall (limit {summary['rps_limit']} per account and model) · "
+        f"{summary['throttled_429']} × 429"
     )
     if summary.get("possibly_billed_jobs"):
         out.print(
@@ -189,7 +189,7 @@ def run(
                 while not flow_run.done():
                     ctx = RUNS.get(run_id)
                     if ctx is not None:
-                        live.update(_progress_table(ctx))
+                        live.update(progress_line(ctx))
                     await asyncio.wait({flow_run}, timeout=0.25)
         result: dict[str, Any] = await flow_run
         return result

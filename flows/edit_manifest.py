@@ -129,7 +129,7 @@ async def run_manifest(
         input_root=input_root,
         check_images=False,
     )
-    if any(p.severity == "error" for p in validation.problems):
+    if not validation.ok:
         raise ManifestInvalid(validation)
 
     endpoint = resolve_base_url(region, base_url)
@@ -159,6 +159,7 @@ async def run_manifest(
                 pacers=PacerPool(rps),
                 resolve_input=resolver.resolve,
                 input_identity=resolver.identity,
+                locate_input=lambda ref: resolver.locate(ref).location,
                 http=http,
                 io=io,
                 spool=ResultSpool(out_dir / "results.jsonl"),

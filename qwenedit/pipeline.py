@@ -33,6 +33,7 @@ import httpx
 
 from qwenedit import errors
 from qwenedit.api import DashScopeClient, EditRequest, EditResult
+from qwenedit.inputs import InputError
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import Charge, Done, Ledger, url_expiry
 from qwenedit.pacer import PacerPool
@@ -155,6 +156,7 @@ class RunContext:
     pacers: PacerPool
     resolve_input: Callable[[str], str]
     input_identity: Callable[[str], str]
+    locate_input: Callable[[str], str]  # a reference made absolute (for failed.jsonl)
     http: httpx.Client  # sync client for streaming copies (run in threads)
     io: ThreadPoolExecutor
     spool: ResultSpool
@@ -212,12 +214,25 @@ async def run_job(ctx: RunContext, job: Job) -> JobResult:
         result.error_code, result.error_message = type(exc).__name__, _safe_text(exc)
     result.finished_at = utcnow_iso()
     if result.status in ("failed", "not_attempted"):
-        result.manifest_row = job.to_manifest_row()
+        result.manifest_row = _rerunnable_row(ctx, job)
     ctx.spool.add(result)
     ctx.stats.totals.add(result)
     ctx.stats.finished += 1
     ctx.unrecorded.discard(job.row)
     return result
+
+
+def _rerunnable_row(ctx: RunContext, job: Job) -> dict[str, Any]:
+    """The job in manifest form with image paths anchored, so failed.jsonl reruns from anywhere."""
+    row = job.to_manifest_row()
+    images = []
+    for ref in job.images:
+        try:
+            images.append(ctx.locate_input(ref))
+        except Exception:
+            images.append(ref)
+    row["images"] = images
+    return row
 
 
 def _safe_text(exc: BaseException, limit: int = 300) -> str:
@@ -228,7 +243,7 @@ def _safe_text(exc: BaseException, limit: int = 300) -> str:
 async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
     price = ctx.prices.unit_price(job.region, job.model)
     result.unit_price, result.currency = str(price.amount), price.currency
-    identities = [await ctx.blocking(ctx.input_identity, ref) for ref in job.images]
+    identities = await _for_inputs(ctx, job, ctx.input_identity)
     fp = fingerprint(job, identities)
 
     done = await _with_store_retries(ctx, ctx.ledger.done, job.job_id)
@@ -264,7 +279,7 @@ async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
             "BudgetExceeded", f"not started: it could take the spend over the budget {ctx.budget.limit}"
         )
     try:
-        images = [await ctx.blocking(ctx.resolve_input, ref) for ref in job.images]
+        images = await _for_inputs(ctx, job, ctx.resolve_input)
         answer = await _call(ctx, job, EditRequest.from_job(job, tuple(images)), result, worst_case)
     finally:
         ctx.budget.release(worst_case)
@@ -302,6 +317,18 @@ async def _call(
                 raise _JobFailed(err.code, err.message[:300]) from None
             log.info("job %s attempt %d: %s, retrying", job.job_id, attempt, err.code)
             await ctx.pause(attempt)
+
+
+async def _for_inputs(ctx: RunContext, job: Job, fn: Callable[[str], str]) -> list[str]:
+    """``fn`` of each image reference; a bad input fails this job with a located message."""
+    images = []
+    for i, ref in enumerate(job.images, start=1):
+        try:
+            images.append(await ctx.blocking(fn, ref))
+        except InputError as err:
+            located = err.located(job.row, job.job_id, f"image_{i}")
+            raise _JobFailed("BadInput", str(located)[:300]) from None
+    return images
 
 
 def _stop_if_tripped(ctx: RunContext, result: JobResult) -> None:

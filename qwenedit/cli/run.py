@@ -156,7 +156,7 @@ def run(
     except Exception as err:  # missing key, bad price file, bad options: a message, never a traceback
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
-    if any(p.severity == "error" for p in validation.problems):
+    if not validation.ok:
         print_problems(validation.problems, console)
         console.print("[red]manifest is invalid: nothing was run[/]")
         raise typer.Exit(2)

@@ -110,7 +110,7 @@ async def test_a_changed_row_runs_again_and_its_outputs_are_replaced(
 ) -> None:
     emulator = emulator_factory(rps=20.0)
     rows = simple_rows(3)
-    await run(write_manifest(rows), pipeline_env, emulator, tmp_path)
+    first = await run(write_manifest(rows), pipeline_env, emulator, tmp_path)
     first_request = results(first).loc[1, "request_id"]
     rows[1]["prompt"] = "make it green instead"
     second = await run(write_manifest(rows), pipeline_env, emulator, tmp_path)
@@ -222,8 +222,9 @@ async def test_requests_never_exceed_the_limit_in_any_second_and_none_are_thrott
     emulator = emulator_factory(rps=5.0, latency_median_s=0.4, latency_p99_s=1.5, seed=3)
     manifest = write_manifest(simple_rows(30))
     summary = await run(manifest, pipeline_env, emulator, tmp_path, rps=5.0)
-    arrivals = [a["time"] for a in emulator.arrivals()]
-    assert len(arrivals) == 30
+    log = emulator.arrivals()
+    arrivals = [a["time"] for a in log]
+    assert len(arrivals) == 30, [a["status"] for a in log]
     assert max_per_window(arrivals) <= 5
     assert emulator.stats()["throttled_429"] == 0
     span = max(arrivals) - min(arrivals)

@@ -35,6 +35,7 @@ from qwenedit.manifest import iter_jobs, manifest_base, validate_manifest
 from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, Budget, RunContext, RunStats, run_job
 from qwenedit.pricing import load_prices
+from qwenedit.redact import install_log_redaction
 from qwenedit.report import JobResult, ResultSpool, markdown_summary, results_frame, write_reports
 from qwenedit.storage import make_s3_client, open_destination
 
@@ -134,6 +135,7 @@ async def run_manifest(
 
     endpoint = resolve_base_url(region, base_url)
     api_key = api_key_from_env(api_key_env)
+    install_log_redaction(api_key)  # no credential in any log line, whoever logs it
     destination = open_destination(dest)
     out_dir = Path(report_dir or "runs") / run_id
     hosts = tuple(allowed_output_hosts or ()) + DEFAULT_OUTPUT_HOSTS + (_host_pattern(endpoint),)

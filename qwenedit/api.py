@@ -287,7 +287,7 @@ def parse_response(
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         document = json.loads(body)
-    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError; hostile nesting depth
         return None
     return document if isinstance(document, dict) else None
 

@@ -58,6 +58,9 @@ SIZE_MIN, SIZE_MAX = 512, 2048
 SEED_MAX = 2_147_483_647
 BATCH_ROWS = 512
 CHECK_CACHE = 10_000  # image check outcomes remembered across batches
+# Longest physical line read: three 10 MiB data URIs and the rest of a row fit. A longer line is refused
+# before it is read whole (a few MB of gzip can decompress to one line of gigabytes).
+MAX_LINE_BYTES = 48 * 1024 * 1024
 
 IMAGE_COLUMNS = ("image_1", "image_2", "image_3")
 REQUIRED_CSV_COLUMNS = ("job_id", "image_1", "prompt")
@@ -271,7 +274,14 @@ def _text_lines(fh: IO[bytes], name: str) -> Iterator[str]:
     """Decode lines as strict UTF-8 (BOM dropped), naming the line of the first bad byte."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     try:
-        for number, raw in enumerate(fh, start=1):
+        number = 0
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise ManifestError(
+                    f"manifest {name!r}, line {number} is longer than {MAX_LINE_BYTES >> 20} MiB: "
+                    "a manifest line holds at most three 10 MiB images and a prompt"
+                )
             try:
                 text = decoder.decode(raw)
             except UnicodeDecodeError as exc:

@@ -14,6 +14,8 @@ Behaviour at the edges:
   interval; permits never "accumulate".
 - **Cancellation**: a waiter cancelled while queued or sleeping consumes no slot.
 - **Push-back**: ``penalize(seconds)`` (on a 429) delays every later permit by that much.
+- **Send-time accounting**: ``mark_sent()`` (called when the request's first byte leaves) spaces the
+  next permit from the real send time when a request left later than its permit.
 
 Every attempt of every job takes a permit, retries included: the pacer is the only way to the API.
 """
@@ -63,6 +65,15 @@ class Pacer:
             self._next = now + self.interval
             self.granted += 1
             return now
+
+    def mark_sent(self) -> None:
+        """Send-time accounting: the request behind the last permit actually left now.
+
+        A request that leaves late (a busy event loop, a slow body encode) would otherwise arrive
+        closer than one interval to the next one; spacing the next permit from the real send time
+        keeps the gap where the requests are counted.
+        """
+        self._next = max(self._next, self._clock() + self.interval)
 
     def penalize(self, seconds: float) -> None:
         """Hold back every later permit until ``seconds`` from now (e.g. after a 429)."""

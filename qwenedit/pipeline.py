@@ -36,7 +36,7 @@ from qwenedit.api import DashScopeClient, EditRequest, EditResult
 from qwenedit.inputs import InputError
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import Charge, Done, Ledger, url_expiry
-from qwenedit.pacer import PacerPool
+from qwenedit.pacer import Pacer, PacerPool
 from qwenedit.pricing import Price, PriceTable, cost
 from qwenedit.report import JobResult, ResultSpool, RunTotals
 from qwenedit.storage import CopyError, Destination, copy_url
@@ -149,7 +149,7 @@ class RunContext:
     run_id: str
     client: DashScopeClient
     endpoint: str
-    api_key: str
+    api_key: str = field(repr=False)  # never in a repr, a log line or a traceback's locals
     dest: Destination
     ledger: Ledger
     prices: PriceTable
@@ -286,7 +286,12 @@ async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
     charge = _charge_for(ctx, job, fp, answer, price)
     ctx.budget.charged += charge.cost_decimal
     result.cost = charge.cost
+    # Until the charge record is written this paid call is known only to this row: if the write fails,
+    # the row must say its images are billed and not stored.
+    result.request_id, result.image_count = charge.request_id, charge.image_count
+    result.billed_not_stored = charge.image_count
     await _with_store_retries(ctx, ctx.ledger.write_charge, charge)
+    result.billed_not_stored = 0
     await _store_outputs(ctx, job, fp, charge, result, stale)
 
 
@@ -302,10 +307,11 @@ async def _call(
         attempt += 1
         result.attempts = attempt
         try:
-            return await ctx.client.edit(request, on_send=ctx.stats.note_send)
+            return await ctx.client.edit(request, on_send=partial(_sent, ctx.stats, pacer))
         except errors.DashScopeError as err:
             if err.possibly_billed:
                 result.possibly_billed = True
+                result.possibly_billed_images += job.n  # worst case: this lost answer was billed n images
                 ctx.budget.possibly_charged += worst_case
             if isinstance(err, errors.Throttled):
                 ctx.stats.throttled += 1
@@ -329,6 +335,11 @@ async def _for_inputs(ctx: RunContext, job: Job, fn: Callable[[str], str]) -> li
             located = err.located(job.row, job.job_id, f"image_{i}")
             raise _JobFailed("BadInput", str(located)[:300]) from None
     return images
+
+
+def _sent(stats: RunStats, pacer: Pacer) -> None:
+    stats.note_send()
+    pacer.mark_sent()
 
 
 def _stop_if_tripped(ctx: RunContext, result: JobResult) -> None:

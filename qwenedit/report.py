@@ -45,6 +45,7 @@ RESULT_COLUMNS = [
     "started_at",
     "finished_at",
     "possibly_billed",
+    "possibly_billed_images",
     "billed_not_stored",
 ]
 
@@ -75,6 +76,7 @@ class JobResult:
     started_at: str = ""
     finished_at: str = ""
     possibly_billed: bool = False  # a timed-out or dropped call may have been charged
+    possibly_billed_images: int = 0  # worst case of those calls: n images per call whose answer was lost
     billed_not_stored: int = 0  # images paid for (now or earlier) that are not at dest
     extra: dict[str, str] = field(default_factory=dict)
     manifest_row: dict[str, Any] | None = None  # for failed.jsonl
@@ -139,6 +141,8 @@ class RunTotals:
     images_requested: int = 0
     cost: dict[tuple[str, str, str], Decimal] = field(default_factory=dict)  # (region, model, currency)
     possibly_billed: int = 0
+    possibly_billed_images: int = 0
+    possibly_billed_cost: dict[str, Decimal] = field(default_factory=dict)  # by currency, worst case
     billed_not_stored: int = 0
 
     def add(self, r: JobResult) -> None:
@@ -151,6 +155,11 @@ class RunTotals:
             key = (r.region, r.model, r.currency)
             self.cost[key] = self.cost.get(key, Decimal(0)) + cost
         self.possibly_billed += int(r.possibly_billed)
+        self.possibly_billed_images += r.possibly_billed_images
+        if r.possibly_billed_images and r.unit_price:
+            worst = Decimal(r.unit_price) * r.possibly_billed_images
+            cost_so_far = self.possibly_billed_cost.get(r.currency, Decimal(0))
+            self.possibly_billed_cost[r.currency] = cost_so_far + worst
         self.billed_not_stored += r.billed_not_stored
 
     def total_cost(self) -> dict[str, str]:
@@ -166,6 +175,8 @@ class RunTotals:
             "images_requested": self.images_requested,
             "images_stored": self.images,
             "possibly_billed_jobs": self.possibly_billed,
+            "possibly_billed_images": self.possibly_billed_images,
+            "possibly_billed_cost": {c: str(a) for c, a in sorted(self.possibly_billed_cost.items())},
             "billed_not_stored_images": self.billed_not_stored,
             "cost_by_region_model": [
                 {"region": region, "model": model, "currency": currency, "cost": str(amount)}

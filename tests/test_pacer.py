@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -38,7 +39,7 @@ async def test_permits_are_spaced_by_interval_and_never_exceed_rate_per_second()
     vc = VirtualClock()
     pacer = Pacer(2.0, clock=vc.clock, sleep=vc.sleep)
     grants = await asyncio.gather(*(pacer.acquire() for _ in range(50)))
-    gaps = [b - a for a, b in zip(grants, grants[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(grants)]
     assert min(gaps) == pytest.approx(1 / (2.0 * 0.98))
     assert max_in_window(grants) == 2
     rate = (len(grants) - 1) / (grants[-1] - grants[0])
@@ -129,3 +130,22 @@ def test_pool_shares_one_pacer_per_endpoint_key_and_model() -> None:
 def test_pacer_key_never_contains_the_api_key() -> None:
     key = pacer_key("http://x", "sk-SECRET-123456", "m")
     assert "sk-SECRET-123456" not in repr(key)
+
+
+async def test_a_late_send_spaces_the_next_permit_from_the_real_send_time() -> None:
+    vc = VirtualClock()
+    pacer = Pacer(2.0, clock=vc.clock, sleep=vc.sleep)
+    t0 = await pacer.acquire()
+    vc.now += 0.2  # the request left 200 ms after its permit (busy event loop)
+    pacer.mark_sent()
+    t1 = await pacer.acquire()
+    assert t1 - (t0 + 0.2) == pytest.approx(pacer.interval)
+
+
+async def test_an_on_time_send_does_not_slow_the_pacer() -> None:
+    vc = VirtualClock()
+    pacer = Pacer(2.0, clock=vc.clock, sleep=vc.sleep)
+    t0 = await pacer.acquire()
+    pacer.mark_sent()
+    t1 = await pacer.acquire()
+    assert t1 - t0 == pytest.approx(pacer.interval)

@@ -128,6 +128,9 @@ def run(
 ) -> None:
     """Run MANIFEST: edit every row's images and store the outputs and a cost report at --dest."""
     _quiet_prefect()
+    from qwenedit.redact import install_log_redaction
+
+    install_log_redaction()  # before anything can log a signed request (validate reads s3:// manifests)
     from flows.edit_manifest import RUNS, edit_manifest, exit_code, new_run_id
     from qwenedit.api import api_key_from_env
     from qwenedit.cli.validate import print_problems

@@ -1,0 +1,560 @@
+"""Pure helpers of the distributed flows: shard splitting, quota math, consolidation, scheduler markers.
+
+No Prefect server, no network: local files and a LocalDestination only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pandas as pd
+import pytest
+from PIL import Image
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.states import Completed, Crashed
+
+from flows.scheduled import (
+    dest_for,
+    idempotency_key,
+    is_current,
+    is_manifest_key,
+    manifest_version,
+    marker_key,
+)
+from flows.sharded import _as_text_frame, consolidate, write_shards
+from qwenedit.inputs import InputResolver
+from qwenedit.jobs import Job
+from qwenedit.ledger import Charge, Done, Ledger
+from qwenedit.pacer import DEFAULT_MARGIN
+from qwenedit.pricing import load_prices
+from qwenedit.report import JobResult, ResultSpool, RunTotals, write_reports
+from qwenedit.shards import (
+    chunk_sizes,
+    merge_summaries,
+    missing_jobs,
+    order_failed_rows,
+    order_frame,
+    plan_shards,
+    recovered_results,
+    safe_parallelism,
+    shard_index_of,
+    shard_manifest_key,
+    shard_row,
+    shard_run_id,
+    split_budget,
+    window_bound,
+)
+from qwenedit.storage import LocalDestination
+
+
+def max_per_window(times: list[float], window: float = 1.0) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+# --- splitting -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "k"), [(60, 2), (7, 3), (5, 8), (1, 1), (1000, 7)])
+def test_chunks_are_balanced_contiguous_and_never_empty(n: int, k: int) -> None:
+    sizes = chunk_sizes(n, k)
+    assert sum(sizes) == n
+    assert len(sizes) == min(n, k)
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    owners = [shard_index_of(i, sizes) for i in range(n)]
+    assert owners == sorted(owners)  # contiguous: manifest order is kept across shards
+    assert [owners.count(i) for i in range(len(sizes))] == sizes
+
+
+def test_an_empty_manifest_has_no_shards_and_zero_shards_is_refused() -> None:
+    assert chunk_sizes(0, 3) == []
+    with pytest.raises(ValueError):
+        chunk_sizes(5, 0)
+    with pytest.raises(IndexError):
+        shard_index_of(5, [2, 3])
+
+
+def test_shard_rows_make_relative_references_absolute(tmp_path: Path) -> None:
+    local = InputResolver(manifest_dir=str(tmp_path))
+    job = Job(
+        row=4, job_id="a1", images=("img/x.png", "https://h.example/y.png"), prompt="p", extra={"sku": "7"}
+    )
+    row = shard_row(job, lambda ref: local.locate(ref).location)
+    assert row["images"] == [str(tmp_path / "img" / "x.png"), "https://h.example/y.png"]
+    assert row["sku"] == "7" and row["job_id"] == "a1" and row["region"] == "singapore"
+
+    remote = InputResolver(manifest_dir="https://cdn.example/drops/2026-01-05/")
+    row = shard_row(
+        Job(row=1, job_id="b", images=("img/x.png",), prompt="p"), lambda r: remote.locate(r).location
+    )
+    assert row["images"] == ["https://cdn.example/drops/2026-01-05/img/x.png"]
+
+
+def test_shard_names_are_derived_from_the_parent_run() -> None:
+    assert shard_run_id("20260105T020000Z-abc123", 3) == "20260105T020000Z-abc123-s03"
+    assert shard_manifest_key("R", 0) == "_runs/R/shards/shard-00.jsonl"
+
+
+# --- quota -----------------------------------------------------------------------------------------
+
+
+def test_two_shards_of_one_account_each_get_half_the_rate_and_two_accounts_each_the_full_rate() -> None:
+    one = plan_shards([30, 30], ["KEY_A"], 2.0, shared_headroom=1.0)
+    assert [(p.account, p.rps, p.parallel) for p in one] == [("KEY_A", 1.0, 2), ("KEY_A", 1.0, 2)]
+    two = plan_shards([30, 30], ["KEY_A", "KEY_B"], 2.0)
+    assert [(p.account, p.rps, p.parallel) for p in two] == [("KEY_A", 2.0, 1), ("KEY_B", 2.0, 1)]
+    four = plan_shards([10, 10, 10, 10], ["KEY_A", "KEY_B"], 2.0, shared_headroom=1.0)
+    assert [(p.account, p.rps) for p in four] == [
+        ("KEY_A", 1.0),
+        ("KEY_B", 1.0),
+        ("KEY_A", 1.0),
+        ("KEY_B", 1.0),
+    ]
+
+
+def test_shards_sharing_an_account_keep_a_headroom_and_a_shard_alone_does_not() -> None:
+    shared = plan_shards([30, 30], ["KEY_A"], 2.0)
+    assert [p.rps for p in shared] == [pytest.approx(0.9), pytest.approx(0.9)]
+    assert [p.rps for p in plan_shards([30], ["KEY_A"], 2.0)] == [2.0]
+    with pytest.raises(ValueError):
+        plan_shards([1, 1], ["KEY_A"], 2.0, shared_headroom=1.5)
+
+
+def test_more_shards_than_the_window_allows_run_at_most_two_at_a_time_on_one_account() -> None:
+    # Three shards at 2/3 req/s each could all land in the same second: 3 > 2.
+    assert window_bound(2.0, 3) == 3
+    plans = plan_shards([10, 10, 10], ["KEY_A"], 2.0, shared_headroom=1.0)
+    assert {(p.parallel, p.rps) for p in plans} == {(2, 1.0)}
+    assert safe_parallelism(1.0, 4) == 1
+    assert safe_parallelism(5.0, 4) == 1  # 2 × ⌈2.45⌉ = 6 > 5: only one at a time, at 5 req/s
+    assert safe_parallelism(5.0, 5) == 5
+
+
+def test_accounts_must_be_distinct_and_present() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        plan_shards([1, 1], ["KEY_A", "KEY_A"], 2.0)
+    with pytest.raises(ValueError):
+        plan_shards([1], [], 2.0)
+
+
+def _pacer_times(rate: float, phase: float, count: int, jitter: float, rng: random.Random) -> list[float]:
+    interval = 1.0 / (rate * DEFAULT_MARGIN)
+    return [phase + k * interval + rng.uniform(0, jitter) for k in range(count)]
+
+
+def test_the_safe_parallel_shards_never_exceed_the_window_whatever_their_phases() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        rps = rng.choice([1.0, 2.0, 4.0])
+        m = safe_parallelism(rps, rng.randint(1, 6))
+        # Arrival jitter below the margin's slack (~20 ms at these rates) must not break the bound.
+        times = [t for _ in range(m) for t in _pacer_times(rps / m, rng.uniform(0, 3), 40, 0.009, rng)]
+        assert max_per_window(times) <= window_bound(rps, 1)
+
+
+def test_naive_rate_over_k_can_put_three_in_a_second() -> None:
+    rng = random.Random(1)
+    worst = max(
+        max_per_window([t for _ in range(3) for t in _pacer_times(2.0 / 3, rng.uniform(0, 2), 30, 0.0, rng)])
+        for _ in range(200)
+    )
+    assert worst == 3
+
+
+def test_budget_is_split_in_proportion_and_never_sums_above_the_whole() -> None:
+    parts = split_budget(Decimal("10"), [Decimal("1"), Decimal("2"), Decimal("0")])
+    assert parts == [Decimal("3.333333"), Decimal("6.666666"), Decimal("0")]
+    assert sum(p for p in parts if p is not None) <= Decimal("10")
+    assert split_budget(Decimal("1"), [Decimal(0), Decimal(0)]) == [Decimal("0.5"), Decimal("0.5")]
+    assert split_budget(None, [Decimal(1)]) == [None]
+    plans = plan_shards([3, 1], ["K"], 2.0, budget=Decimal("4"))
+    assert [p.budget for p in plans] == [Decimal("3"), Decimal("1")]
+
+
+# --- consolidation ---------------------------------------------------------------------------------
+
+
+def _summary(succeeded: int, cost: str, region: str = "singapore") -> dict[str, object]:
+    return {
+        "jobs": succeeded,
+        "by_status": {"succeeded": succeeded, "failed": 0, "skipped": 0, "not_attempted": 0},
+        "images_requested": succeeded,
+        "images_stored": succeeded,
+        "possibly_billed_jobs": 0,
+        "billed_not_stored_images": 0,
+        "cost_by_region_model": [
+            {"region": region, "model": "qwen-image-edit-plus", "currency": "USD", "cost": cost}
+        ],
+        "total_cost": {"USD": cost},
+        "requests_sent": succeeded,
+        "throttled_429": 0,
+        "stopped_by": None,
+    }
+
+
+def test_merged_totals_are_the_exact_sums_of_the_shards() -> None:
+    merged = merge_summaries([_summary(1, "0.1"), _summary(2, "0.2"), _summary(3, "0.3", "beijing")])
+    assert merged["jobs"] == 6 and merged["by_status"]["succeeded"] == 6
+    assert merged["total_cost"] == {"USD": "0.6"}  # exact: 0.1 + 0.2 + 0.3, never 0.6000000000000001
+    by_region = {c["region"]: c["cost"] for c in merged["cost_by_region_model"]}
+    assert by_region == {"singapore": "0.3", "beijing": "0.3"}
+    assert merged["requests_sent"] == 6 and merged["stopped_by"] == []
+
+
+def test_rows_are_put_back_in_manifest_order() -> None:
+    frame = pd.DataFrame({"job_id": ["c", "a", "zz", "b"], "status": ["s1", "s2", "s3", "s4"]})
+    ordered = order_frame(frame, ["a", "b", "c"])
+    assert list(ordered["job_id"]) == ["a", "b", "c", "zz"]
+    assert missing_jobs(frame, ["a", "b", "d"]) == ["d"]
+    rows = order_failed_rows([{"job_id": "c"}, {"job_id": "a"}], ["a", "b", "c"])
+    assert [r["job_id"] for r in rows] == ["a", "c"]
+
+
+def _charge(job_id: str, run_id: str, images: int = 1) -> Charge:
+    cost = str(Decimal("0.03") * images)
+    return Charge(
+        job_id=job_id, fingerprint="fp", request_id=f"req-{job_id}", model="qwen-image-edit-plus",
+        region="singapore", image_count=images, width=512, height=512, output_urls=("https://x/1.png",),
+        expires_at="2099-01-01T00:00:00+00:00", unit_price="0.03", currency="USD", cost=cost,
+        charged_at="2026-01-05T02:00:00+00:00", run_id=run_id,
+    )  # fmt: skip
+
+
+def _done(job_id: str, run_id: str) -> Done:
+    return Done(
+        job_id=job_id, fingerprint="fp", request_id=f"req-{job_id}", image_count=1, outputs=(f"s3://b/{job_id}/1.png",),
+        cost="0.03", currency="USD", finished_at="2026-01-05T02:00:01+00:00", run_id=run_id,
+    )  # fmt: skip
+
+
+def test_a_crashed_shard_is_reported_from_the_ledger() -> None:
+    jobs = [
+        Job(row=i, job_id=f"j{i}", images=("/x.png",), prompt="p", n=2 if i == 2 else 1) for i in (1, 2, 3, 4)
+    ]
+    done = {"j1": _done("j1", "R-s01"), "j4": _done("j4", "an-earlier-run")}
+    charges = {"j2": [_charge("j2", "R-s01", images=2)]}
+    results = recovered_results(
+        jobs, "R-s01", done.get, lambda j: charges.get(j, []), "shard run ended CRASHED"
+    )
+    by_id = {r.job_id: r for r in results}
+    assert (
+        by_id["j1"].status == "succeeded" and by_id["j1"].cost == "0.03" and by_id["j1"].manifest_row is None
+    )
+    assert (
+        by_id["j2"].status == "failed" and by_id["j2"].billed_not_stored == 2 and by_id["j2"].cost == "0.06"
+    )
+    assert by_id["j3"].status == "not_attempted" and by_id["j3"].cost == "0"
+    assert by_id["j4"].status == "not_attempted"  # done by another run: not this run's to claim
+    assert all(r.manifest_row is not None for r in results if r.status != "succeeded")
+    totals = RunTotals()
+    for r in results:
+        totals.add(r)
+    assert totals.to_dict()["total_cost"] == {"USD": "0.09"}
+    assert totals.billed_not_stored == 2
+
+
+def _result(job_id: str, extra: dict[str, str]) -> JobResult:
+    return JobResult(
+        row=1, job_id=job_id, status="succeeded", model="m", region="r", images_requested=1, extra=extra
+    )
+
+
+def _write_manifest(folder: Path, count: int) -> Path:
+    (folder / "img").mkdir(parents=True)
+    Image.new("RGB", (512, 512), (9, 9, 9)).save(folder / "img" / "a.png")
+    path = folder / "jobs.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["job_id", "image_1", "prompt", "sku"])
+        for i in range(count):
+            writer.writerow([f"job-{i:03d}", "img/a.png", f"edit {i}", f"=S{i}"])
+    return path
+
+
+def _shard_report(dest: LocalDestination, run_id: str, jobs: list[Job], tmp: Path) -> None:
+    spool = ResultSpool(tmp / run_id / "results.jsonl")
+    totals = RunTotals()
+    for job in reversed(jobs):  # shards finish in any order
+        result = JobResult(
+            row=job.row, job_id=job.job_id, status="succeeded", model=job.model, region=job.region,
+            images_requested=1, image_count=1, cost="0.03", currency="USD", extra=dict(job.extra),
+        )  # fmt: skip
+        spool.add(result)
+        totals.add(result)
+    spool.close()
+    summary = {**totals.to_dict(), "requests_sent": len(jobs), "throttled_429": 0, "stopped_by": None}
+    for name, path in write_reports(spool, summary, tmp / run_id).items():
+        dest.put_bytes(f"_runs/{run_id}/{name}", path.read_bytes())
+
+
+def test_consolidated_report_merges_a_finished_shard_and_a_crashed_one_in_manifest_order(
+    tmp_path: Path,
+) -> None:
+    from qwenedit.manifest import iter_jobs
+
+    manifest = _write_manifest(tmp_path / "m", 5)
+    dest = LocalDestination(tmp_path / "dest")
+    sizes = chunk_sizes(5, 2)
+    out = tmp_path / "shards"
+    out.mkdir()
+    job_ids, per_shard, _ = write_shards(
+        str(manifest),
+        sizes,
+        region="singapore",
+        model=None,
+        prices=load_prices(None),
+        input_root=None,
+        out_dir=out,
+    )
+    for i in range(2):
+        dest.put_bytes(shard_manifest_key("R", i), (out / f"shard-{i:02d}.jsonl").read_bytes())
+    root = str(manifest.parent)
+    shard0 = list(iter_jobs(dest.uri(shard_manifest_key("R", 0)), input_root=root))
+    _shard_report(dest, "R-s00", shard0, tmp_path / "reports")
+    ledger = Ledger(dest)
+    ledger.write_done(_done("job-003", "R-s01"))
+    plans = plan_shards(sizes, ["K"], 2.0)
+    outcomes = [
+        FlowRun(flow_id=uuid4(), state=Completed()),
+        FlowRun(flow_id=uuid4(), state=Crashed(message="worker killed")),
+    ]
+    summary, frame, failed = consolidate(dest, "R", plans, outcomes, job_ids, per_shard, None, root)
+
+    assert list(frame["job_id"]) == job_ids == [f"job-{i:03d}" for i in range(5)]
+    assert list(frame["status"]) == ["succeeded"] * 4 + ["not_attempted"]
+    # Cells are exactly as the shards' own report writer formats them (escaped once, never twice).
+    expected = [str(_as_text_frame([_result(f"job-{i:03d}", {"sku": f"=S{i}"})])["sku"][0]) for i in range(5)]
+    assert list(frame["sku"]) == expected
+    assert summary["by_status"] == {"succeeded": 4, "failed": 0, "skipped": 0, "not_attempted": 1}
+    assert summary["total_cost"] == {"USD": "0.12"}
+    assert summary["stopped_by"]["cause"] == "shard_failed" and summary["stopped_by"]["shards"] == [1]
+    assert [s["report"] for s in summary["shards"]] == ["shard", "ledger"]
+    assert [r["job_id"] for r in failed] == ["job-004"]
+    assert failed[0]["images"] == [str(manifest.parent / "img" / "a.png")]  # rerunnable from anywhere
+    text = frame.to_csv(index=False)
+    assert pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).shape == frame.shape
+
+
+# --- scheduler helpers -----------------------------------------------------------------------------
+
+
+def test_only_manifests_outside_reserved_folders_are_picked_up() -> None:
+    assert is_manifest_key("drop-1.csv") and is_manifest_key("2026/01/drop.JSONL")
+    assert not is_manifest_key("drop-1.csv.processed.json")
+    assert not is_manifest_key("out/_runs/R/results.csv")
+    assert not is_manifest_key("_ledger/x/done.json")
+    assert not is_manifest_key(".hidden.csv")
+    assert not is_manifest_key("notes.txt")
+
+
+def test_markers_destinations_and_keys_are_derived_from_the_manifest() -> None:
+    assert marker_key("a/b.csv") == "a/b.csv.processed.json"
+    assert dest_for("s3://bkt/edited/", "2026/drop.jsonl") == "s3://bkt/edited/2026/drop"
+    assert idempotency_key("s3://b/x.csv", "etag:1", 1) == "qwenedit-manifest:s3://b/x.csv#etag:1"
+    assert idempotency_key("s3://b/x.csv", "etag:1", 2).endswith("#attempt-2")
+    assert is_current({"version": "etag:1"}, "etag:1")
+    assert not is_current({"version": "etag:1"}, "etag:2") and not is_current(None, "etag:1")
+
+
+def test_a_local_manifest_version_changes_with_its_content(tmp_path: Path) -> None:
+    dest = LocalDestination(tmp_path)
+    dest.put_bytes("drop.csv", b"job_id,image_1,prompt\n")
+    first = manifest_version(dest, "drop.csv")
+    assert first.startswith("sha256:") and first == manifest_version(dest, "drop.csv")
+    dest.put_bytes("drop.csv", b"job_id,image_1,prompt\nx,a.png,p\n")
+    assert manifest_version(dest, "drop.csv") != first
+    assert json.loads(json.dumps({"version": first}))["version"] == first
+
+
+# --- the parent flow's logic, with run_deployment replaced by a fake shard runner --------------------
+
+
+class FakeShards:
+    """Stands in for ``arun_deployment``: 'runs' a shard by writing its report the way a shard would."""
+
+    def __init__(self, crash: set[int]) -> None:
+        self.crash = crash
+        self.calls: list[dict[str, object]] = []
+
+    async def __call__(self, name: str, *, parameters: dict[str, object], **kwargs: object) -> FlowRun:
+        from qwenedit.manifest import iter_jobs
+
+        self.calls.append({"name": name, **parameters, **kwargs})
+        index = int(str(parameters["run_id"]).rsplit("-s", 1)[1])
+        dest = LocalDestination(str(parameters["dest"]))
+        jobs = list(iter_jobs(str(parameters["manifest"]), input_root=str(parameters["input_root"])))
+        run_id = str(parameters["run_id"])
+        if index in self.crash:
+            Ledger(dest).write_done(_done(jobs[0].job_id, run_id))  # one job got done before the crash
+            return FlowRun(flow_id=uuid4(), state=Crashed(message="worker killed"))
+        _shard_report(dest, run_id, jobs, Path(str(parameters["report_dir"])))
+        return FlowRun(flow_id=uuid4(), state=Completed())
+
+
+@pytest.fixture
+def no_artifacts(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def skip(*args: object) -> None:
+        return None
+
+    monkeypatch.setattr("flows.sharded._publish_artifacts", skip)
+
+
+async def test_the_parent_gives_each_shard_its_share_and_reports_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_artifacts: None
+) -> None:
+    from flows.sharded import edit_manifest_sharded
+
+    fake = FakeShards(crash=set())
+    monkeypatch.setattr("flows.sharded.arun_deployment", fake)
+    manifest = _write_manifest(tmp_path / "m", 7)
+    summary = await edit_manifest_sharded.fn(
+        manifest=str(manifest), dest=str(tmp_path / "dest"), shards=3, accounts=["KEY_A", "KEY_B"],
+        budget_usd="0.21", report_dir=str(tmp_path / "reports"), run_id="R",
+    )  # fmt: skip
+    calls = sorted(fake.calls, key=lambda c: str(c["run_id"]))
+    assert [(c["run_id"], c["api_key_env"], c["rps"]) for c in calls] == [
+        ("R-s00", "KEY_A", pytest.approx(0.9)),  # two shards share KEY_A: half its rate each, less headroom
+        ("R-s01", "KEY_B", 2.0),  # KEY_B's only shard: the full rate
+        ("R-s02", "KEY_A", pytest.approx(0.9)),
+    ]
+    # 3/7, 2/7, 2/7 of the budget: each shard's share of the worst-case cost
+    assert [Decimal(str(c["budget_usd"])) for c in calls] == [
+        Decimal("0.09"),
+        Decimal("0.06"),
+        Decimal("0.06"),
+    ]
+    assert {c["input_root"] for c in calls} == {str(manifest.parent)}
+    assert all(c["idempotency_key"] == f"qwenedit-shard:{c['run_id']}" for c in calls)
+    assert summary["by_status"]["succeeded"] == 7 and summary["total_cost"] == {"USD": "0.21"}
+    assert summary["stopped_by"] is None
+    for where in (tmp_path / "reports" / "R", tmp_path / "dest" / "_runs" / "R"):
+        frame = pd.read_csv(where / "results.csv", dtype=str, keep_default_na=False)
+        assert list(frame["job_id"]) == [f"job-{i:03d}" for i in range(7)]
+        assert json.loads((where / "summary.json").read_text())["jobs"] == 7
+
+
+async def test_a_crashed_shard_fails_the_parent_after_the_report_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_artifacts: None
+) -> None:
+    from flows.sharded import ShardsFailed, edit_manifest_sharded
+
+    monkeypatch.setattr("flows.sharded.arun_deployment", FakeShards(crash={1}))
+    manifest = _write_manifest(tmp_path / "m", 6)
+    with pytest.raises(ShardsFailed, match="R-s01"):
+        await edit_manifest_sharded.fn(
+            manifest=str(manifest),
+            dest=str(tmp_path / "dest"),
+            shards=2,
+            report_dir=str(tmp_path / "r"),
+            run_id="R",
+        )
+    summary = json.loads((tmp_path / "dest" / "_runs" / "R" / "summary.json").read_text())
+    assert summary["by_status"] == {"succeeded": 4, "failed": 0, "skipped": 0, "not_attempted": 2}
+    assert summary["stopped_by"]["cause"] == "shard_failed"
+    failed = (tmp_path / "r" / "R" / "failed.jsonl").read_text().splitlines()
+    assert [json.loads(line)["job_id"] for line in failed] == ["job-004", "job-005"]
+
+
+# --- the scheduler's logic, with run_deployment replaced by a fake edit deployment -------------------
+
+
+class FakeEditDeployment:
+    """Stands in for ``arun_deployment``: idempotency keys map to runs, like the Prefect API does."""
+
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.fail = fail or set()
+        self.runs: dict[str, FlowRun] = {}
+        self.started: list[str] = []
+
+    async def __call__(
+        self, name: str, *, parameters: dict[str, object], idempotency_key: str, timeout: float | None
+    ) -> FlowRun:
+        assert timeout == 0  # the scheduler looks first, then waits itself
+        if idempotency_key in self.runs:
+            return self.runs[idempotency_key]
+        self.started.append(idempotency_key)
+        manifest = str(parameters["manifest"])
+        state: State[Any]
+        if any(manifest.endswith(f) for f in self.fail):
+            state = Crashed(message="boom")
+        else:
+            state = Completed()
+            summary = {"by_status": {"succeeded": 1}, "run_id": parameters["run_id"]}
+            LocalDestination(str(parameters["dest"])).put_bytes(
+                f"_runs/{parameters['run_id']}/summary.json", json.dumps(summary).encode()
+            )
+        run = FlowRun(flow_id=uuid4(), state=state, parameters=parameters)
+        self.runs[idempotency_key] = run
+        return run
+
+
+@pytest.fixture
+def no_tick_artifact(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def skip(tick: object) -> None:
+        return None
+
+    monkeypatch.setattr("flows.scheduled._publish", skip)
+
+
+async def test_each_manifest_version_runs_once_and_failures_leave_no_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_tick_artifact: None
+) -> None:
+    from flows.scheduled import process_new_manifests
+
+    fake = FakeEditDeployment(fail={"bad.csv"})
+    monkeypatch.setattr("flows.scheduled.arun_deployment", fake)
+    watched = LocalDestination(tmp_path / "incoming")
+    for key in ("a.csv", "sub/b.jsonl", "bad.csv", "notes.txt", "_runs/x/results.csv"):
+        watched.put_bytes(key, f"content of {key}".encode())
+    prefix, dest = str(tmp_path / "incoming"), str(tmp_path / "edited")
+
+    first = await process_new_manifests.fn(prefix=prefix, dest=dest)
+    assert sorted(Path(p["manifest"]).name for p in first["processed"]) == ["a.csv", "b.jsonl"]
+    assert [Path(p["manifest"]).name for p in first["failed"]] == ["bad.csv"]
+    marker = json.loads(watched.get_bytes("sub/b.jsonl.processed.json") or b"{}")
+    assert marker["summary"]["by_status"] == {"succeeded": 1} and marker["dest"] == f"{dest}/sub/b"
+    assert watched.get_bytes("bad.csv.processed.json") is None
+
+    second = await process_new_manifests.fn(prefix=prefix, dest=dest)
+    assert len(second["skipped"]) == 2 and second["processed"] == []
+    # The failed attempt is found again by its key; a fresh attempt is made with the next key.
+    assert [Path(p["manifest"]).name for p in second["failed"]] == ["bad.csv"]
+    assert sum(1 for k in fake.started if "a.csv" in k) == 1
+    bad_attempts = [k.rsplit("#", 1)[-1] for k in fake.started if "bad.csv" in k]
+    assert bad_attempts[1:] == ["attempt-2"]  # one new attempt per tick, not a retry storm
+
+    watched.put_bytes("a.csv", b"a new version of the drop")
+    third = await process_new_manifests.fn(prefix=prefix, dest=dest)
+    assert [Path(p["manifest"]).name for p in third["processed"]] == ["a.csv"]
+    assert sum(1 for k in fake.started if "a.csv" in k) == 2
+
+
+async def test_a_tick_that_crashed_after_starting_a_run_attaches_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_tick_artifact: None
+) -> None:
+    from flows.scheduled import process_new_manifests
+
+    fake = FakeEditDeployment()
+    monkeypatch.setattr("flows.scheduled.arun_deployment", fake)
+    watched = LocalDestination(tmp_path / "in")
+    watched.put_bytes("drop.csv", b"x")
+    await process_new_manifests.fn(prefix=str(tmp_path / "in"), dest=str(tmp_path / "out"))
+    (tmp_path / "in" / "drop.csv.processed.json").unlink()  # the marker write was lost with the crash
+
+    again = await process_new_manifests.fn(prefix=str(tmp_path / "in"), dest=str(tmp_path / "out"))
+    assert len(fake.started) == 1  # no second run: the same idempotency key found the first
+    first_run_id = next(iter(fake.runs.values())).parameters["run_id"]
+    assert again["processed"][0]["run_id"] == first_run_id
+    assert json.loads(watched.get_bytes("drop.csv.processed.json") or b"{}")["run_id"] == first_run_id

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -33,7 +32,7 @@ from qwenedit.jobs import Job
 from qwenedit.ledger import Ledger
 from qwenedit.manifest import iter_jobs, manifest_base, validate_manifest
 from qwenedit.pacer import PacerPool
-from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, Budget, RunContext, RunStats, run_job
+from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, Budget, RunContext, RunStats, new_result, record, run_job
 from qwenedit.pricing import load_prices
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import JobResult, ResultSpool, markdown_summary, results_frame, write_reports
@@ -95,30 +94,6 @@ async def edit_manifest(
     api_key_env: str = "DASHSCOPE_API_KEY",
 ) -> dict[str, Any]:
     """Run every job of ``manifest`` into ``dest``; returns the run summary (see summary.json)."""
-    return await run_manifest(**locals())
-
-
-async def run_manifest(
-    manifest: str,
-    dest: str,
-    region: str = "singapore",
-    base_url: str | None = None,
-    rps: float = 2.0,
-    max_in_flight: int = 64,
-    budget_usd: float | str | None = None,
-    report_dir: str | None = None,
-    input_root: str | None = None,
-    model: str | None = None,
-    prices: str | None = None,
-    max_attempts: int = 6,
-    timeout_s: float = 120.0,
-    recall_expired: bool = False,
-    allowed_output_hosts: list[str] | None = None,
-    run_id: str | None = None,
-    api_key_env: str = "DASHSCOPE_API_KEY",
-    on_context: Callable[[RunContext], None] | None = None,
-) -> dict[str, Any]:
-    """The flow's body (callable inside a flow run): validate, run the window, write the reports."""
     run_id = run_id or new_run_id()
     price_table = load_prices(prices)
     validation = await asyncio.to_thread(
@@ -172,8 +147,6 @@ async def run_manifest(
                 recall_expired=recall_expired,
             )
             RUNS[run_id] = ctx
-            if on_context is not None:
-                on_context(ctx)
             try:
                 jobs = iter_jobs(
                     manifest, region=region, model=model, prices=price_table, input_root=input_root
@@ -209,26 +182,10 @@ async def _one(ctx: RunContext, job: Job) -> None:
         await edit_job(job, ctx.run_id)
     except Exception as err:
         log.error("task for job %s failed in orchestration: %s", job.job_id, type(err).__name__)
-        if (
-            job.row not in ctx.unrecorded
-        ):  # the job recorded its own result; only Prefect's bookkeeping failed
-            return
-        ctx.unrecorded.discard(job.row)
-        result = JobResult(
-            row=job.row,
-            job_id=job.job_id,
-            status="failed",
-            model=job.model,
-            region=job.region,
-            images_requested=job.n,
-            error_code="OrchestrationError",
-            error_message=type(err).__name__,
-            extra=dict(job.extra),
-            manifest_row=job.to_manifest_row(),
-        )
-        ctx.spool.add(result)
-        ctx.stats.totals.add(result)
-        ctx.stats.finished += 1
+        if job.row in ctx.unrecorded:  # else the job recorded itself; only Prefect's bookkeeping failed
+            result = new_result(job)
+            result.error_code, result.error_message = "OrchestrationError", type(err).__name__
+            record(ctx, job, result)
 
 
 def _summary(ctx: RunContext, manifest: str, dest: str, endpoint: str, rps: float) -> dict[str, Any]:

@@ -191,18 +191,35 @@ class _JobFailed(Exception):
         self.message = message
 
 
-async def run_job(ctx: RunContext, job: Job) -> JobResult:
-    """Run one job to its end state and record the result in the run's spool and totals."""
-    result = JobResult(
+def new_result(job: Job, status: str = "failed") -> JobResult:
+    """A job's result row before anything happened to it."""
+    return JobResult(
         row=job.row,
         job_id=job.job_id,
-        status="failed",
+        status=status,
         model=job.model,
         region=job.region,
         images_requested=job.n,
         started_at=utcnow_iso(),
         extra=dict(job.extra),
     )
+
+
+def record(ctx: RunContext, job: Job, result: JobResult) -> JobResult:
+    """Put a finished job's result in the run's spool and totals (exactly once per job)."""
+    result.finished_at = utcnow_iso()
+    if result.status in ("failed", "not_attempted"):
+        result.manifest_row = _rerunnable_row(ctx, job)
+    ctx.spool.add(result)
+    ctx.stats.totals.add(result)
+    ctx.stats.finished += 1
+    ctx.unrecorded.discard(job.row)
+    return result
+
+
+async def run_job(ctx: RunContext, job: Job) -> JobResult:
+    """Run one job to its end state and record the result in the run's spool and totals."""
+    result = new_result(job)
     try:
         await _run(ctx, job, result)
     except _JobFailed as failure:
@@ -212,14 +229,7 @@ async def run_job(ctx: RunContext, job: Job) -> JobResult:
         log.exception("job %s: unexpected error", job.job_id)
         result.status = "failed"
         result.error_code, result.error_message = type(exc).__name__, _safe_text(exc)
-    result.finished_at = utcnow_iso()
-    if result.status in ("failed", "not_attempted"):
-        result.manifest_row = _rerunnable_row(ctx, job)
-    ctx.spool.add(result)
-    ctx.stats.totals.add(result)
-    ctx.stats.finished += 1
-    ctx.unrecorded.discard(job.row)
-    return result
+    return record(ctx, job, result)
 
 
 def _rerunnable_row(ctx: RunContext, job: Job) -> dict[str, Any]:

@@ -56,6 +56,26 @@ class ManifestInvalid(Exception):
         super().__init__(f"manifest has {n} invalid row problem(s); run `qwenedit validate` to see them all")
 
 
+class DestinationUnusable(Exception):
+    """The destination cannot be listed or written; nothing was called."""
+
+
+def check_destination(destination: Any) -> None:
+    """Fail before the first call if the destination cannot be read and written.
+
+    A missing bucket or refused credentials would otherwise fail every job after minutes of store
+    retries, and a read-only key would let every call be paid for and then not be stored.
+    """
+    try:
+        next(iter(destination.list_keys("_ledger/")), None)
+        destination.put_bytes(".qwenedit-write-check", b"ok\n", "text/plain")
+    except Exception as err:
+        response = getattr(err, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        reason = code or f"{type(err).__name__}: {err}"[:200]
+        raise DestinationUnusable(f"destination {destination.uri()} cannot be used: {reason}") from None
+
+
 def exit_code(summary: dict[str, Any]) -> int:
     """0 every job succeeded or was skipped, 1 some failed, 3 stopped by the breaker or the budget."""
     if summary.get("stopped_by"):
@@ -112,6 +132,7 @@ async def edit_manifest(
     api_key = api_key_from_env(api_key_env)
     install_log_redaction(api_key)  # no credential in any log line, whoever logs it
     destination = open_destination(dest)
+    await asyncio.to_thread(check_destination, destination)  # before anything is paid for
     out_dir = Path(report_dir or "runs") / run_id
     hosts = tuple(allowed_output_hosts or ()) + DEFAULT_OUTPUT_HOSTS + (_host_pattern(endpoint),)
     resolver = InputResolver(

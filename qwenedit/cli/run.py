@@ -131,11 +131,12 @@ def run(
     from qwenedit.redact import install_log_redaction
 
     install_log_redaction()  # before anything can log a signed request (validate reads s3:// manifests)
-    from flows.edit_manifest import RUNS, edit_manifest, exit_code, new_run_id
+    from flows.edit_manifest import RUNS, check_destination, edit_manifest, exit_code, new_run_id
     from qwenedit.api import api_key_from_env
     from qwenedit.cli.validate import print_problems
     from qwenedit.manifest import ManifestError, validate_manifest
     from qwenedit.pricing import load_prices
+    from qwenedit.storage import open_destination
 
     if rps <= 0 or max_in_flight < 1 or max_attempts < 1 or timeout <= 0:
         console.print("[red]error:[/] --rps, --timeout must be > 0; --max-in-flight, --max-attempts ≥ 1")
@@ -163,6 +164,11 @@ def run(
         print_problems(validation.problems, console)
         console.print("[red]manifest is invalid: nothing was run[/]")
         raise typer.Exit(2)
+    try:  # a wrong bucket or key: one line now, not a traceback or minutes of failing jobs later
+        check_destination(open_destination(dest))
+    except Exception as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
 
     run_id = new_run_id()
 

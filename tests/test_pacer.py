@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 from qwenedit.pacer import Pacer, PacerPool, pacer_key
+from qwenedit.testing.rates import max_in_window
 
 
 class VirtualClock:
@@ -22,17 +23,6 @@ class VirtualClock:
     async def sleep(self, seconds: float) -> None:
         self.now += max(0.0, seconds)
         await asyncio.sleep(0)
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best = 0
-    start = 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 async def test_permits_are_spaced_by_interval_and_never_exceed_rate_per_second() -> None:

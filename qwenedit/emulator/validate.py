@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenedit.emulator.config import ModelSpec
+from qwenedit.inputs import sniff_image_format
 
 MSG_GENERIC = "Required parameter(s) missing or invalid, please check the request parameters."
 MSG_BODY = "Required body invalid, please check the request body format."
@@ -284,26 +285,9 @@ def decode_data_uri(ref: str) -> tuple[str, bytes]:
     return mime, payload
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The image format named by the magic bytes (``png``, ``jpeg``, ...), or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if data.startswith(b"BM"):
-        return "bmp"
-    if data.startswith((b"II*\x00", b"MM\x00*")):
-        return "tiff"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
 def check_mime_matches(mime: str, data: bytes) -> str:
     """The sniffed format if it is an image matching the data URI's MIME type; else 400."""
-    fmt = sniff_format(data)
+    fmt = sniff_image_format(data)
     if fmt is None:
         raise invalid(MSG_NOT_IMAGE)
     kind, _, subtype = mime.partition("/")

@@ -52,17 +52,7 @@ from qwenedit.shards import (
     window_bound,
 )
 from qwenedit.storage import LocalDestination
-
-
-def max_per_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
+from qwenedit.testing.rates import max_in_window
 
 # --- splitting -------------------------------------------------------------------------------------
 
@@ -161,13 +151,13 @@ def test_the_safe_parallel_shards_never_exceed_the_window_whatever_their_phases(
         m = safe_parallelism(rps, rng.randint(1, 6))
         # Arrival jitter below the margin's slack (~20 ms at these rates) must not break the bound.
         times = [t for _ in range(m) for t in _pacer_times(rps / m, rng.uniform(0, 3), 40, 0.009, rng)]
-        assert max_per_window(times) <= window_bound(rps, 1)
+        assert max_in_window(times) <= window_bound(rps, 1)
 
 
 def test_naive_rate_over_k_can_put_three_in_a_second() -> None:
     rng = random.Random(1)
     worst = max(
-        max_per_window([t for _ in range(3) for t in _pacer_times(2.0 / 3, rng.uniform(0, 2), 30, 0.0, rng)])
+        max_in_window([t for _ in range(3) for t in _pacer_times(2.0 / 3, rng.uniform(0, 2), 30, 0.0, rng)])
         for _ in range(200)
     )
     assert worst == 3

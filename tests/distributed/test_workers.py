@@ -44,6 +44,7 @@ import pytest
 from PIL import Image
 
 from qwenedit.shards import merge_summaries
+from qwenedit.testing.rates import max_in_window
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -62,22 +63,12 @@ def free_port() -> int:
         return port
 
 
-def max_per_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def rate_stats(times: list[float]) -> dict[str, float]:
     times = sorted(times)
     span = times[-1] - times[0] if len(times) > 1 else 0.0
     return {
         "requests": len(times),
-        "max_in_1s": max_per_window(times),
+        "max_in_1s": max_in_window(times),
         "mean_rps": round((len(times) - 1) / span, 3) if span else 0.0,
         "span_s": round(span, 2),
         "min_gap_s": round(min((b - a for a, b in itertools.pairwise(times)), default=0.0), 4),

@@ -11,6 +11,7 @@ The whole manifest is validated and quoted before the first call: nothing is spe
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -35,7 +36,7 @@ from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, Budget, RunContext, RunStats, new_result, record, run_job
 from qwenedit.pricing import load_prices
 from qwenedit.redact import install_log_redaction
-from qwenedit.report import JobResult, ResultSpool, markdown_summary, results_frame, write_reports
+from qwenedit.report import ResultSpool, markdown_summary, results_frame, write_reports
 from qwenedit.storage import make_s3_client, open_destination
 
 log = logging.getLogger("qwenedit.flow")
@@ -84,9 +85,13 @@ def exit_code(summary: dict[str, Any]) -> int:
 
 
 @task(name="edit-job", cache_policy=NO_CACHE, task_run_name="{job.job_id}", log_prints=False)
-async def edit_job(job: Job, run_id: str) -> JobResult:
-    """One manifest row: call (paced, retried), record the charge, copy the outputs."""
-    return await run_job(RUNS[run_id], job)
+async def edit_job(job: Job, run_id: str) -> str:
+    """One manifest row: call (paced, retried), record the charge, copy the outputs.
+
+    Returns only the status: the full result goes to the run's spool, and Prefect keeps task results
+    in memory for the life of the flow run (20,000 JobResults would grow it for nothing).
+    """
+    return (await run_job(RUNS[run_id], job)).status
 
 
 def new_run_id() -> str:
@@ -247,7 +252,8 @@ def _upload_reports(destination: Any, run_id: str, paths: dict[str, Path]) -> No
 
 async def _publish_artifacts(ctx: RunContext, summary: dict[str, Any]) -> None:
     try:
-        frame = results_frame(ctx.spool).head(ARTIFACT_ROW_LIMIT)
+        results, extra_keys = ctx.spool.in_manifest_order()
+        frame = results_frame(itertools.islice(results, ARTIFACT_ROW_LIMIT), extra_keys)
         frame = frame.drop(columns=["outputs"]).astype(str)
         await acreate_table_artifact(
             key=f"results-{ctx.run_id.lower().replace('_', '-')}"[:60],

@@ -13,9 +13,10 @@ Costs are exact decimals (strings in JSON, plain numbers in CSV), never floats.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -105,28 +106,58 @@ class ResultSpool:
         self._fh.close()
 
     def __iter__(self) -> Iterator[JobResult]:
+        """Results in the order they finished."""
         with self.path.open(encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
                     yield JobResult(**json.loads(line))
 
+    def in_manifest_order(self) -> tuple[Iterator[JobResult], list[str]]:
+        """Results sorted by manifest row, read back one at a time, and the pass-through column names.
 
-def results_frame(results: Iterable[JobResult]) -> pd.DataFrame:
-    """The results table, one row per manifest row in manifest order, formulas escaped."""
+        Only (row, file offset) pairs are held in memory, so a report of any length is written in
+        bounded memory.
+        """
+        index: list[tuple[int, int]] = []
+        extra_keys: dict[str, None] = {}
+        with self.path.open("rb") as fh:
+            while line := fh.readline():
+                if line.strip():
+                    record = json.loads(line)
+                    index.append((record["row"], fh.tell() - len(line)))
+                    extra_keys.update(dict.fromkeys(record["extra"]))
+        index.sort()
+
+        def read() -> Iterator[JobResult]:
+            with self.path.open("rb") as fh:
+                for _, offset in index:
+                    fh.seek(offset)
+                    yield JobResult(**json.loads(fh.readline()))
+
+        return read(), list(extra_keys)
+
+
+def results_frame(results: Iterable[JobResult], extra_keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """The results table in manifest order, formulas escaped.
+
+    ``extra_keys`` fixes the pass-through columns (so chunks of one report line up); by default they
+    are the ones the results carry.
+    """
     records = []
-    extra_cols: dict[str, None] = {}
+    seen: dict[str, None] = dict.fromkeys(extra_keys or ())
     for r in results:
-        rec = {col: getattr(r, col) for col in RESULT_COLUMNS}
+        rec: dict[str, Any] = {col: getattr(r, col) for col in RESULT_COLUMNS}
         rec["outputs"] = " ".join(r.outputs)
         rec["_row"] = r.row
         for k, v in r.extra.items():
-            extra_cols.setdefault(k, None)
+            if extra_keys is None:
+                seen.setdefault(k, None)
             rec[f"extra:{k}"] = v
         records.append(rec)
-    columns = ["_row", *RESULT_COLUMNS, *(f"extra:{k}" for k in extra_cols)]
+    columns = ["_row", *RESULT_COLUMNS, *(f"extra:{k}" for k in seen)]
     frame = pd.DataFrame.from_records(records, columns=columns)
     frame = frame.sort_values("_row", kind="stable").drop(columns="_row")
-    frame = frame.rename(columns={f"extra:{k}": k for k in extra_cols if k not in RESULT_COLUMNS})
+    frame = frame.rename(columns={f"extra:{k}": k for k in seen if k not in RESULT_COLUMNS})
     for col in frame.columns:
         frame[col] = frame[col].map(escape_formula)
     return frame.reset_index(drop=True)
@@ -186,30 +217,39 @@ class RunTotals:
         }
 
 
-def failed_rows(results: Iterable[JobResult]) -> Iterator[dict[str, Any]]:
-    """Failed and not-attempted jobs in manifest (JSONL) form, in manifest order."""
-    chosen = [r for r in results if r.status in ("failed", "not_attempted") and r.manifest_row is not None]
-    for r in sorted(chosen, key=lambda r: r.row):
-        assert r.manifest_row is not None
-        yield r.manifest_row
-
-
-def write_reports(spool: ResultSpool, summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write the three report files into ``out_dir``; returns their paths."""
+def write_reports(
+    spool: ResultSpool, summary: dict[str, Any], out_dir: Path, chunk_rows: int = 5000
+) -> dict[str, Path]:
+    """Write results.csv, summary.json and failed.jsonl into ``out_dir``, streaming in manifest order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "results.csv": out_dir / "results.csv",
         "summary.json": out_dir / "summary.json",
         "failed.jsonl": out_dir / "failed.jsonl",
     }
-    results_frame(spool).to_csv(paths["results.csv"], index=False)
+    results, extra_keys = spool.in_manifest_order()
+    with (
+        paths["results.csv"].open("w", encoding="utf-8", newline="") as csv_fh,
+        paths["failed.jsonl"].open("w", encoding="utf-8") as failed_fh,
+    ):
+        header = True
+        for chunk in _chunks(results, chunk_rows):
+            results_frame(chunk, extra_keys).to_csv(csv_fh, index=False, header=header)
+            header = False
+            for r in chunk:
+                if r.status in ("failed", "not_attempted") and r.manifest_row is not None:
+                    failed_fh.write(json.dumps(r.manifest_row, ensure_ascii=False) + "\n")
+        if header:  # no results at all: still a valid CSV with its header
+            results_frame([], extra_keys).to_csv(csv_fh, index=False)
     paths["summary.json"].write_text(
         json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
-    with paths["failed.jsonl"].open("w", encoding="utf-8") as fh:
-        for row in failed_rows(spool):
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return paths
+
+
+def _chunks(items: Iterator[JobResult], size: int) -> Iterator[list[JobResult]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 def markdown_summary(summary: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "qwenedit-demo"
 DEMO_KEY = "sk-demo-0000000000000000"
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 132)  # a log file gets full tables
 
 
 def main(out: Path = ROOT / "demo-out") -> int:
@@ -71,7 +71,7 @@ def main(out: Path = ROOT / "demo-out") -> int:
         for key, size in images:
             console.print(f"  {size:>9,d}  {key}")
         bookkeeping = len(keys) - len(images)
-        console.print(f"  + {bookkeeping} ledger and report objects under demo/_ledger/ and demo/_runs/")
+        console.print(f"  + {bookkeeping} bookkeeping objects (ledger under demo/_ledger/, reports under demo/_runs/)")
         sheet = _contact_sheet(out, manifest, results, client)
         console.print(f"\ncontact sheet: {sheet}")
         console.print(f"reports:       {run_dir}")

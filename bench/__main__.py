@@ -61,6 +61,8 @@ def _side_by_side(argv: list[str]) -> int:
     json_path = save_json(doc, args.results / f"{cfg.mode}.json")
     plot_path = plot_rps(doc, args.results / ("rps.png" if cfg.mode == "full" else f"rps-{cfg.mode}.png"))
     console.print(f"saved {json_path} and {plot_path}")
+    if "workdir" in doc:
+        console.print(f"work dir kept (logs, outputs): {doc['workdir']}")
     console.print(markdown_table(doc), markup=False, highlight=False)
     return 0
 
@@ -98,6 +100,8 @@ def _memory(argv: list[str]) -> int:
     console.print(f"ratio {doc['ratio']:.2f}×  [{colour}]{v['result']}[/] ({v['target']}) {v['note']}")
     path = save_json(doc, args.results / "memory.json")
     console.print(f"saved {path}")
+    if doc.get("workdir"):
+        console.print(f"work dir kept (logs): {doc['workdir']}")
     return 0
 
 

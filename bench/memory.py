@@ -47,8 +47,13 @@ def run_memory(
     runs: list[dict[str, Any]] = []
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="qwenedit-bench-mem-"))
-        if not keep_workdir:
-            stack.callback(shutil.rmtree, workdir, True)
+        keep = [keep_workdir]  # a failed run keeps the work dir: its log is the evidence
+
+        def _cleanup() -> None:
+            if not keep[0]:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+        stack.callback(_cleanup)
         images = make_images(workdir / "images")
         emulator = stack.enter_context(
             EmulatorProcess(workdir, rps=FAST_RPS, latency_median_s=0.0, latency_p99_s=None, render="fast")
@@ -98,6 +103,7 @@ def run_memory(
                     "notes": run.notes,
                 }
             )
+            keep[0] = keep[0] or m.returncode != 0
             log(
                 f"  {billed} jobs in {m.wall_s:.1f} s, peak RSS {m.maxrss_bytes / 2**20:.1f} MB "
                 f"({time.monotonic() - t0:.0f} s with settling)"
@@ -130,4 +136,5 @@ def run_memory(
             else "the large run did not finish: peak measured up to where it stopped",
         },
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "workdir": str(workdir) if keep[0] else None,
     }

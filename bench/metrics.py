@@ -2,7 +2,8 @@
 
 Everything here works on plain lists of arrival times (seconds, any clock) so it can be tested on
 synthetic data. The conventions match the emulator's rate limiter (``qwenedit.emulator.ratelimit``):
-two arrivals share a window when they are *less than* ``window_s`` apart.
+two arrivals share a window when they are *less than* ``window_s`` apart. The busiest-window count is
+the project's one implementation, ``qwenedit.testing.rates.max_in_window`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -11,19 +12,21 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from qwenedit.testing.rates import max_in_window
+
+__all__ = [
+    "STEADY_TRIM",
+    "SteadyState",
+    "Verdict",
+    "max_in_window",
+    "per_hour",
+    "per_second",
+    "quantile",
+    "steady_state",
+    "windows_over",
+]
+
 STEADY_TRIM = 0.10  # steady state = the arrival span minus its first and last 10 %
-
-
-def max_in_window(times: Iterable[float], window_s: float = 1.0) -> int:
-    """Largest number of arrivals inside any sliding window of ``window_s`` (half-open, ``[t, t + w)``)."""
-    ts = sorted(times)
-    best = 0
-    lo = 0
-    for hi, t in enumerate(ts):
-        while t - ts[lo] >= window_s:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def windows_over(times: Iterable[float], limit: int, window_s: float = 1.0) -> int:

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -368,10 +369,13 @@ def run_side_by_side(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     machine = machine_info()
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="qwenedit-bench-"))
-        if not cfg.keep_workdir:
-            import shutil
+        keep = [cfg.keep_workdir]  # a failed contender keeps the work dir: its log is the evidence
 
-            stack.callback(shutil.rmtree, workdir, True)
+        def _cleanup() -> None:
+            if not keep[0]:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+        stack.callback(_cleanup)
         images = make_images(workdir / "images")
         manifest = workdir / "manifest.csv"
         write_manifest(manifest, cfg.jobs, images)
@@ -486,6 +490,7 @@ def run_side_by_side(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
             "verdicts": [v.to_dict() for v in verdicts(rows, cfg)],
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        if cfg.keep_workdir:
+        keep[0] = keep[0] or any(run.measured.returncode != 0 for run in runs.values())
+        if keep[0]:
             doc["workdir"] = str(workdir)
     return doc

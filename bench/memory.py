@@ -15,9 +15,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.procs import EmulatorProcess, PrefectServer
+from bench.procs import PrefectServer
 from bench.side_by_side import contender_metrics, machine_info, run_pipeline, s3_server
 from bench.workload import make_images, write_manifest
+from qwenedit.testing.emulator import EmulatorProcess
 
 FAST_RPS = 500.0
 TARGET_RATIO = 1.5
@@ -56,7 +57,7 @@ def run_memory(
         stack.callback(_cleanup)
         images = make_images(workdir / "images")
         emulator = stack.enter_context(
-            EmulatorProcess(workdir, rps=FAST_RPS, latency_median_s=0.0, latency_p99_s=None, render="fast")
+            EmulatorProcess(workdir, rps=FAST_RPS, latency_median=0.0, render="fast")
         )
         server = stack.enter_context(s3_server(s3, workdir))
         prefect = stack.enter_context(PrefectServer(workdir / "prefect-home"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,13 +24,9 @@ from typing import Any
 import httpx
 import psutil
 
+from qwenedit.testing.emulator import free_port
+
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -184,90 +179,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, ti
                 return
         time.sleep(0.2)
     raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s; see {log}")
-
-
-class EmulatorProcess:
-    """``python -m qwenedit emulator`` on a free loopback port, driven over its ``/_emulator`` endpoints."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        *,
-        rps: float,
-        latency_median_s: float,
-        latency_p99_s: float | None,
-        render: str = "fast",
-        seed: int | None = None,
-    ) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "emulator.log"
-        self.cmd = [
-            PYTHON,
-            "-m",
-            "qwenedit",
-            "emulator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--rps",
-            str(rps),
-            "--latency-median",
-            str(latency_median_s),
-            "--render",
-            render,
-            "--output-dir",
-            str(workdir / "emulator-outputs"),
-        ]
-        if latency_p99_s is not None and latency_p99_s > latency_median_s:
-            self.cmd += ["--latency-p99", str(latency_p99_s)]
-        if seed is not None:
-            self.cmd += ["--seed", str(seed)]
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._http = httpx.Client(base_url=self.base_url, timeout=60.0)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def start(self) -> EmulatorProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        _wait_http(f"{self.base_url}/_emulator/health", self._proc, "emulator", self.log_path, 60.0)
-        return self
-
-    def arrivals(self) -> list[dict[str, Any]]:
-        r = self._http.get("/_emulator/arrivals")
-        r.raise_for_status()
-        out: list[dict[str, Any]] = r.json()
-        return out
-
-    def stats(self) -> dict[str, Any]:
-        r = self._http.get("/_emulator/stats")
-        r.raise_for_status()
-        out: dict[str, Any] = r.json()
-        return out
-
-    def reset(self) -> None:
-        self._http.post("/_emulator/reset").raise_for_status()
-
-    def stop(self) -> None:
-        self._http.close()
-        if self._proc is not None:
-            _stop(self._proc)
-
-    def __enter__(self) -> EmulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class PrefectServer:

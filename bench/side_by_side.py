@@ -28,9 +28,10 @@ from typing import Any
 import psutil
 
 from bench import metrics
-from bench.procs import PYTHON, EmulatorProcess, Measured, PrefectServer, run_measured
+from bench.procs import PYTHON, Measured, PrefectServer, run_measured
 from bench.workload import make_images, write_manifest
 from qwenedit.emulator.ratelimit import rule_for_rps
+from qwenedit.testing.emulator import EmulatorProcess
 
 REAL_RPS = 2.0
 REAL_LATENCY_MEDIAN_S = 12.0
@@ -387,8 +388,8 @@ def run_side_by_side(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
             EmulatorProcess(
                 workdir,
                 rps=cfg.rps,
-                latency_median_s=cfg.latency_median_s,
-                latency_p99_s=cfg.latency_p99_s,
+                latency_median=cfg.latency_median_s,
+                latency_p99=cfg.latency_p99_s if cfg.latency_p99_s > cfg.latency_median_s else None,
                 render="fast",
                 seed=cfg.seed,
             )

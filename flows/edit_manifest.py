@@ -31,10 +31,10 @@ from qwenedit.api import DashScopeClient, api_key_from_env, resolve_base_url
 from qwenedit.inputs import InputResolver
 from qwenedit.jobs import Job
 from qwenedit.ledger import Ledger
-from qwenedit.manifest import iter_jobs, manifest_base, validate_manifest
+from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
 from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, Budget, RunContext, RunStats, new_result, record, run_job
-from qwenedit.pricing import load_prices
+from qwenedit.pricing import PriceTable, load_prices
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool, markdown_summary, results_frame, write_reports
 from qwenedit.storage import make_s3_client, open_destination
@@ -75,6 +75,18 @@ def check_destination(destination: Any) -> None:
         code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
         reason = code or f"{type(err).__name__}: {err}"[:200]
         raise DestinationUnusable(f"destination {destination.uri()} cannot be used: {reason}") from None
+
+
+async def validated(
+    manifest: str, region: str, model: str | None, prices: PriceTable, input_root: str | None
+) -> Validation:
+    """The whole manifest validated and quoted before anything is spent; raises ``ManifestInvalid``."""
+    validation = await asyncio.to_thread(
+        validate_manifest, manifest, region=region, model=model, prices=prices, input_root=input_root
+    )
+    if not validation.ok:
+        raise ManifestInvalid(validation)
+    return validation
 
 
 def exit_code(summary: dict[str, Any]) -> int:
@@ -121,17 +133,7 @@ async def edit_manifest(
     """Run every job of ``manifest`` into ``dest``; returns the run summary (see summary.json)."""
     run_id = run_id or new_run_id()
     price_table = load_prices(prices)
-    validation = await asyncio.to_thread(
-        validate_manifest,
-        manifest,
-        region=region,
-        model=model,
-        prices=price_table,
-        input_root=input_root,
-        check_images=False,
-    )
-    if not validation.ok:
-        raise ManifestInvalid(validation)
+    validation = await validated(manifest, region, model, price_table, input_root)
 
     endpoint = resolve_base_url(region, base_url)
     api_key = api_key_from_env(api_key_env)

@@ -39,11 +39,11 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
 
-from flows.edit_manifest import ManifestInvalid, new_run_id
+from flows.edit_manifest import new_run_id, validated
 from qwenedit.api import resolve_base_url
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
-from qwenedit.manifest import iter_jobs, manifest_base, validate_manifest
+from qwenedit.manifest import iter_jobs, manifest_base
 from qwenedit.pricing import PriceTable, cost, load_prices
 from qwenedit.report import RESULT_COLUMNS, RunTotals, markdown_summary, results_frame
 from qwenedit.shards import (
@@ -142,11 +142,7 @@ async def edit_manifest_sharded(
     run_id = run_id or new_run_id()
     accounts = list(accounts or [DEFAULT_ACCOUNT_ENV])
     price_table = load_prices(prices)
-    validation = await asyncio.to_thread(
-        validate_manifest, manifest, region=region, model=model, prices=price_table, input_root=input_root
-    )
-    if not validation.ok:
-        raise ManifestInvalid(validation)
+    validation = await validated(manifest, region, model, price_table, input_root)
     destination = open_destination(dest)
     sizes = chunk_sizes(validation.job_count, shards)
     with tempfile.TemporaryDirectory(prefix="qwenedit-shards-") as tmp:

@@ -71,7 +71,9 @@ def main(out: Path = ROOT / "demo-out") -> int:
         for key, size in images:
             console.print(f"  {size:>9,d}  {key}")
         bookkeeping = len(keys) - len(images)
-        console.print(f"  + {bookkeeping} bookkeeping objects (ledger under demo/_ledger/, reports under demo/_runs/)")
+        console.print(
+            f"  + {bookkeeping} bookkeeping objects (ledger under demo/_ledger/, reports under demo/_runs/)"
+        )
         sheet = _contact_sheet(out, manifest, results, client)
         console.print(f"\ncontact sheet: {sheet}")
         console.print(f"reports:       {run_dir}")

@@ -39,7 +39,7 @@ from qwenedit.ledger import Charge, Done, Ledger, url_expiry
 from qwenedit.pacer import Pacer, PacerPool
 from qwenedit.pricing import Price, PriceTable, cost
 from qwenedit.report import JobResult, ResultSpool, RunTotals
-from qwenedit.storage import CopyError, Destination, copy_url
+from qwenedit.storage import CopyError, Destination, copy_url, scrub_urls
 
 log = logging.getLogger("qwenedit.pipeline")
 
@@ -246,8 +246,7 @@ def _rerunnable_row(ctx: RunContext, job: Job) -> dict[str, Any]:
 
 
 def _safe_text(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).split("?", 1)[0] if "://" in str(exc) else str(exc)  # no presigned query strings
-    return text[:limit]
+    return scrub_urls(str(exc))[:limit]  # presigned query strings are credentials
 
 
 async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
@@ -270,7 +269,7 @@ async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
     if pending:
         charge = pending[-1]
         if not charge.expired(datetime.now(UTC)):
-            await _store_outputs(ctx, job, fp, charge, result, stale)  # paid earlier: copy without calling
+            await _store_outputs(ctx, job, fp, charge, result, stale, fresh=False)  # paid earlier: copy only
             return
         if not ctx.recall_expired:
             result.request_id, result.image_count = charge.request_id, charge.image_count
@@ -302,7 +301,7 @@ async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
     result.billed_not_stored = charge.image_count
     await _with_store_retries(ctx, ctx.ledger.write_charge, charge)
     result.billed_not_stored = 0
-    await _store_outputs(ctx, job, fp, charge, result, stale)
+    await _store_outputs(ctx, job, fp, charge, result, stale, fresh=True)
 
 
 async def _call(
@@ -382,7 +381,7 @@ def _charge_for(ctx: RunContext, job: Job, fp: str, answer: EditResult, price: P
 
 
 async def _store_outputs(
-    ctx: RunContext, job: Job, fp: str, charge: Charge, result: JobResult, stale: set[str]
+    ctx: RunContext, job: Job, fp: str, charge: Charge, result: JobResult, stale: set[str], fresh: bool
 ) -> None:
     result.request_id, result.image_count = charge.request_id, charge.image_count
     result.width, result.height = charge.width, charge.height
@@ -397,7 +396,7 @@ async def _store_outputs(
                     "OutputHostRefused",
                     f"output {k} is on host {urlsplit(url).hostname!r}, which is not an allowed result host; not fetched",
                 )
-            await _copy_with_retries(ctx, job, charge, url, key, k)
+            await _copy_with_retries(ctx, job, charge, url, key, k, fresh)
             stored.append(ctx.dest.uri(key))
     except _JobFailed:
         result.outputs = stored
@@ -435,7 +434,11 @@ def _supersede(dest: Destination, job_id: str, request_id: str) -> None:
         dest.delete(key)
 
 
-async def _copy_with_retries(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k: int) -> None:
+async def _copy_with_retries(
+    ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k: int, fresh: bool
+) -> None:
+    # A fresh call's outputs cannot be stored yet (stale ones were moved aside): skip the HEAD per image on
+    # the hot path. The create-only write still answers "exists" if a retry finds its own earlier upload.
     metadata = {
         "job-id": job.job_id,
         "request-id": charge.request_id,
@@ -449,7 +452,16 @@ async def _copy_with_retries(ctx: RunContext, job: Job, charge: Charge, url: str
         attempt += 1
         try:
             await ctx.blocking(
-                partial(copy_url, ctx.http, url, ctx.dest, key, content_type="image/png", metadata=metadata)
+                partial(
+                    copy_url,
+                    ctx.http,
+                    url,
+                    ctx.dest,
+                    key,
+                    content_type="image/png",
+                    metadata=metadata,
+                    check_existing=not fresh,
+                )
             )
             return
         except CopyError as err:

@@ -343,7 +343,7 @@ class RawServer:
                 if not await self.respond(writer, seen):
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
+            return  # the client hung up or the test ended: the scripted server simply stops (finally closes)
         finally:
             writer.close()
             self._tasks.discard(task)

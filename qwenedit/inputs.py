@@ -17,6 +17,13 @@ able to make us upload ``~/.ssh/id_rsa`` to a third-party API.
 (so moving a file does not redo the work, editing it does), ``s3://bucket/key#etag`` for S3 objects,
 and the URL itself for URLs (their content is not ours to read on every run).
 
+S3 ETags come from one HEAD per object only while few references share a "folder": once
+``list_after_heads`` (8) objects of one prefix have been HEADed, the prefix is listed (``Delimiter="/"``,
+1,000 keys per LIST) and the rest of its ETags are served from ``PrefixListings``, a bounded cache
+(``etag_cache_keys`` keys; a listing is trusted for ``listing_ttl_s``). A key absent from the listing is
+HEADed, so an object created after the listing, or a missing one, is judged exactly as before. A
+million rows over one folder of images cost a thousand LISTs, not a million HEADs.
+
 ``InputResolver.check`` is the deep check ``qwenedit validate --check-images`` runs: existence, real
 image content by magic bytes and a Pillow decode, byte and pixel limits. It never raises.
 """
@@ -31,6 +38,7 @@ import os
 import posixpath
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -321,6 +329,147 @@ def _refuse_bomb(width: int, height: int) -> None:
         )
 
 
+# --- S3 listings ---------------------------------------------------------------------------------
+
+DEFAULT_LIST_AFTER_HEADS = 8
+DEFAULT_ETAG_CACHE_KEYS = 200_000
+DEFAULT_LISTING_TTL_S = 900.0
+_MAX_COUNTED_PREFIXES = 10_000
+
+
+def s3_prefix(key: str) -> str:
+    """The "folder" of an S3 key: everything up to and including its last ``/`` (``""`` at the root)."""
+    head, sep, _ = key.rpartition("/")
+    return head + sep
+
+
+@dataclass
+class _Listing:
+    objects: dict[str, tuple[str, int]]  # key → (ETag without quotes, size in bytes)
+    listed_at: float
+
+
+# One page of ``list_objects_v2``: (bucket, prefix, continuation token or None) → the response dict.
+ListPage = Callable[[str, str, "str | None"], dict[str, Any]]
+
+
+class PrefixListings:
+    """ETags and sizes of S3 objects, learned by listing their prefix once many of them are asked for.
+
+    ``lookup(bucket, key)`` answers ``(etag, size)`` from a listing of the key's prefix, or ``None``
+    when the caller should HEAD the object itself: the prefix has been asked about fewer than
+    ``after_heads`` times (a listing would cost more than it saves), or the key is not in the listing
+    (created since, missing, or past the cache bound). The ``after_heads``-th lookup of a prefix lists
+    it, page by page (``Delimiter="/"``: its direct objects only). At most ``max_keys`` keys are kept
+    across prefixes (least recently used prefixes are dropped first; a prefix larger than the bound
+    keeps its first ``max_keys`` keys). A listing older than ``ttl_s`` is listed again.
+
+    Thread-safe. While one thread lists a prefix, other lookups of that prefix wait for the listing
+    instead of HEADing or listing it again; lookups of other prefixes are not held up.
+    """
+
+    def __init__(
+        self,
+        list_page: ListPage,
+        *,
+        after_heads: int = DEFAULT_LIST_AFTER_HEADS,
+        max_keys: int = DEFAULT_ETAG_CACHE_KEYS,
+        ttl_s: float = DEFAULT_LISTING_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if after_heads < 0 or max_keys < 1 or ttl_s <= 0:
+            raise ValueError("after_heads must be ≥ 0, max_keys ≥ 1 and ttl_s > 0")
+        self._list_page = list_page
+        self._after_heads = after_heads
+        self._max_keys = max_keys
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._listings: OrderedDict[tuple[str, str], _Listing] = OrderedDict()
+        self._cached_keys = 0
+        self._asked: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._listing_now: dict[tuple[str, str], threading.Event] = {}
+        self.lists = 0  # LIST requests made (pages)
+
+    def lookup(self, bucket: str, key: str) -> tuple[str, int] | None:
+        """``(etag, size)`` of ``s3://bucket/key`` from a listing, or None: HEAD it yourself."""
+        pk = (bucket, s3_prefix(key))
+        while True:
+            with self._lock:
+                listing = self._fresh(pk)
+                if listing is not None:
+                    self._listings.move_to_end(pk)
+                    return listing.objects.get(key)
+                busy = self._listing_now.get(pk)
+                if busy is None:
+                    asked = self._asked.pop(pk, 0) + 1
+                    self._asked[pk] = asked
+                    if len(self._asked) > _MAX_COUNTED_PREFIXES:
+                        self._asked.popitem(last=False)
+                    if asked <= self._after_heads:
+                        return None
+                    done = threading.Event()
+                    self._listing_now[pk] = done
+            if busy is not None:
+                busy.wait()
+                continue  # the listing is in (or failed): look again
+            try:
+                objects = self._list(*pk)
+            except Exception:
+                objects = None  # a failed listing is not an error: every key falls back to HEAD
+            with self._lock:
+                del self._listing_now[pk]
+                self._asked.pop(pk, None)
+                if objects is not None:
+                    self._store(pk, _Listing(objects, self._clock()))
+            done.set()
+            return objects.get(key) if objects is not None else None
+
+    def _fresh(self, pk: tuple[str, str]) -> _Listing | None:
+        listing = self._listings.get(pk)
+        if listing is None:
+            return None
+        if self._clock() - listing.listed_at >= self._ttl_s:
+            self._drop(pk)
+            return None
+        return listing
+
+    def _drop(self, pk: tuple[str, str]) -> None:
+        listing = self._listings.pop(pk, None)
+        if listing is not None:
+            self._cached_keys -= len(listing.objects)
+
+    def _store(self, pk: tuple[str, str], listing: _Listing) -> None:
+        self._drop(pk)
+        self._listings[pk] = listing
+        self._cached_keys += len(listing.objects)
+        while self._cached_keys > self._max_keys and len(self._listings) > 1:
+            oldest = next(iter(self._listings))
+            self._drop(oldest)
+
+    def _list(self, bucket: str, prefix: str) -> dict[str, tuple[str, int]]:
+        objects: dict[str, tuple[str, int]] = {}
+        token: str | None = None
+        while True:
+            page = self._list_page(bucket, prefix, token)
+            with self._lock:
+                self.lists += 1
+            for obj in page.get("Contents", []) or []:
+                if len(objects) >= self._max_keys:
+                    return objects
+                objects[str(obj["Key"])] = (str(obj.get("ETag", "")).strip('"'), int(obj.get("Size") or 0))
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return objects
+
+    def clear(self) -> None:
+        """Forget every listing and count (the next lookups HEAD again)."""
+        with self._lock:
+            self._listings.clear()
+            self._asked.clear()
+            self._cached_keys = 0
+
+
 # --- the resolver -------------------------------------------------------------------------------
 
 
@@ -353,6 +502,10 @@ class InputResolver:
         *,
         http_timeout_s: float = 5.0,
         http_client: httpx.Client | None = None,
+        list_after_heads: int = DEFAULT_LIST_AFTER_HEADS,
+        etag_cache_keys: int = DEFAULT_ETAG_CACHE_KEYS,
+        listing_ttl_s: float = DEFAULT_LISTING_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if s3_mode not in ("presign", "data_uri"):
             raise ValueError(f"s3_mode must be 'presign' or 'data_uri', got {s3_mode!r}")
@@ -373,6 +526,13 @@ class InputResolver:
         self._own_http = http_client is None
         self._lock = threading.Lock()
         self._hashes: OrderedDict[tuple[str, int, int], str] = OrderedDict()
+        self.listings = PrefixListings(
+            self._s3_list_page,
+            after_heads=list_after_heads,
+            max_keys=etag_cache_keys,
+            ttl_s=listing_ttl_s,
+            clock=clock,
+        )
 
     @property
     def input_root(self) -> str | None:
@@ -459,11 +619,29 @@ class InputResolver:
             head: dict[str, Any] = self._s3_client().head_object(Bucket=r.bucket, Key=r.key)
         except Exception as exc:
             raise InputError(f"{short_ref(ref)}: {_s3_reason(exc)}", ref=ref) from None
-        size = int(head.get("ContentLength") or 0)
+        self._check_s3_size(ref, int(head.get("ContentLength") or 0))
+        return head
+
+    def _check_s3_size(self, ref: str, size: int) -> None:
         limit = MAX_IMAGE_BYTES if self.s3_mode == "presign" else _max_inline_raw()
         if size > limit:
             raise InputError(f"{short_ref(ref)} is {_mb(size)}; the API takes at most {_mb(limit)}", ref=ref)
-        return head
+
+    def _s3_list_page(self, bucket: str, prefix: str, token: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/", "MaxKeys": 1000}
+        if token:
+            params["ContinuationToken"] = token
+        page: dict[str, Any] = self._s3_client().list_objects_v2(**params)
+        return page
+
+    def _s3_etag(self, ref: str, r: Ref) -> str:
+        """The object's ETag: from a listing of its prefix when one is cached or due, else a HEAD."""
+        listed = self.listings.lookup(r.bucket, r.key)
+        if listed is None:
+            return str(self._s3_head(ref, r).get("ETag", "")).strip('"')
+        etag, size = listed
+        self._check_s3_size(ref, size)
+        return etag
 
     def _s3_get(self, ref: str, r: Ref) -> bytes:
         try:
@@ -519,15 +697,16 @@ class InputResolver:
 
     def identity(self, ref: str) -> str:
         """The fingerprint input for ``ref``: ``sha256:<hex>`` of the bytes for local files and data
-        URIs, ``s3://bucket/key#<etag>`` for S3, the URL itself for URLs. Raises ``InputError``."""
+        URIs, ``s3://bucket/key#<etag>`` for S3, the URL itself for URLs. Raises ``InputError``.
+
+        S3 ETags come from ``self.listings`` once many references share a prefix (see the module doc)."""
         r = self.locate(ref)
         if r.kind == "url":
             return r.location
         if r.kind == "data":
             return "sha256:" + hashlib.sha256(data_uri_bytes(r.location)).hexdigest()
         if r.kind == "s3":
-            etag = str(self._s3_head(ref, r).get("ETag", "")).strip('"')
-            return f"s3://{r.bucket}/{r.key}#{etag}"
+            return f"s3://{r.bucket}/{r.key}#{self._s3_etag(ref, r)}"
         return self._local_hash(ref, r.location)
 
     def _local_hash(self, ref: str, path: str) -> str:

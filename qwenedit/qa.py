@@ -1,0 +1,204 @@
+"""Output QA: is a stored output image whole, the size the API said, and not blank?
+
+``check_output(data, expected=(w, h), requested="W*H")`` returns the names of the checks an image
+fails, empty when it passes them all:
+
+- ``undecodable``: Pillow cannot decode it completely (not an image, corrupt, or truncated). Decoding
+  never relies on ``ImageFile.LOAD_TRUNCATED_IMAGES`` being off: a PNG must also end in its IEND chunk,
+  so a cut-off file is caught even if some other code turned that global on.
+- ``too_large``: the header claims more than ``max_pixels`` pixels; nothing is decoded (the
+  decompression-bomb guard: memory stays below ~4 bytes × ``max_pixels``).
+- ``size_mismatch``: its pixel size is not the ``width``×``height`` that ``usage`` reported.
+- ``size_not_requested``: a ``size`` "W*H" was asked and the image is not W×H with each side rounded to
+  the nearest multiple of 16, as the API does (``1033*1032`` → 1040×1024; reference §3).
+- ``blank``: near-uniform: after compositing on white and downscaling to at most ``BLANK_SIDE`` px, no
+  RGB channel has a standard deviation of ``blank_stddev`` or more (0–255 scale).
+
+The size checks need only the header, so a truncated image still gets them. ``inspect_output`` does
+the same work and also returns the pixel size and, on request, a thumbnail from the same decode;
+``thumbnail_data_uri`` makes the small embedded JPEGs of ``report.html``. ``qa_cell`` formats one job's
+flags for the ``qa`` column of results.csv. Pure functions; safe to call from worker threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageStat
+
+UNDECODABLE = "undecodable"
+TOO_LARGE = "too_large"
+SIZE_MISMATCH = "size_mismatch"
+SIZE_NOT_REQUESTED = "size_not_requested"
+BLANK = "blank"
+CHECKS = (UNDECODABLE, TOO_LARGE, SIZE_MISMATCH, SIZE_NOT_REQUESTED, BLANK)
+
+# Outputs are at most 2048×2048 (reference §1); 4× that is headroom, not a size anyone should see.
+MAX_PIXELS = 4096 * 4096
+# Inputs are whatever the catalogue holds (recommended up to 3072 px a side; 10 MB files).
+MAX_THUMBNAIL_PIXELS = 8192 * 8192
+BLANK_SIDE = 128
+BLANK_STDDEV = 2.0
+_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_SIZE = re.compile(r"\s*([0-9]+)\s*\*\s*([0-9]+)\s*")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Inspection:
+    """What QA found about one image."""
+
+    failed: list[str] = field(default_factory=list)  # check names, in CHECKS order
+    size: tuple[int, int] | None = None  # from the header; None if not even that could be read
+    thumbnail: str | None = None  # a data: URI, when asked for and the image decoded
+
+
+def requested_size(size: str) -> tuple[int, int]:
+    """The pixel size the API delivers for a requested ``size`` "W*H": each side rounded to a multiple
+    of 16, half to even (``"1033*1032"`` → (1040, 1024)). Raises ValueError for anything but "W*H"."""
+    m = _SIZE.fullmatch(size)
+    if m is None:
+        raise ValueError(f'size must be "W*H", got {size!r}')
+    return round(int(m.group(1)) / 16) * 16, round(int(m.group(2)) / 16) * 16
+
+
+def check_output(
+    data: bytes,
+    *,
+    expected: tuple[int, int] | None,
+    requested: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    blank_stddev: float = BLANK_STDDEV,
+) -> list[str]:
+    """The QA checks ``data`` fails (names from ``CHECKS``); empty when all pass.
+
+    ``expected`` is ``(usage.width, usage.height)``; ``requested`` the job's ``size`` or None.
+    """
+    return inspect_output(
+        data, expected=expected, requested=requested, max_pixels=max_pixels, blank_stddev=blank_stddev
+    ).failed
+
+
+def inspect_output(
+    data: bytes,
+    *,
+    expected: tuple[int, int] | None,
+    requested: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    blank_stddev: float = BLANK_STDDEV,
+    thumbnail_side: int | None = None,
+) -> Inspection:
+    """``check_output`` plus the image's size and (``thumbnail_side``) a thumbnail from the same decode."""
+    target = requested_size(requested) if requested else None
+    found = Inspection()
+    failed: set[str] = set()
+    try:
+        img = _open(data)
+    except Image.DecompressionBombError:
+        found.failed = [TOO_LARGE]
+        return found
+    except Exception:  # Pillow raises many kinds for garbage
+        found.failed = [UNDECODABLE]
+        return found
+    with img:
+        found.size = img.size
+        if expected is not None and img.size != tuple(expected):
+            failed.add(SIZE_MISMATCH)
+        if target is not None and img.size != target:
+            failed.add(SIZE_NOT_REQUESTED)
+        if img.width * img.height > max_pixels:
+            failed.add(TOO_LARGE)
+        else:
+            try:
+                img.load()
+                if img.format == "PNG" and not _png_complete(data):
+                    raise OSError("PNG ends before its IEND chunk")
+            except Exception:
+                failed.add(UNDECODABLE)
+            else:
+                if _is_blank(img, blank_stddev):
+                    failed.add(BLANK)
+                if thumbnail_side is not None:
+                    found.thumbnail = _jpeg_uri(_downscale(img, thumbnail_side))
+    found.failed = [c for c in CHECKS if c in failed]
+    return found
+
+
+def thumbnail_data_uri(
+    data: bytes, max_side: int = 160, *, max_pixels: int = MAX_THUMBNAIL_PIXELS
+) -> str | None:
+    """A small JPEG of the image as a ``data:`` URI (longest side ``max_side``); None if it does not
+    decode or is larger than ``max_pixels``. JPEGs are decoded at a reduced scale (cheap)."""
+    try:
+        with _open(data) as img:
+            if img.width * img.height > max_pixels:
+                return None
+            if img.format == "JPEG":
+                img.draft("RGB", (max_side, max_side))
+            if getattr(img, "is_animated", False):
+                img.seek(0)
+            img.load()
+            return _jpeg_uri(_downscale(img, max_side))
+    except Exception:
+        return None
+
+
+def qa_cell(flags: Sequence[Sequence[str]]) -> str:
+    """One job's QA flags for results.csv: ``""`` when every output passed, else
+    ``"0.png=blank; 2.png=size_mismatch+undecodable"`` (0-based output index, as the files are named;
+    no commas, so the cell never needs quoting)."""
+    return "; ".join(f"{k}.png=" + "+".join(checks) for k, checks in enumerate(flags) if checks)
+
+
+def _open(data: bytes) -> Image.Image:
+    # Pillow's own bomb check (a warning, then an error at 2× its larger threshold) stays on; our
+    # ``max_pixels`` is checked from the header before any pixel is decoded.
+    img = Image.open(io.BytesIO(data), formats=_FORMATS)
+    img.size  # noqa: B018  (the header is parsed by now)
+    return img
+
+
+def _png_complete(data: bytes) -> bool:
+    """Walk the PNG's chunks: True only if an IEND chunk is reached inside the data."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return False
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos <= len(data)
+    return False
+
+
+def _is_blank(img: Image.Image, threshold: float) -> bool:
+    small = _flatten(_downscale(img, BLANK_SIDE))
+    return max(ImageStat.Stat(small).stddev) < threshold
+
+
+def _downscale(img: Image.Image, side: int) -> Image.Image:
+    """A copy no larger than ``side`` px a side (integer box reduction first: fast and smoothing)."""
+    if img.mode not in ("RGB", "RGBA", "L", "LA"):
+        img = img.convert("RGBA")  # palette, 1-bit, 16-bit, CMYK...: one mode the rest understands
+    factor = max(1, min(img.width, img.height) // side)
+    small = img.reduce(factor) if factor > 1 else img.copy()
+    small.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return small
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """RGB on a white background (a fully transparent image is blank, whatever its RGB)."""
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _jpeg_uri(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    _flatten(img).save(buf, format="JPEG", quality=70, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

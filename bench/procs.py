@@ -21,23 +21,26 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import httpx
 import psutil
 
-from qwenedit.testing.emulator import free_port
+from qwenedit.testing.procs import free_port, wait_for_http
 
 PYTHON = sys.executable
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and all its descendants, live or already reaped by them."""
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (empty once it is gone)."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its descendants, live or already reaped by them."""
     total = 0.0
-    for p in procs:
+    for p in _tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             t = p.cpu_times()
             # children_* is what a process's *reaped* children used: each reaped process counted once.
@@ -46,13 +49,9 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def tree_rss_bytes(pid: int) -> int:
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
+    """Resident memory of a process and all its descendants."""
     total = 0
-    for p in procs:
+    for p in _tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += p.memory_info().rss
     return total
@@ -169,18 +168,6 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
             child.kill()
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} during start-up; see {log}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s; see {log}")
-
-
 class PrefectServer:
     """``prefect server start`` (SQLite, no UI, analytics off) with its own PREFECT_HOME."""
 
@@ -216,7 +203,14 @@ class PrefectServer:
             self._proc = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.home
             )
-        _wait_http(f"{self.api_url}/health", self._proc, "prefect server", self.log_path, timeout_s)
+        wait_for_http(
+            f"{self.api_url}/health",
+            what="prefect server",
+            timeout_s=timeout_s,
+            proc=self._proc,
+            log=self.log_path,
+            interval_s=0.2,
+        )
         return self
 
     def cpu_seconds(self) -> float:

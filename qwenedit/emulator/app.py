@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 
 from qwenedit.emulator import signing
 from qwenedit.emulator.books import Books, key_id
+from qwenedit.emulator.clock import SYSTEM_CLOCK, Clock
 from qwenedit.emulator.config import (
     ACCOUNT_FAILURES,
     GENERATION_PATH,
@@ -102,6 +103,11 @@ class EmulatorState:
         self._http: httpx.AsyncClient | None = None
         self._rendered: deque[tuple[float, str]] = deque()  # (expires, request_id), oldest first
         self._since_sweep = 0
+
+    @property
+    def clock(self) -> Clock:
+        """The configured clock, or the system's."""
+        return self.config.clock or SYSTEM_CLOCK
 
     @property
     def output_dir(self) -> Path:
@@ -238,9 +244,9 @@ def _error(rejection: Rejection, request_id: str, arrival_wall: float) -> JSONRe
 
 
 async def _generation(request: Request) -> Response:
-    arrival = time.monotonic()  # first thing: this is what the rate limit counts
-    arrival_wall = time.time()
     state = _state(request)
+    arrival = state.clock.monotonic()  # first thing: this is what the rate limit counts
+    arrival_wall = time.time()
     config = state.config
     request_id = str(uuid.uuid4())
     account = ""
@@ -298,7 +304,7 @@ async def _generation(request: Request) -> Response:
         usage = {"width": size[0], "height": size[1], "image_count": outcome.image_count}
         return JSONResponse({"request_id": request_id, "usage": usage}, headers=headers)
 
-    expires = int(time.time() + config.url_ttl_s)
+    expires = int(state.clock.time() + config.url_ttl_s)
     out_dir = state.output_dir / request_id
     await asyncio.to_thread(
         render_outputs,
@@ -468,7 +474,7 @@ async def _drop(request: Request) -> Response:
 
 def _sweep(state: EmulatorState) -> None:
     """Delete outputs whose links have expired (outputs live on disk; disk must not grow forever)."""
-    stale = state.expired_outputs(time.time())
+    stale = state.expired_outputs(state.clock.time())
     if stale:
         asyncio.get_running_loop().run_in_executor(None, _remove_dirs, stale)
 
@@ -498,7 +504,7 @@ async def _output(request: Request) -> Response:
         index,
         request.query_params.get("Expires"),
         request.query_params.get("Signature"),
-        time.time(),
+        state.clock.time(),
     )
     if problem is not None:
         message = {

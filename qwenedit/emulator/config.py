@@ -13,6 +13,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qwenedit.emulator.clock import Clock
+
 RenderMode = Literal["full", "fast"]
 
 GENERATION_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
@@ -135,6 +137,9 @@ class EmulatorConfig:
     # --- bookkeeping ---
     max_arrivals: int = 200_000  # the arrival log is a ring buffer of this size
 
+    # --- time ---
+    clock: Clock | None = None  # None: the system clock; tests inject a fake one (qwenedit/emulator/clock.py)
+
 
 # Fields that only make sense at start-up.
 STARTUP_ONLY = frozenset({"output_dir"})
@@ -210,8 +215,8 @@ def public_view(config: EmulatorConfig) -> dict[str, Any]:
             out[f.name] = len(value)
         elif f.name == "models":
             out["models"] = sorted(value)
-        elif f.name == "latency":
-            out["latency"] = None if value is None else "custom"
+        elif f.name in ("latency", "clock"):
+            out[f.name] = None if value is None else "custom"
         else:
             out[f.name] = list(value) if isinstance(value, list) else value
     return out

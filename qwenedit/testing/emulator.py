@@ -7,22 +7,15 @@ pacer, the benchmark, multi-process runs) use this separate process, as the real
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from qwenedit.testing.procs import free_port, wait_for_http
 
 
 class EmulatorProcess:
@@ -66,16 +59,19 @@ class EmulatorProcess:
             self._proc = subprocess.Popen(
                 self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"emulator exited with {self._proc.returncode}; see {self.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if self._http.get("/_emulator/health", timeout=2.0).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"emulator not ready after {timeout_s:.0f} s; see {self.log_path}")
+        try:
+            wait_for_http(
+                f"{self.base_url}/_emulator/health",
+                what="emulator",
+                timeout_s=timeout_s,
+                proc=self._proc,
+                log=self.log_path,
+                client=self._http,
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def _get(self, what: str) -> Any:
         r = self._http.get(f"/_emulator/{what}")

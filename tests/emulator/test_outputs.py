@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,8 @@ from PIL import Image
 from qwenedit.emulator import EmulatedDrop, EmulatorConfig, EmulatorServer, create_app
 from qwenedit.emulator.config import GENERATION_PATH
 from qwenedit.emulator.render import auto_size, render_outputs, round_size
+from qwenedit.testing.clock import FakeClock
+from qwenedit.testing.procs import free_port, wait_until
 from tests.emulator.helpers import body, image_bytes, image_urls, png_uri, post
 
 
@@ -32,11 +33,12 @@ def _with_query(url: str, **changes: str) -> str:
 
 
 def test_link_expires_after_its_ttl(emulator_factory: Callable[..., EmulatorServer]) -> None:
-    server = emulator_factory(url_ttl_s=1)
+    clock = FakeClock()
+    server = emulator_factory(url_ttl_s=1, clock=clock)
     url = _one_url(server)
 
     assert httpx.get(url).status_code == 200
-    time.sleep(2.05)
+    clock.advance(2.05)
     expired = httpx.get(url)
 
     assert expired.status_code == 403
@@ -102,16 +104,10 @@ def test_http_url_inputs_are_downloaded(emulator: EmulatorServer) -> None:
     assert response.json()["usage"]["width"] == 1248
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("make_url", "message"),
     [
-        (lambda base: f"http://127.0.0.1:{_closed_port()}/x.png", "download image failed"),
+        (lambda base: f"http://127.0.0.1:{free_port()}/x.png", "download image failed"),
         (lambda base: f"{base}/_emulator/outputs/nope/0.png", "download image failed"),
         (lambda base: f"{base}/_emulator/health", "Invalid image format or corrupted file"),
     ],
@@ -214,9 +210,8 @@ def test_keep_outputs_bounds_the_files_on_disk(
         first = image_urls(post(c, body()))[0]
         for _ in range(11):
             post(c, body())
-    deadline = time.monotonic() + 3
-    while len(list(tmp_path.iterdir())) > 5 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # Old outputs are removed off the event loop, just after the answer that triggered the sweep.
+    wait_until(lambda: len(list(tmp_path.iterdir())) <= 5, what="output sweep", timeout_s=3, interval_s=0.02)
 
     assert len(list(tmp_path.iterdir())) <= 5
     assert httpx.get(first).status_code == 404

@@ -13,6 +13,7 @@ import pytest
 from qwenedit.emulator import EmulatorServer
 from qwenedit.emulator.config import GENERATION_PATH
 from qwenedit.emulator.ratelimit import SlidingWindow, rule_for_rps
+from qwenedit.testing.clock import FakeClock
 from tests.emulator.helpers import body
 
 
@@ -82,13 +83,17 @@ async def test_accounts_are_limited_independently_but_keys_of_one_account_share(
 async def test_the_window_slides_so_paced_requests_all_pass(
     emulator_factory: Callable[..., EmulatorServer],
 ) -> None:
-    server = emulator_factory(rps=2)
+    clock = FakeClock()
+    server = emulator_factory(rps=2, clock=clock)
 
     first = await _burst(server.base_url, [("sk-a", "qwen-image-edit-plus")] * 2)
-    await asyncio.sleep(1.05)
+    clock.advance(0.5)
+    too_soon = await _burst(server.base_url, [("sk-a", "qwen-image-edit-plus")])
+    clock.advance(0.55)
     second = await _burst(server.base_url, [("sk-a", "qwen-image-edit-plus")] * 2)
 
     assert _statuses(first + second) == {200: 4}
+    assert _statuses(too_soon) == {429: 1}  # the window had not slid yet: the clock is what counts
 
 
 async def test_max_model_allows_two_per_minute(emulator_factory: Callable[..., EmulatorServer]) -> None:

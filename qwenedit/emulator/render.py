@@ -7,6 +7,10 @@ mark bottom-right. Everything here is CPU work; the app runs it in a worker thre
 ``fast`` keeps the emulator cheap enough for 20 RPS on 2 cores: the input becomes a small thumbnail on
 a flat palette canvas (one byte per pixel and flat areas: the PNG encodes ~5x faster than RGB). Both
 modes write PNGs with ``compress_level=1``: slower zlib levels cost far more CPU for files nobody keeps.
+
+Bad outputs (the ``*_output`` faults, for output QA): the LAST image of the request is ``blank`` (one
+flat colour, right size), ``missized`` (half the size ``usage`` reports) or ``truncated`` (a PNG cut in
+half, served whole over HTTP); the request's other images stay good, so n > 1 shows both side by side.
 """
 
 from __future__ import annotations
@@ -16,13 +20,19 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from qwenedit.emulator.config import RenderMode
 
 TARGET_AREA = 1024 * 1024
+BadOutput = Literal["blank", "missized", "truncated"]
+BAD_OUTPUT_FAULTS: dict[str, BadOutput] = {
+    "blank_output": "blank",
+    "missized_output": "missized",
+    "truncated_output": "truncated",
+}
 _FAST_THUMB = 256  # longest side of the thumbnail in fast mode
 _PALETTE = [
     (236, 239, 244),
@@ -179,17 +189,33 @@ def render_outputs(
     watermark: bool,
     mode: RenderMode,
     out_dir: Path,
+    bad_output: BadOutput | None = None,
 ) -> list[Path]:
-    """Render ``count`` PNGs into ``out_dir`` as ``0.png``, ``1.png``, ... and return their paths."""
+    """Render ``count`` PNGs into ``out_dir`` as ``0.png``, ``1.png``, ... and return their paths.
+
+    ``bad_output`` spoils the last one (see the module docstring)."""
     width, height = size
     base = _base(_source(open_image(last_image), width, height, mode), width, height, mode)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(count):
-        img = render_image(base, width, height, caption=caption, index=k, count=count, watermark=watermark)
+        bad = bad_output if k == count - 1 else None
+        if bad == "blank":
+            img = Image.new("L", (width, height), 236)
+        else:
+            img = render_image(
+                base, width, height, caption=caption, index=k, count=count, watermark=watermark
+            )
+        if bad == "missized":
+            img = img.resize((max(16, width // 2), max(16, height // 2)), Image.Resampling.NEAREST)
         path = out_dir / f"{k}.png"
         tmp = out_dir / f".{k}.png.tmp"
-        img.save(tmp, format="PNG", compress_level=1)
+        if bad == "truncated":
+            buf = io.BytesIO()
+            img.save(buf, format="PNG", compress_level=1)
+            tmp.write_bytes(buf.getvalue()[: buf.tell() // 2])
+        else:
+            img.save(tmp, format="PNG", compress_level=1)
         os.replace(tmp, path)  # a reader never sees half a file
         paths.append(path)
     return paths

@@ -66,6 +66,15 @@ def emulator(
     foreign_host: Annotated[
         float, typer.Option(help="Rate of billed 200s whose URLs point at a foreign host.")
     ] = 0.0,
+    blank_output: Annotated[
+        float, typer.Option(help="Rate of billed 200s whose last image is blank (one flat colour).")
+    ] = 0.0,
+    missized_output: Annotated[
+        float, typer.Option(help="Rate of billed 200s whose last image is not the size usage reports.")
+    ] = 0.0,
+    truncated_output: Annotated[
+        float, typer.Option(help="Rate of billed 200s whose last image is a truncated PNG.")
+    ] = 0.0,
     url_ttl: Annotated[float, typer.Option(help="Lifetime of output URLs in seconds.")] = 86400.0,
     render: Annotated[str, typer.Option(help="Output rendering: full or fast (cheaper).")] = "full",
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible faults and latencies.")] = None,
@@ -117,6 +126,9 @@ def emulator(
         hang_rate=hang,
         malformed_rate=malformed,
         foreign_host_rate=foreign_host,
+        blank_output_rate=blank_output,
+        missized_output_rate=missized_output,
+        truncated_output_rate=truncated_output,
         seed=seed,
     )
     try:

@@ -46,7 +46,7 @@ from qwenedit.emulator.config import (
 )
 from qwenedit.emulator.faults import FaultDice
 from qwenedit.emulator.ratelimit import RateLimiter, rule_for_rps
-from qwenedit.emulator.render import check_image, output_size, render_outputs
+from qwenedit.emulator.render import BAD_OUTPUT_FAULTS, check_image, output_size, render_outputs
 from qwenedit.emulator.validate import (
     MSG_500,
     MSG_503,
@@ -315,6 +315,7 @@ async def _generation(request: Request) -> Response:
         watermark=valid.watermark,
         mode=config.render,
         out_dir=out_dir,
+        bad_output=BAD_OUTPUT_FAULTS.get(fault),
     )
     del inputs
     state.remember_output(request_id, expires)

@@ -75,6 +75,9 @@ FAULTS = (
     "malformed_json",  # billed 200 whose body is not JSON
     "malformed_fields",  # billed 200 JSON missing ``output``
     "foreign_host",  # billed 200 whose image URLs point at ``foreign_base_url``
+    "blank_output",  # billed 200 whose last image is one flat colour (output QA: blank)
+    "missized_output",  # billed 200 whose last image is half the size ``usage`` says (size_mismatch)
+    "truncated_output",  # billed 200 whose last image is a PNG cut in half (undecodable)
     "ok",  # explicitly no fault (useful inside a ``next_faults`` script)
 )
 
@@ -131,6 +134,9 @@ class EmulatorConfig:
     hang_rate: float = 0.0
     malformed_rate: float = 0.0  # split evenly between malformed_json and malformed_fields
     foreign_host_rate: float = 0.0
+    blank_output_rate: float = 0.0
+    missized_output_rate: float = 0.0
+    truncated_output_rate: float = 0.0
     next_faults: list[str] = field(default_factory=list)  # forced faults for the next valid requests
     seed: int | None = None  # makes faults and latencies reproducible
 
@@ -153,6 +159,9 @@ RATE_FIELDS = {
     "hang": "hang_rate",
     "malformed": "malformed_rate",
     "foreign_host": "foreign_host_rate",
+    "blank_output": "blank_output_rate",
+    "missized_output": "missized_output_rate",
+    "truncated_output": "truncated_output_rate",
 }
 
 

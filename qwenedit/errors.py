@@ -1,6 +1,13 @@
-"""DashScope error taxonomy: one class per failure family.
+"""The exception tree of qwenedit: one class per failure, grouped by family, rooted in ``QwenEditError``.
 
-Every API failure the client sees becomes one of these. Two class attributes drive the pipeline:
+Families (each a section below):
+
+- **DashScope** (``DashScopeError``): every API failure the client sees becomes one of these.
+- **Storage** (``StorageError``, ``CopyError``): a destination that cannot be used, a copy that failed.
+- **Run** (``RunError``): a run that cannot start (bad manifest, unusable destination) or whose shards
+  did not all finish.
+
+Two class attributes of a DashScope error drive the pipeline:
 
 - ``retryable``: the same request may succeed later (throttling, server faults, network).
 - ``fatal_for_run``: the account itself is unusable (bad key, arrears, access denied, free tier
@@ -10,16 +17,31 @@ Every API failure the client sees becomes one of these. Two class attributes dri
 even though we never saw the answer (a read timeout, a dropped connection after sending, a 200 with
 a body we could not parse). The report counts these so spend is never silently understated.
 
-Exception text carries the API's code and message only: never the request headers (the key).
+:func:`is_transient_storage_error` says which storage failures are outages worth riding out (the one
+predicate the storage retry layer uses); :class:`JobCode` names every ``error_code`` a job result can
+carry besides the API's own codes.
+
+Exception text carries the API's code and message only: never the request headers (the key), never a
+presigned URL's query string.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import errno
+from typing import TYPE_CHECKING, ClassVar, Final, Literal
+
+from qwenedit.redact import scrub_urls
+
+if TYPE_CHECKING:
+    from qwenedit.manifest import Validation
 
 
 class QwenEditError(Exception):
     """Base class of every error this package raises on purpose."""
+
+
+# =========================================================================================================
+# DashScope
 
 
 class DashScopeError(QwenEditError):
@@ -209,3 +231,179 @@ def _family(status: int, code: str, message: str) -> type[DashScopeError]:
     if 400 <= status < 500:
         return RequestRejected
     return UnexpectedResponse
+
+
+# =========================================================================================================
+# Storage
+
+
+class StorageError(QwenEditError):
+    """A destination could not be used (bad URI, unsupported store feature, I/O failure)."""
+
+
+class InvalidKey(StorageError, ValueError):
+    """An object key that could escape the destination or is not a plain relative path."""
+
+
+class ConditionalWritesUnsupported(StorageError):
+    """The store refused If-None-Match; the destination switched to HEAD-then-PUT, so retry the write."""
+
+
+class CopyError(QwenEditError):
+    """Copying an output URL into the destination failed; says whether retrying can help."""
+
+    def __init__(
+        self,
+        message: str,
+        retryable: bool,
+        expired: bool = False,
+        *,
+        where: Literal["source", "dest"] = "source",
+    ) -> None:
+        message = scrub_urls(message)
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.expired = expired
+        self.where = where
+
+    def __repr__(self) -> str:
+        return (
+            f"CopyError({self.message!r}, retryable={self.retryable}, expired={self.expired}, "
+            f"where={self.where!r})"
+        )
+
+
+# S3 error codes that mean "try again later" (besides any 5xx status).
+TRANSIENT_S3_CODES: Final = frozenset(
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeTooSkewed",
+        "ConditionalRequestConflict",
+    }
+)
+# OS errors of a network path (an NFS mount, a socket) that an outage raises and a later try can clear.
+_TRANSIENT_ERRNOS: Final = frozenset(
+    {
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.ENETRESET,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.EAGAIN,
+    }
+)
+
+
+def s3_error_code(exc: BaseException) -> str:
+    """The ``Error.Code`` of a botocore ``ClientError`` (``"404"`` for a HEAD), else ``""``."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def s3_status(exc: BaseException) -> int:
+    """The HTTP status of a botocore ``ClientError``, else 0."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return 0
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def is_transient_storage_error(exc: BaseException) -> bool:
+    """Whether a storage failure is an outage a later try can clear (so the retry layer may wait for it).
+
+    True: botocore connection errors and timeouts (``EndpointConnectionError``, ``ConnectTimeoutError``,
+    ``ConnectionClosedError``, ``ReadTimeoutError``, ...); an S3 answer with a 5xx/408/429 status or a
+    throttling/timeout code (:data:`TRANSIENT_S3_CODES`); OS network errors (``ConnectionError``,
+    ``TimeoutError``, ECONNRESET and kin); :class:`ConditionalWritesUnsupported` (the write is retried
+    as HEAD-then-PUT); a :class:`CopyError` whose ``retryable`` is true.
+
+    False for everything else: a bug (``TypeError``), refused credentials (403 AccessDenied), a missing
+    bucket (NoSuchBucket), a TLS certificate the client rejects (``SSLError``), a full disk, an invalid
+    key. Those fail the job at once, with their traceback.
+    """
+    if isinstance(exc, CopyError):
+        return exc.retryable
+    if isinstance(exc, ConditionalWritesUnsupported):
+        return True
+    if isinstance(exc, QwenEditError):
+        return False
+    import botocore.exceptions as bce  # lazily: errors.py stays importable without touching boto
+
+    if isinstance(exc, bce.ClientError):
+        status = s3_status(exc)
+        return status >= 500 or status in (408, 429) or s3_error_code(exc) in TRANSIENT_S3_CODES
+    if isinstance(exc, bce.SSLError):
+        return False  # a certificate the client rejects does not heal; a wrong CA bundle must fail fast
+    if isinstance(exc, (bce.ConnectionError, bce.HTTPClientError)):
+        return True  # endpoint unreachable, connect/read timeout, connection closed mid-answer
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _TRANSIENT_ERRNOS
+    return False
+
+
+# =========================================================================================================
+# Run
+
+
+class RunError(QwenEditError):
+    """A run could not start, or did not finish all its work; raised by the run layer, never for one job."""
+
+
+class ManifestInvalid(RunError):
+    """The manifest has errors; nothing was called."""
+
+    def __init__(self, validation: Validation) -> None:
+        self.validation = validation
+        n = sum(1 for p in validation.problems if p.severity == "error")
+        super().__init__(f"manifest has {n} invalid row problem(s); run `qwenedit validate` to see them all")
+
+
+class DestinationUnusable(RunError):
+    """The destination cannot be listed or written; nothing was called."""
+
+
+class ShardsFailed(RunError):
+    """Some shard runs did not complete; the consolidated report lists their rows."""
+
+
+# =========================================================================================================
+# Job error codes
+
+
+class JobCode:
+    """The ``error_code`` of a failed job when the failure is ours, not the API's (reports depend on these
+    exact strings; the API's own codes, such as ``InvalidParameter``, pass through unchanged)."""
+
+    BAD_INPUT: Final = "BadInput"
+    """An input image could not be resolved or read when the job ran."""
+    OUTPUTS_EXPIRED: Final = "OutputsExpired"
+    """The output URLs expired before the images were stored."""
+    BUDGET_EXCEEDED: Final = "BudgetExceeded"
+    """Not started: the job could take the spend over the budget."""
+    RUN_STOPPED: Final = "RunStopped"
+    """Not started: an account error stopped the run."""
+    OUTPUT_HOST_REFUSED: Final = "OutputHostRefused"
+    """An output URL is on a host that is not an allowed result host; not fetched."""
+    COPY_FAILED: Final = "CopyFailed"
+    """An output image could not be copied into the destination."""
+    STORAGE_UNAVAILABLE: Final = "StorageUnavailable"
+    """The destination (ledger records) stayed unreachable through every retry."""
+    ORCHESTRATION_ERROR: Final = "OrchestrationError"
+    """The task running the job crashed outside the pipeline (the orchestrator's failure, not the job's)."""
+    SHARD_RUN_FAILED: Final = "ShardRunFailed"
+    """The shard run holding the job did not complete, so the job has no result of its own."""

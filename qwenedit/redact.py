@@ -1,10 +1,16 @@
-"""Log redaction: credentials never reach a log line, whoever writes it (our code or a library at DEBUG).
+"""Redaction: credentials never reach a log line or an error message, whoever writes it.
 
-botocore logs every signed request at DEBUG, Authorization header included (``Credential=<access key
-id>/...``), and the canonical query of every presigned URL (``X-Amz-Credential=<access key id>%2F...``).
-A user who turns logging up to debug a run must not get credentials in their terminal, their log
-files or Prefect's log store. ``install_log_redaction`` wraps the process's LogRecord factory, so every
-record, from any logger, is scrubbed once, when it is created, before any handler sees it.
+Two tools, one concern:
+
+- **URL scrubbing** (:func:`redact_url`, :func:`scrub_urls`, :func:`redact_userinfo`): a presigned URL's
+  query string *is* a credential, and an endpoint may be written ``https://user:pass@host``. Error
+  messages and reprs pass URLs through these before they are shown.
+- **Log redaction** (:func:`install_log_redaction`): botocore logs every signed request at DEBUG,
+  Authorization header included (``Credential=<access key id>/...``), and the canonical query of every
+  presigned URL (``X-Amz-Credential=<access key id>%2F...``). A user who turns logging up to debug a
+  run must not get credentials in their terminal, their log files or Prefect's log store. It wraps the
+  process's LogRecord factory, so every record, from any logger, is scrubbed once, when it is created,
+  before any handler sees it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,43 @@ import logging
 import re
 import threading
 from typing import Any
+from urllib.parse import urlsplit
+
+# ---------------------------------------------------------------------------------------------------------
+# URLs and credentials in text
+
+_URL_WITH_QUERY = re.compile(r"((?:https?|s3)://[^\s?#'\"<>]*)[?#][^\s'\"<>]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without query string, fragment or userinfo: a presigned URL's query *is* a credential."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    tail = "?…" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{tail}" if parts.scheme else f"{parts.path}{tail}"
+
+
+def scrub_urls(text: str) -> str:
+    """Remove the query string and fragment of every URL in ``text``."""
+    return _URL_WITH_QUERY.sub(lambda m: m.group(1) + "?…", text)
+
+
+def redact_userinfo(url: str | None) -> str | None:
+    """``url`` without its ``user:password@`` part (an endpoint URL may carry credentials there)."""
+    if url is None or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=host).geturl()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Log records
 
 _PATTERNS = (
     (re.compile(r"((?:X-Amz-)?Credential=)[^/&\s'\",]+"), r"\1***"),

@@ -43,6 +43,7 @@ from qwenedit.errors import QwenEditError
 from qwenedit.inputs import Check, InputError, InputResolver, S3Mode, location_text, quote_text
 from qwenedit.jobs import CSV_COLUMNS, DEFAULT_MODEL, DEFAULT_REGION, Job
 from qwenedit.pricing import Price, PriceTable, Quote, default_prices, normalize_model, normalize_region
+from qwenedit.templates import PromptTemplate, parse_template
 
 Severity = Literal["error", "warning"]
 
@@ -346,7 +347,9 @@ def _detect_delimiter(first_line: str, name: str) -> str:
     return best
 
 
-def _csv_records(src: ManifestSource, header_out: list[_Header]) -> Iterator[_Record]:
+def _csv_records(
+    src: ManifestSource, header_out: list[_Header], required: tuple[str, ...] = REQUIRED_CSV_COLUMNS
+) -> Iterator[_Record]:
     csv.field_size_limit(16 * 1024 * 1024)  # data URIs up to 10 MiB live in cells
     with _open_binary(src.path) as fh:
         lines = _text_lines(fh, src.name)
@@ -363,7 +366,9 @@ def _csv_records(src: ManifestSource, header_out: list[_Header]) -> Iterator[_Re
         reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
         try:
             header_cells = next(reader)
-            header = _check_header(header_cells, delimiter, src.name, blank_before + reader.line_num)
+            header = _check_header(
+                header_cells, delimiter, src.name, blank_before + reader.line_num, required
+            )
             header_out.append(header)
             if header.fatal:
                 return
@@ -382,7 +387,9 @@ def _csv_records(src: ManifestSource, header_out: list[_Header]) -> Iterator[_Re
             ) from None
 
 
-def _check_header(cells: list[str], delimiter: str, name: str, line: int) -> _Header:
+def _check_header(
+    cells: list[str], delimiter: str, name: str, line: int, required: tuple[str, ...] = REQUIRED_CSV_COLUMNS
+) -> _Header:
     problems: list[Problem] = []
 
     def add(column: str | None, reason: str, severity: Severity = "error") -> None:
@@ -413,7 +420,7 @@ def _check_header(cells: list[str], delimiter: str, name: str, line: int) -> _He
         elif canonical == "images":
             add("images", "CSV manifests list images in columns image_1, image_2, image_3, not 'images'")
     present = set(seen)
-    missing = [c for c in REQUIRED_CSV_COLUMNS if c not in present]
+    missing = [c for c in required if c not in present]
     for column in missing:
         have = ", ".join(c.strip() for c in cells if c.strip()) or "nothing"
         add(column, f"required column is missing (the header has: {have})")
@@ -568,6 +575,7 @@ class _Rules:
     regions: frozenset[str] = frozenset()
     models: frozenset[str] = frozenset()
     seen: dict[str, int] = field(default_factory=dict)  # job_id → first row
+    template: PromptTemplate | None = None  # fills the prompt of rows that leave it empty
 
     def __post_init__(self) -> None:
         self.regions = frozenset(self.prices.regions())
@@ -640,10 +648,19 @@ def _check_record(rec: _Record, rules: _Rules) -> Job | None:
         images.append(ref)
 
     prompt = f.get("prompt", "")
+    template = None if prompt else rules.template  # a row's own prompt wins over the template
+    if template is not None:
+        prompt, missing = template.fill({**rec.extra, **f})
+        for column, reason in missing:
+            err(column, reason)
     if not prompt:
-        err("prompt", "is empty: every job needs an instruction")
+        if template is None:
+            err("prompt", "is empty: every job needs an instruction")
     elif len(prompt) > PROMPT_LIMIT:
-        warn("prompt", _truncated(len(prompt), PROMPT_LIMIT))
+        warn(
+            "prompt",
+            _truncated(len(prompt), PROMPT_LIMIT) + (" (filled from the template)" if template else ""),
+        )
     negative = f.get("negative_prompt", "")
     if len(negative) > NEGATIVE_PROMPT_LIMIT:
         warn("negative_prompt", _truncated(len(negative), NEGATIVE_PROMPT_LIMIT))
@@ -787,9 +804,11 @@ class _ProblemStore:
         return sorted(merged, key=lambda p: (p.row or 0, _COLUMN_ORDER.get(p.column or "", 99), p.severity))
 
 
-def _records(src: ManifestSource, header_out: list[_Header]) -> Iterator[_Record]:
+def _records(src: ManifestSource, header_out: list[_Header], rules: _Rules) -> Iterator[_Record]:
     if src.format == "csv":
-        yield from _csv_records(src, header_out)
+        # With a prompt template the prompt column is optional: rows that leave it out get the template.
+        required = REQUIRED_CSV_COLUMNS if rules.template is None else ("job_id", "image_1")
+        yield from _csv_records(src, header_out, required)
     else:
         header_out.append(_Header([]))
         yield from _jsonl_records(src)
@@ -819,13 +838,16 @@ def validate_manifest(
     resolver: InputResolver | None = None,
     check_workers: int = 16,
     progress: Callable[[int], None] | None = None,
+    prompt_template: str | PromptTemplate | None = None,
 ) -> Validation:
     """Read the whole manifest and report every problem in it, with the quote for its valid rows.
 
     ``region``/``model`` are the defaults for rows that leave those cells empty (None: the package
-    defaults, singapore and qwen-image-edit-plus). Raises
-    ``ManifestError`` only when the file cannot be read at all.
+    defaults, singapore and qwen-image-edit-plus). ``prompt_template`` fills the prompt of rows that
+    leave it empty (``templates.py``). Raises ``ManifestError`` only when the file cannot be read at
+    all, ``TemplateError`` (before reading) when the template is malformed.
     """
+    template = parse_template(prompt_template)
     with ManifestSource.open(source) as src:
         own_resolver = resolver is None
         resolver = resolver or _make_resolver(src, input_root, s3_mode)
@@ -840,6 +862,7 @@ def validate_manifest(
                 max_problems,
                 check_workers,
                 progress,
+                template,
             )
         finally:
             if own_resolver:
@@ -856,12 +879,13 @@ def _validate(
     max_problems: int,
     check_workers: int,
     progress: Callable[[int], None] | None,
+    template: PromptTemplate | None = None,
 ) -> Validation:
     result = Validation(source=src.name, format=src.format)
     store = _ProblemStore(max_problems)
-    rules = _Rules(region, model, prices, resolver)
+    rules = _Rules(region, model, prices, resolver, template=template)
     headers: list[_Header] = []
-    records = _records(src, headers)
+    records = _records(src, headers, rules)
     pool = ThreadPoolExecutor(max_workers=check_workers, thread_name_prefix="check") if check_images else None
     # The same image on many rows (a logo, a shared backdrop) is checked once; bounded, like the rest.
     checked: OrderedDict[str, Check] = OrderedDict()
@@ -947,16 +971,19 @@ def iter_jobs(
     prices: PriceTable | None = None,
     input_root: str | os.PathLike[str] | None = None,
     on_invalid: Literal["raise", "skip"] = "raise",
+    prompt_template: str | PromptTemplate | None = None,
 ) -> Iterator[Job]:
     """The manifest's rows as ``Job``s, in order, parsed exactly as ``validate_manifest`` parses them.
 
     Meant for after a successful validation: an invalid row raises ``ManifestError`` naming its
-    first error (or is skipped with ``on_invalid="skip"``).
+    first error (or is skipped with ``on_invalid="skip"``). ``prompt_template`` as for validation.
     """
+    template = parse_template(prompt_template)
     with ManifestSource.open(source) as src, _make_resolver(src, input_root, "presign") as resolver:
         rules = _Rules(region or DEFAULT_REGION, model or DEFAULT_MODEL, prices or default_prices(), resolver)
+        rules.template = template
         headers: list[_Header] = []
-        for rec in _records(src, headers):
+        for rec in _records(src, headers, rules):
             job = _check_record(rec, rules)
             if job is not None:
                 yield job

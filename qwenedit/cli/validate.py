@@ -32,6 +32,7 @@ from qwenedit.pricing import (
     normalize_region,
     parse_money,
 )
+from qwenedit.templates import TemplateError, parse_template
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
@@ -83,6 +84,13 @@ def validate(
         int,
         typer.Option(min=1, help="List at most this many errors and this many warnings (all are counted)."),
     ] = 1000,
+    prompt_template: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompt for rows that leave 'prompt' empty, filled from their columns: "
+            "'Put the {product} on a white background'. Named fields only.",
+        ),
+    ] = None,
 ) -> None:
     """Check a manifest before a cent is spent: every problem (row, job_id, column, reason) and the cost."""
     out = Console(soft_wrap=False, highlight=False)
@@ -102,6 +110,7 @@ def validate(
             prices,
             input_root,
             max_problems,
+            prompt_template,
         )
     except _Fail as fail:
         _print_failure(out, err, fail, json_output)
@@ -141,6 +150,7 @@ def _run(
     prices_path: Path | None,
     input_root: Path | None,
     max_problems: int,
+    prompt_template: str | None = None,
 ) -> int:
     try:
         prices = load_prices(prices_path)
@@ -155,6 +165,10 @@ def _run(
             raise _Fail(f"--budget {exc}") from None
     if input_root is not None and not input_root.is_dir():
         raise _Fail(f"--input-root {str(input_root)!r} is not a folder")
+    try:
+        template = parse_template(prompt_template)
+    except TemplateError as exc:
+        raise _Fail(f"--prompt-template: {exc}") from None
 
     status = None
     if not json_output and err.is_terminal:
@@ -170,6 +184,7 @@ def _run(
             check_images=check_images,
             max_problems=max_problems,
             progress=(lambda n: status.update(f"Reading {manifest} … {n:,} rows")) if status else None,
+            prompt_template=template,
         )
     except ManifestError as exc:
         raise _Fail(str(exc)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import socket
 import threading
@@ -21,11 +22,10 @@ from qwenedit.storage import (
     CopyError,
     LocalDestination,
     MiB,
+    PutOutcome,
     S3Destination,
     S3Settings,
     copy_url,
-    redact_url,
-    scrub_urls,
 )
 from tests.fixtures.s3 import S3Bucket
 
@@ -351,10 +351,38 @@ def test_unreachable_store_is_a_retryable_destination_error(
     _assert_no_secret(info.value)
 
 
-def test_redaction_helpers_strip_query_strings() -> None:
-    url = f"https://user:pw@dashscope-result.oss.aliyuncs.com/a/b.png?{SECRET_QUERY}#frag"
-    assert redact_url(url) == "https://dashscope-result.oss.aliyuncs.com/a/b.png?…"
-    text = f"failed: {url} then s3://bucket/key?x=1 and http://h/p?q=2."
-    scrubbed = scrub_urls(text)
-    assert "Signature" not in scrubbed and "x=1" not in scrubbed and "q=2" not in scrubbed
-    assert "dashscope-result.oss.aliyuncs.com/a/b.png" in scrubbed
+class _FailingStore(LocalDestination):
+    """A local destination whose writes fail with a given exception."""
+
+    def __init__(self, root: Path, exc: BaseException) -> None:
+        super().__init__(root)
+        self.exc = exc
+
+    def put_create_only(self, *args: object, **kwargs: object) -> PutOutcome:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "retryable"),
+    [
+        (ConnectionResetError(errno.ECONNRESET, "reset by peer"), True),
+        (OSError(errno.ENOSPC, "No space left on device"), False),
+        (PermissionError(errno.EACCES, "Permission denied"), False),
+    ],
+    ids=["network reset", "disk full", "permission denied"],
+)
+def test_a_destination_failure_is_retryable_only_if_it_is_an_outage(
+    tmp_path: Path, source: str, http: httpx.Client, exc: BaseException, retryable: bool
+) -> None:
+    with pytest.raises(CopyError) as info:
+        copy_url(http, _url(source, "/img/x.png", size=1000), _FailingStore(tmp_path, exc), "a.png")
+    assert info.value.where == "dest" and info.value.retryable is retryable
+    _assert_no_secret(info.value)
+
+
+def test_a_bug_in_the_destination_surfaces_as_itself_not_as_a_copy_failure(
+    tmp_path: Path, source: str, http: httpx.Client
+) -> None:
+    store = _FailingStore(tmp_path, TypeError("unsupported operand type(s)"))
+    with pytest.raises(TypeError, match="unsupported operand"):
+        copy_url(http, _url(source, "/img/x.png", size=1000), store, "a.png")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import boto3
 import botocore.exceptions
 import pytest
 
@@ -37,6 +40,7 @@ def test_settings_defaults_suit_aws_and_modern_stores() -> None:
     assert s.checksum_mode == "when_supported"
     assert s.conditional_writes is True
     assert s.multipart_threshold == 16 * MiB and s.multipart_chunksize == 8 * MiB
+    assert s.max_attempts == 3  # botocore's tries per request, the first included
 
 
 def test_settings_read_every_qwenedit_variable() -> None:
@@ -74,6 +78,11 @@ def test_settings_reject_invalid_values(env: dict[str, str]) -> None:
         S3Settings.from_env(env)
 
 
+def test_settings_refuse_zero_attempts() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        S3Settings(max_attempts=0)
+
+
 def test_parse_size_accepts_bytes_and_binary_suffixes() -> None:
     assert parse_size("1024") == 1024
     assert parse_size("8MiB") == parse_size("8M") == parse_size("8 mb") == 8 * MiB
@@ -102,6 +111,60 @@ def test_client_applies_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.request_checksum_calculation == "when_required"
     assert cfg.response_checksum_validation == "when_required"
     assert "secret-value-123" not in repr(client)
+
+
+def test_client_uses_standard_retries_with_max_attempts_tries_in_all() -> None:
+    client = make_s3_client(S3Settings(endpoint_url="http://127.0.0.1:1", max_attempts=3), session=_session())
+    cfg: Any = client.meta.config
+    assert cfg.retries == {"mode": "standard", "total_max_attempts": 3}
+
+
+class _Always500(BaseHTTPRequestHandler):
+    """An S3 endpoint that answers every request with 500 InternalError, and counts them."""
+
+    requests = 0
+
+    def _answer(self) -> None:
+        type(self).requests += 1
+        body = b"<?xml version='1.0'?><Error><Code>InternalError</Code><Message>x</Message></Error>"
+        self.send_response(500)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_botocore_tries_a_failing_request_exactly_max_attempts_times(max_attempts: int) -> None:
+    # One retry layer inside the client, bounded: the run's storage retries wrap this, never multiply it.
+    _Always500.requests = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Always500)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = S3Settings(
+            endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+            addressing_style="path",
+            max_attempts=max_attempts,
+        )
+        client = make_s3_client(settings, session=_session())
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            client.get_object(Bucket="b", Key="k")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert info.value.response["Error"]["Code"] == "InternalError"
+    assert _Always500.requests == max_attempts
+
+
+def _session() -> boto3.Session:
+    return boto3.Session(aws_access_key_id="a", aws_secret_access_key="b", region_name="us-east-1")
 
 
 def test_presigned_urls_are_sigv4_in_us_east_1(seaweed: Any) -> None:

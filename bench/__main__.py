@@ -4,6 +4,7 @@ python -m bench --scale 10            # 20 req/s, latencies ÷ 10: the whole com
 python -m bench --scale 1             # full fidelity: 2 req/s, median 12 s / p99 30 s (README numbers)
 python -m bench --only a,c --jobs 300
 python -m bench memory                # peak RSS of `qwenedit run` at 1,000 and 20,000 jobs
+python -m bench catalogue             # 1M-row unchanged rerun, 10k/100k executed, 1 % changed
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "memory":
         return _memory(argv[1:])
+    if argv and argv[0] == "catalogue":
+        from bench.catalogue import main as catalogue_main
+
+        return catalogue_main(argv[1:], RESULTS)
     return _side_by_side(argv)
 
 

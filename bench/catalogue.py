@@ -262,9 +262,20 @@ def every_hundredth(i: int) -> bool:
     return i % 100 == 37
 
 
-def done_marker_key(job_id: str, fingerprint: str) -> str:
-    """Where the run layer looks for a job's done marker (the done record itself)."""
-    return f"{DONE_PREFIX}{job_id}@{fingerprint.removeprefix('sha256:')}.json"
+def done_marker_key(done: Any) -> str:
+    """Where the run layer keeps a job's done marker (the done record itself).
+
+    The run layer's own ``ledger.done_key(done)`` when it has one (it may add the image count and the
+    request id after the fingerprint), else ``_ledger/_done/{job_id}@{fingerprint hex}.json``.
+    """
+    import inspect
+
+    from qwenedit import ledger
+
+    key_of = getattr(ledger, "done_key", None)
+    if key_of is not None and "done" in inspect.signature(key_of).parameters:
+        return str(key_of(done))
+    return f"{DONE_PREFIX}{done.job_id}@{done.fingerprint.removeprefix('sha256:')}.json"
 
 
 def row_fingerprints(manifest: Path, *, region: str | None = None) -> Iterator[tuple[str, str]]:
@@ -309,7 +320,8 @@ def seed_done_markers(manifest: Path, dest: Path, *, run_id: str = "seeded") -> 
         body = template.replace("@JOB@", job_id).replace("@FP@", fp).replace("@N@", str(n)).encode("utf-8")
         if n == 0 and body != _dump(record(job_id, fp, 0)):
             raise AssertionError("the done-record template no longer matches ledger._dump")
-        fd = os.open(dest / done_marker_key(job_id, fp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        key = done_marker_key(record(job_id, fp, n))
+        fd = os.open(dest / key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, body)
         finally:

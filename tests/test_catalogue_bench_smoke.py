@@ -22,6 +22,7 @@ from bench.catalogue import (
     write_catalogue_manifest,
 )
 from bench.workload import make_images
+from qwenedit.ledger import Done
 
 
 def test_seeded_markers_are_done_records_named_by_job_and_fingerprint(tmp_path: Path) -> None:
@@ -30,10 +31,13 @@ def test_seeded_markers_are_done_records_named_by_job_and_fingerprint(tmp_path: 
     write_catalogue_manifest(manifest, 30, images)
     assert seed_done_markers(manifest, tmp_path / "dest") == 30
     fps = dict(row_fingerprints(manifest))
-    names = sorted(p.name for p in (tmp_path / "dest" / DONE_PREFIX).iterdir())
-    assert names == sorted(done_marker_key(j, fp).rsplit("/", 1)[1] for j, fp in fps.items())
-    body = json.loads((tmp_path / "dest" / done_marker_key("sku-0000004", fps["sku-0000004"])).read_text())
-    assert body["job_id"] == "sku-0000004" and body["fingerprint"] == fps["sku-0000004"]
+    markers = sorted((tmp_path / "dest" / DONE_PREFIX).iterdir())
+    assert len(markers) == 30
+    for path in markers:
+        body = json.loads(path.read_text())
+        assert body["fingerprint"] == fps[body["job_id"]]
+        assert path.name.startswith(f"{body['job_id']}@{fps[body['job_id']].removeprefix('sha256:')}")
+        assert DONE_PREFIX + path.name == done_marker_key(Done(**{**body, "outputs": tuple(body["outputs"])}))
 
 
 def test_a_changed_prompt_changes_exactly_that_rows_fingerprint(tmp_path: Path) -> None:

@@ -95,7 +95,6 @@ async def deploy_all(
         if "edit" in parts:
             ids[f"edit-manifest/{edit_name}"] = await edit.adeploy(
                 name=edit_name,
-                parameters=params,
                 concurrency_limit=ConcurrencyLimitConfig(
                     limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
                 ),
@@ -115,7 +114,6 @@ async def deploy_all(
         sharded = await Flow.afrom_source(source=source, entrypoint=SHARDED_ENTRYPOINT)
         ids["edit-manifest-sharded/sharded"] = await sharded.adeploy(
             name="sharded",
-            parameters={k: v for k, v in params.items() if k != "api_key_env"},
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
             ),
@@ -134,6 +132,7 @@ async def deploy_all(
                 "prefix": watch,
                 "dest": dest,
                 "edit_deployment": f"edit-manifest/{edit_name}",
+                "parameters": params,
                 "run_timeout_s": run_timeout_s,
                 "poll_interval_s": poll_interval_s,
             },
@@ -177,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         type=_parse_param,
         default=[],
-        help="edit parameter NAME=VALUE (JSON value)",
+        help="a RunOptions field NAME=VALUE (JSON value) the scheduler gives every edit run, e.g. api_key_env=KEY_B",
     )
     parser.add_argument("--only", default=",".join(ALL_PARTS), help=f"comma list of {', '.join(ALL_PARTS)}")
     args = parser.parse_args(argv)

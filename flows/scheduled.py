@@ -36,7 +36,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
 
-from flows.edit_manifest import new_run_id
+from qwenedit.options import RunOptions
+from qwenedit.run import new_run_id
 from qwenedit.shards import MANIFEST_SUFFIXES
 from qwenedit.storage import open_destination
 
@@ -111,7 +112,9 @@ async def _start_or_attach(
         # Look first without waiting: an earlier attempt that ended failed must not be waited for again.
         run = await arun_deployment(deployment, parameters=parameters, idempotency_key=key, timeout=0)
         state = run.state
-        started_now = run.parameters.get("run_id") == parameters.get("run_id")  # else an earlier tick's run
+        started_now = run_option(run, "run_id") == parameters["options"].get(
+            "run_id"
+        )  # else an earlier tick's
         if not started_now and state is not None and state.is_final() and not state.is_completed():
             log.info(
                 "attempt %d for %s ended %s; starting attempt %d", attempt, uri, state.type.value, attempt + 1
@@ -148,8 +151,8 @@ async def process_new_manifests(
     poll_interval_s: float = 5.0,
 ) -> dict[str, Any]:
     """Run ``edit_deployment`` once for every manifest under ``prefix`` not yet processed; returns what
-    was processed, skipped and failed this tick. ``parameters`` go to every edit run (rps, region,
-    budget_usd, api_key_env, report_dir, ...)."""
+    was processed, skipped and failed this tick. ``parameters`` are ``RunOptions`` fields given to every
+    edit run (rps, region, budget, api_key_env, report_dir, ...)."""
     watched = open_destination(prefix)
     keys = sorted(k for k in await asyncio.to_thread(lambda: list(watched.list_keys())) if is_manifest_key(k))
     tick: dict[str, Any] = {
@@ -167,12 +170,10 @@ async def process_new_manifests(
             tick["skipped"].append({"manifest": uri, "run_id": (marker or {}).get("run_id")})
             continue
         manifest_dest = dest_for(dest, key)
-        run_parameters = {
-            **(parameters or {}),
-            "manifest": uri,
-            "dest": manifest_dest,
-            "run_id": new_run_id(),
-        }
+        options = RunOptions.model_validate(
+            {**(parameters or {}), "manifest": uri, "dest": manifest_dest, "run_id": new_run_id()}
+        )
+        run_parameters = {"options": options.model_dump(mode="json")}
         try:
             run = await _start_or_attach(
                 edit_deployment, uri, version, run_parameters, run_timeout_s, poll_interval_s
@@ -182,14 +183,13 @@ async def process_new_manifests(
             tick["failed"].append({"manifest": uri, "error": f"{type(err).__name__}: {err}"})
             continue
         state = run.state.type.value if run.state is not None else "UNKNOWN"
-        run_id = str(run.parameters.get("run_id"))  # an attached run keeps the id it was started with
+        run_id = str(run_option(run, "run_id"))  # an attached run keeps the id it was started with
+        run_dest = str(run_option(run, "dest") or manifest_dest)
         if state != "COMPLETED":
             log.error("%s: run %s ended %s; no marker written, the next tick retries", uri, run.name, state)
             tick["failed"].append({"manifest": uri, "flow_run": run.name, "state": state})
             continue
-        summary = await asyncio.to_thread(
-            _read_summary, str(run.parameters.get("dest", manifest_dest)), run_id
-        )
+        summary = await asyncio.to_thread(_read_summary, run_dest, run_id)
         marker = {
             "manifest": uri,
             "version": version,
@@ -197,7 +197,7 @@ async def process_new_manifests(
             "flow_run_id": str(run.id),
             "flow_run_name": run.name,
             "deployment": edit_deployment,
-            "dest": run.parameters.get("dest", manifest_dest),
+            "dest": run_dest,
             "state": state,
             "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "summary": summary,
@@ -208,6 +208,12 @@ async def process_new_manifests(
         log.info("%s: processed by run %s", uri, run_id)
     await _publish(tick)
     return tick
+
+
+def run_option(run: FlowRun, name: str) -> Any:
+    """One of the ``RunOptions`` an edit flow run was started with."""
+    options = run.parameters.get("options")
+    return options.get(name) if isinstance(options, dict) else None
 
 
 def _read_summary(dest: str, run_id: str) -> dict[str, Any] | None:

@@ -39,13 +39,15 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
 
-from flows.edit_manifest import new_run_id, validated
 from qwenedit.api import resolve_base_url
+from qwenedit.errors import ShardsFailed
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
 from qwenedit.manifest import iter_jobs, manifest_base
-from qwenedit.pricing import PriceTable, cost, load_prices
-from qwenedit.report import RESULT_COLUMNS, RunTotals, markdown_summary, results_frame
+from qwenedit.options import RunOptions
+from qwenedit.pricing import PriceTable, cost
+from qwenedit.report import RESULT_COLUMNS, RunTotals, markdown_summary, results_frame, save_reports
+from qwenedit.run import new_run_id, prepare
 from qwenedit.shards import (
     SHARED_HEADROOM,
     ShardPlan,
@@ -66,11 +68,6 @@ from qwenedit.storage import open_destination
 log = logging.getLogger("qwenedit.sharded")
 
 SHARD_DEPLOYMENT = "edit-manifest/shard"
-DEFAULT_ACCOUNT_ENV = "DASHSCOPE_API_KEY"
-
-
-class ShardsFailed(Exception):
-    """Some shard runs did not complete; the consolidated report lists their rows."""
 
 
 def _is_local(uri: str) -> bool:
@@ -78,24 +75,23 @@ def _is_local(uri: str) -> bool:
 
 
 def write_shards(
-    manifest: str,
-    sizes: list[int],
-    *,
-    region: str,
-    model: str | None,
-    prices: PriceTable,
-    input_root: str | None,
-    out_dir: Path,
+    options: RunOptions, sizes: list[int], *, prices: PriceTable, out_dir: Path
 ) -> tuple[list[str], list[list[str]], list[Decimal]]:
     """Write the shard manifests (JSONL) into ``out_dir``; returns every job id in manifest order, the
     job ids of each shard, and each shard's worst-case cost (its share of a budget)."""
-    resolver = InputResolver(input_root=input_root, manifest_dir=manifest_base(manifest))
+    resolver = InputResolver(input_root=options.input_root, manifest_dir=manifest_base(options.manifest))
     job_ids: list[str] = []
     per_shard: list[list[str]] = [[] for _ in sizes]
     weights = [Decimal(0)] * len(sizes)
     files = [(out_dir / f"shard-{i:02d}.jsonl").open("w", encoding="utf-8") for i in range(len(sizes))]
     try:
-        jobs = iter_jobs(manifest, region=region, model=model, input_root=input_root)
+        jobs = iter_jobs(
+            options.manifest,
+            region=options.region,
+            model=options.model,
+            prices=prices,
+            input_root=options.input_root,
+        )
         for position, job in enumerate(jobs):
             index = shard_index_of(position, sizes)
             row = shard_row(job, lambda ref: resolver.locate(ref).location)
@@ -112,83 +108,59 @@ def write_shards(
 
 @flow(name="edit-manifest-sharded", log_prints=False)
 async def edit_manifest_sharded(
-    manifest: str,
-    dest: str,
+    options: RunOptions,
     shards: int = 2,
     accounts: list[str] | None = None,
-    rps: float = 2.0,
-    region: str = "singapore",
-    base_url: str | None = None,
-    max_in_flight: int = 64,
-    budget_usd: float | str | None = None,
-    report_dir: str | None = None,
-    input_root: str | None = None,
-    model: str | None = None,
-    prices: str | None = None,
-    max_attempts: int = 6,
-    timeout_s: float = 120.0,
-    recall_expired: bool = False,
-    allowed_output_hosts: list[str] | None = None,
-    run_id: str | None = None,
     shard_deployment: str = SHARD_DEPLOYMENT,
     shard_timeout_s: float | None = None,
     poll_interval_s: float = 5.0,
     shared_headroom: float = SHARED_HEADROOM,
 ) -> dict[str, Any]:
-    """Run ``manifest`` as ``shards`` deployment runs of ``shard_deployment``; returns the consolidated
-    summary (also written, with results.csv and failed.jsonl, to ``report_dir/run_id/`` and
-    ``{dest}/_runs/{run_id}/``)."""
+    """Run ``options.manifest`` as ``shards`` deployment runs of ``shard_deployment``; returns the
+    consolidated summary (also written, with results.csv and failed.jsonl, to ``report_dir/run_id/``
+    and ``{dest}/_runs/{run_id}/``). Each shard's options are the parent's with its own manifest,
+    account, rate, budget share and run id."""
     started = time.monotonic()
-    run_id = run_id or new_run_id()
-    accounts = list(accounts or [DEFAULT_ACCOUNT_ENV])
-    price_table = load_prices(prices)
-    validation = await validated(manifest, region, model, price_table, input_root)
-    destination = open_destination(dest)
-    sizes = chunk_sizes(validation.job_count, shards)
+    run_id = options.run_id or new_run_id()
+    accounts = list(accounts or [options.api_key_env])
+    prepared = await asyncio.to_thread(prepare, options)
+    destination = open_destination(options.dest)
+    sizes = chunk_sizes(prepared.validation.job_count, shards)
     with tempfile.TemporaryDirectory(prefix="qwenedit-shards-") as tmp:
         job_ids, shard_jobs, weights = await asyncio.to_thread(
-            write_shards,
-            manifest,
-            sizes,
-            region=region,
-            model=model,
-            prices=price_table,
-            input_root=input_root,
-            out_dir=Path(tmp),
+            write_shards, options, sizes, prices=prepared.prices, out_dir=Path(tmp)
         )
         for i in range(len(sizes)):
             data = (Path(tmp) / f"shard-{i:02d}.jsonl").read_bytes()
             key = shard_manifest_key(run_id, i)
             await asyncio.to_thread(destination.put_bytes, key, data, "application/x-ndjson")
-    budget = Decimal(str(budget_usd)) if budget_usd not in (None, "") else None
-    plans = plan_shards(sizes, accounts, rps, budget=budget, weights=weights, shared_headroom=shared_headroom)
+    budget = options.budget_amount()
+    plans = plan_shards(
+        sizes,
+        accounts,
+        options.rps,
+        budget=None if budget is None else budget[0],
+        weights=weights,
+        shared_headroom=shared_headroom,
+    )
     # The shard manifests hold absolute paths; local ones stay readable only under the input root.
-    shard_root = input_root or (manifest_base(manifest) if _is_local(manifest) else None)
-    common = {
-        "dest": dest,
-        "region": region,
-        "base_url": base_url,
-        "max_in_flight": max_in_flight,
-        "report_dir": report_dir,
-        "input_root": shard_root,
-        "model": model,
-        "prices": prices,
-        "max_attempts": max_attempts,
-        "timeout_s": timeout_s,
-        "recall_expired": recall_expired,
-        "allowed_output_hosts": allowed_output_hosts,
-    }
+    shard_root = options.input_root or (
+        manifest_base(options.manifest) if _is_local(options.manifest) else None
+    )
     gates = {p.account: asyncio.Semaphore(p.parallel) for p in plans}
 
+    def shard_options(plan: ShardPlan) -> RunOptions:
+        return options.with_changes(
+            manifest=destination.uri(shard_manifest_key(run_id, plan.index)),
+            input_root=shard_root,
+            rps=plan.rps,
+            budget=None if plan.budget is None or budget is None else f"{plan.budget} {budget[1]}",
+            run_id=shard_run_id(run_id, plan.index),
+            api_key_env=plan.account,
+        )
+
     async def launch(plan: ShardPlan) -> FlowRun | str:
-        parameters = {
-            **common,
-            "manifest": destination.uri(shard_manifest_key(run_id, plan.index)),
-            "rps": plan.rps,
-            "budget_usd": None if plan.budget is None else str(plan.budget),
-            "run_id": shard_run_id(run_id, plan.index),
-            "api_key_env": plan.account,
-        }
+        parameters = {"options": shard_options(plan).model_dump(mode="json")}
         async with gates[plan.account]:
             try:
                 return await arun_deployment(
@@ -203,25 +175,36 @@ async def edit_manifest_sharded(
                 log.error("shard %d could not be started: %s", plan.index, type(err).__name__)
                 return f"not started: {type(err).__name__}: {err}"
 
-    log.info("run %s: %d jobs in %d shards on %s", run_id, validation.job_count, len(plans), accounts)
+    log.info(
+        "run %s: %d jobs in %d shards on %s", run_id, prepared.validation.job_count, len(plans), accounts
+    )
     outcomes = await asyncio.gather(*(launch(p) for p in plans))
     summary, frame, failed = await asyncio.to_thread(
-        consolidate, destination, run_id, plans, outcomes, job_ids, shard_jobs, report_dir, shard_root
+        consolidate,
+        destination,
+        run_id,
+        plans,
+        outcomes,
+        job_ids,
+        shard_jobs,
+        options.report_dir,
+        shard_root,
+        prepared.prices,
     )
     wall = time.monotonic() - started
     summary = {
         "run_id": run_id,
-        "manifest": manifest,
-        "dest": dest,
-        "endpoint": resolve_base_url(region, base_url),
+        "manifest": options.manifest,
+        "dest": options.dest,
+        "endpoint": resolve_base_url(options.region, options.base_url),
         **summary,
-        "budget": None if budget is None else str(budget),
+        "budget": options.budget,
         "wall_time_s": round(wall, 3),
         "request_rate": round(summary["requests_sent"] / wall, 4) if wall > 0 else 0.0,
-        "rps_limit": rps,
+        "rps_limit": options.rps,
         "accounts": accounts,
     }
-    out_dir = Path(report_dir or "runs") / run_id
+    out_dir = Path(options.report_dir) / run_id
     summary["report_dir"] = str(out_dir)
     await asyncio.to_thread(write_consolidated, destination, run_id, out_dir, frame, summary, failed)
     await _publish_artifacts(run_id, summary)
@@ -280,6 +263,7 @@ def consolidate(
     shard_jobs: list[list[str]],
     report_dir: str | None,
     input_root: str | None,
+    prices: PriceTable | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]]]:
     """The shards' reports merged; rows of shards without a report rebuilt from the ledger."""
     ledger = Ledger(destination)
@@ -318,7 +302,7 @@ def consolidate(
             reason = outcome if isinstance(outcome, str) else f"shard run {sid} ended {state}"
         if lost:
             shard_uri = destination.uri(shard_manifest_key(run_id, plan.index))
-            jobs = [j for j in iter_jobs(shard_uri, input_root=input_root) if j.job_id in lost]
+            jobs = [j for j in iter_jobs(shard_uri, input_root=input_root, prices=prices) if j.job_id in lost]
             recovered = recovered_results(jobs, sid, ledger.done, ledger.charges, reason)
             frames.append(_as_text_frame(recovered))
             totals = RunTotals()
@@ -354,23 +338,15 @@ def write_consolidated(
 ) -> None:
     """results.csv, summary.json and failed.jsonl into ``out_dir`` and ``{dest}/_runs/{run_id}/``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {
-        "results.csv": (frame.to_csv(index=False).encode("utf-8"), "text/csv"),
-        "summary.json": (
-            (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
-            "application/json",
-        ),
-        "failed.jsonl": (
-            "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in failed).encode("utf-8"),
-            "application/x-ndjson",
-        ),
-    }
-    for name, (data, content_type) in files.items():
-        (out_dir / name).write_bytes(data)
-        try:
-            destination.put_bytes(f"_runs/{run_id}/{name}", data, content_type)
-        except Exception as err:  # the local copy exists; a storage hiccup must not lose the run's outcome
-            log.warning("could not upload %s to the destination: %s", name, type(err).__name__)
+    paths = {name: out_dir / name for name in ("results.csv", "summary.json", "failed.jsonl")}
+    frame.to_csv(paths["results.csv"], index=False)
+    paths["summary.json"].write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    paths["failed.jsonl"].write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in failed), encoding="utf-8"
+    )
+    save_reports(destination, run_id, paths)
 
 
 async def _publish_artifacts(run_id: str, summary: dict[str, Any]) -> None:

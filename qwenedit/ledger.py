@@ -7,9 +7,16 @@ see the destination can resume the work:
   successful API call and *before* any output is copied: the request id, the usage, the output URLs
   and when they expire, the unit price and the cost. It is the proof of payment and the recipe for
   copying without calling again.
-- a **done** record (``_ledger/{job_id}/done.json``), written after every output is stored: the
-  job's fingerprint and its outputs. It is the job's commit marker; a rerun skips a job whose done
-  record carries the same fingerprint.
+- a **done** record, written after every output is stored: the job's fingerprint and its outputs. It
+  is the job's commit marker. Its key carries what a rerun needs to skip the job without reading it:
+  ``_ledger/_done/{job_id}@{fingerprint hex}@{image_count}@{request_id}.json``. One listing of
+  ``_ledger/_done/`` (one LIST per 1,000 jobs) therefore tells which rows of a manifest are done
+  (``DoneIndex``), with no request per row. A job has at most one done record: the marker of an
+  earlier version of a changed row is removed before the new version is called.
+
+Ledgers written before the done index keep their done record at ``_ledger/{job_id}/done.json``
+(``LEGACY_DONE``); it is still honoured, found by the per-job listing that a row not in the index
+gets anyway, and replaced by a marker when the job is next touched.
 
 Records never contain the API key or storage credentials. Output URLs are presigned by the API's
 result bucket, so they are stored (the copier needs them) but never printed or put in reports.
@@ -18,6 +25,8 @@ result bucket, so they are stored (the copier needs them) but never printed or p
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,6 +34,10 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 LEDGER_PREFIX = "_ledger"
+DONE_PREFIX = f"{LEDGER_PREFIX}/_done/"  # job ids start with a letter or digit: no job owns "_done"
+LEGACY_DONE = "done.json"
+_FP_HEX = re.compile(r"[0-9a-f]{64}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 OUTPUT_URL_TTL = timedelta(hours=24)  # the API keeps results 24 h
 
 
@@ -36,6 +49,8 @@ class RecordStore(Protocol):
     def get_bytes(self, key: str) -> bytes | None: ...
 
     def list_keys(self, prefix: str) -> Any: ...
+
+    def delete(self, key: str) -> None: ...
 
 
 def utcnow() -> datetime:
@@ -105,8 +120,92 @@ def charge_key(job_id: str, request_id: str) -> str:
     return f"{LEDGER_PREFIX}/{job_id}/charges/{request_id}.json"
 
 
-def done_key(job_id: str) -> str:
-    return f"{LEDGER_PREFIX}/{job_id}/done.json"
+def legacy_done_key(job_id: str) -> str:
+    return f"{LEDGER_PREFIX}/{job_id}/{LEGACY_DONE}"
+
+
+def fingerprint_hex(fingerprint: str) -> str:
+    """``sha256:<hex>`` → ``<hex>`` (the form a done marker's key carries)."""
+    return fingerprint.split(":", 1)[-1]
+
+
+def done_key(done: Done) -> str:
+    """The done record's key: job id, fingerprint, image count and request id, all readable from a listing."""
+    parts = [done.job_id, fingerprint_hex(done.fingerprint), str(done.image_count)]
+    if _REQUEST_ID.fullmatch(done.request_id):
+        parts.append(done.request_id)
+    return DONE_PREFIX + "@".join(parts) + ".json"
+
+
+@dataclass(frozen=True, slots=True)
+class DoneMarker:
+    """What one done record's key says: the job, the fingerprint it finished, its images and request."""
+
+    key: str
+    job_id: str
+    fingerprint: str  # "sha256:<hex>"
+    image_count: int | None  # None: the key carries no count (a marker written by hand or a tool)
+    request_id: str
+
+
+def parse_done_key(key: str) -> DoneMarker | None:
+    """A listed key under ``_ledger/_done/`` → ``DoneMarker``; None for anything that is not one."""
+    if not key.startswith(DONE_PREFIX) or not key.endswith(".json"):
+        return None
+    parts = key[len(DONE_PREFIX) : -len(".json")].split("@")
+    if len(parts) < 2 or not parts[0] or "/" in parts[0] or not _FP_HEX.fullmatch(parts[1]):
+        return None
+    count = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+    request_id = parts[3] if len(parts) > 3 else ""
+    return DoneMarker(key, parts[0], "sha256:" + parts[1], count, request_id)
+
+
+class DoneIndex:
+    """Every done record of a destination, from one listing: job id → its markers (normally one).
+
+    Held compactly (a million jobs fit in a few hundred MB): per job only the part of the key after
+    the job id; ``DoneMarker`` objects are made on demand.
+    """
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self._by_job: dict[str, str | tuple[str, ...]] = {}
+        for key in keys:
+            self.add_key(key)
+
+    def add_key(self, key: str) -> bool:
+        """Add a listed key; False (and nothing added) if it is not a done marker."""
+        marker = parse_done_key(key)
+        if marker is None:
+            return False
+        rest = key[len(DONE_PREFIX) + len(marker.job_id) + 1 :]
+        have = self._by_job.get(marker.job_id)
+        if have is None:
+            self._by_job[marker.job_id] = rest
+        else:
+            self._by_job[marker.job_id] = (*(have if isinstance(have, tuple) else (have,)), rest)
+        return True
+
+    def markers(self, job_id: str) -> tuple[DoneMarker, ...]:
+        have = self._by_job.get(job_id)
+        if have is None:
+            return ()
+        rests = have if isinstance(have, tuple) else (have,)
+        return tuple(m for r in rests if (m := parse_done_key(f"{DONE_PREFIX}{job_id}@{r}")) is not None)
+
+    def find(self, job_id: str, fingerprint: str) -> DoneMarker | None:
+        """The marker that says ``job_id`` is done at exactly ``fingerprint``, if any."""
+        return next((m for m in self.markers(job_id) if m.fingerprint == fingerprint), None)
+
+    def __len__(self) -> int:
+        return len(self._by_job)
+
+
+@dataclass(frozen=True)
+class JobRecords:
+    """What the ledger holds for one job besides the index: its charges and a legacy done record."""
+
+    charges: list[Charge]
+    legacy_done: Done | None
 
 
 class Ledger:
@@ -120,23 +219,58 @@ class Ledger:
             charge_key(charge.job_id, charge.request_id), _dump(charge), "application/json", overwrite=False
         )
 
+    def write_done(self, done: Done) -> None:
+        """Commit the job: write its done record (the marker a rerun's listing finds)."""
+        self.store.put_bytes(done_key(done), _dump(done), "application/json", overwrite=True)
+
+    def done_index(self) -> DoneIndex:
+        """Every done marker, from one listing of ``_ledger/_done/`` (one LIST per 1,000 jobs)."""
+        return DoneIndex(self.store.list_keys(DONE_PREFIX))
+
+    def done_markers(self, job_id: str) -> list[DoneMarker]:
+        """One job's done markers (a listing of its own prefix)."""
+        found = (parse_done_key(k) for k in self.store.list_keys(f"{DONE_PREFIX}{job_id}@"))
+        return [m for m in found if m is not None and m.job_id == job_id]
+
+    def remove(self, keys: Iterable[str]) -> None:
+        """Delete done markers of an earlier version of a row (before the new version is called)."""
+        for key in keys:
+            self.store.delete(key)
+
+    def job_records(self, job_id: str) -> JobRecords:
+        """The job's charges (oldest first) and legacy done record, from one listing of its prefix."""
+        charge_keys, legacy = [], None
+        for key in self.store.list_keys(f"{LEDGER_PREFIX}/{job_id}/"):
+            if key.startswith(f"{LEDGER_PREFIX}/{job_id}/charges/"):
+                charge_keys.append(key)
+            elif key == legacy_done_key(job_id):
+                legacy = self._read_done(key)
+        charges = [c for c in map(self._read_charge, charge_keys) if c is not None]
+        return JobRecords(sorted(charges, key=lambda c: c.charged_at), legacy)
+
     def charges(self, job_id: str) -> list[Charge]:
         """Every charge recorded for a job, oldest first."""
-        found: list[Charge] = []
-        for key in self.store.list_keys(f"{LEDGER_PREFIX}/{job_id}/charges/"):
-            data = self.store.get_bytes(key)
-            if data is None:
-                continue
-            raw = json.loads(data)
-            raw["output_urls"] = tuple(raw["output_urls"])
-            found.append(Charge(**raw))
-        return sorted(found, key=lambda c: c.charged_at)
-
-    def write_done(self, done: Done) -> None:
-        self.store.put_bytes(done_key(done.job_id), _dump(done), "application/json", overwrite=True)
+        return self.job_records(job_id).charges
 
     def done(self, job_id: str) -> Done | None:
-        data = self.store.get_bytes(done_key(job_id))
+        """The job's done record (its newest marker's, else a legacy one), or None."""
+        markers = self.done_markers(job_id)
+        for marker in reversed(markers):
+            done = self._read_done(marker.key)
+            if done is not None:
+                return done
+        return self._read_done(legacy_done_key(job_id))
+
+    def _read_charge(self, key: str) -> Charge | None:
+        data = self.store.get_bytes(key)
+        if data is None:
+            return None
+        raw = json.loads(data)
+        raw["output_urls"] = tuple(raw["output_urls"])
+        return Charge(**raw)
+
+    def _read_done(self, key: str) -> Done | None:
+        data = self.store.get_bytes(key)
         if data is None:
             return None
         raw = json.loads(data)

@@ -1,16 +1,23 @@
-"""One job, start to finish: skip-or-resume check → pacer → API call → charge record → copy → done.
+"""One job, start to finish: resume check → budget → pacer → API call → charge record → copy → done.
 
-This module is the engine the Prefect flow (``flows/edit_manifest.py``) runs once per job. It knows
-nothing of Prefect: everything a job needs is in a ``RunContext`` shared by the jobs of one run.
+The run layer (``qwenedit.run``) decides in bulk which rows are already done and hands every other
+job here with its fingerprint. Everything a job needs is in the ``RunContext`` shared by the jobs of
+one run; this module knows nothing of Prefect.
 
-The order of the steps is the contract of DESIGN.md §2:
+The order of the steps is the contract:
 
-1. fingerprint the job; a done record with the same fingerprint → ``skipped`` (no call);
-2. a charge record with the same fingerprint and live output URLs → copy only (no call);
-3. otherwise reserve the worst-case cost against the budget, take a pacer permit per attempt and
-   call the API, retrying only what the error taxonomy calls retryable;
-4. write the charge record *before* copying, so a crash after this point never pays again;
-5. copy each output (retries here never re-call the API), then write the done record.
+1. the job's own ledger prefix is listed once: a legacy done record with the same fingerprint →
+   ``skipped``; a charge with the same fingerprint and live output URLs → copy only (no call);
+2. otherwise the done markers of an earlier version of the row are removed, the worst-case cost is
+   reserved against the budget, and the API is called — one pacer permit per attempt, retrying only
+   what the error taxonomy calls retryable (``qwenedit.retry``);
+3. the charge record is written *before* copying, so a crash after this point never pays again;
+4. each output is copied (retries here never re-call the API), then the done record is written: the
+   job's commit marker, whose key a rerun's listing finds.
+
+A transient storage failure is retried with the run's backoff and ends the job as
+``StorageUnavailable`` if the outage outlasts it; any other exception is a bug: logged with its
+traceback, the job fails at once (``run_job`` never raises).
 """
 
 from __future__ import annotations
@@ -18,9 +25,8 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,32 +39,28 @@ import httpx
 
 from qwenedit import errors
 from qwenedit.api import DashScopeClient, EditRequest, EditResult
+from qwenedit.budget import Budget
+from qwenedit.errors import JobCode, is_transient_storage_error
 from qwenedit.inputs import InputError
-from qwenedit.jobs import Job, fingerprint
-from qwenedit.ledger import Charge, Done, Ledger, url_expiry
+from qwenedit.jobs import Job
+from qwenedit.ledger import Charge, Done, DoneMarker, Ledger, url_expiry
 from qwenedit.pacer import Pacer, PacerPool
 from qwenedit.pricing import Price, PriceTable, cost
+from qwenedit.redact import scrub_urls
 from qwenedit.report import JobResult, ResultSpool, RunTotals
-from qwenedit.storage import CopyError, Destination, copy_url, scrub_urls
+from qwenedit.retry import RetryPolicy
+from qwenedit.storage import CopyError, Destination, copy_url
 
 log = logging.getLogger("qwenedit.pipeline")
 
 T = TypeVar("T")
 
-# Result buckets the API serves outputs from (reference §3); the base URL's host is added per run.
+# Result buckets the API serves outputs from; the base URL's host is added per run.
 DEFAULT_OUTPUT_HOSTS = ("dashscope-result-*.aliyuncs.com", "*.oss-*.aliyuncs.com")
 
 
 def utcnow_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def backoff_delay(
-    attempt: int, *, base: float = 1.0, cap: float = 30.0, rng: random.Random | None = None
-) -> float:
-    """Capped exponential backoff with full jitter: uniform in [0.5, 1] × min(cap, base·2^(attempt-1))."""
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
-    return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 
 def host_allowed(url: str, patterns: Sequence[str]) -> bool:
@@ -91,38 +93,15 @@ class Breaker:
             log.error("run breaker tripped by %s: no new calls will start", err.code)
 
 
-class Budget:
-    """Spend guard: charged + possibly charged + worst case of calls in flight never exceeds the limit."""
-
-    def __init__(self, limit: Decimal | None) -> None:
-        self.limit = limit
-        self.charged = Decimal(0)
-        self.possibly_charged = Decimal(0)
-        self.reserved = Decimal(0)
-        self.exhausted = False
-
-    def try_reserve(self, amount: Decimal) -> bool:
-        if (
-            self.limit is not None
-            and self.charged + self.possibly_charged + self.reserved + amount > self.limit
-        ):
-            self.exhausted = True
-            return False
-        self.reserved += amount
-        return True
-
-    def release(self, amount: Decimal) -> None:
-        self.reserved -= amount
-
-
 @dataclass
 class RunStats:
-    """Live counters for the progress display and the summary."""
+    """Live counters for whoever shows progress (terminal, Prefect artifacts) and for the summary."""
 
     total_jobs: int = 0
     finished: int = 0
     requests_sent: int = 0
     throttled: int = 0
+    in_flight: int = 0  # calls sent whose answer has not arrived
     first_send: float | None = None
     last_send: float | None = None
     started: float = field(default_factory=time.monotonic)
@@ -155,31 +134,39 @@ class RunContext:
     prices: PriceTable
     pacers: PacerPool
     resolve_input: Callable[[str], str]
-    input_identity: Callable[[str], str]
     locate_input: Callable[[str], str]  # a reference made absolute (for failed.jsonl)
     http: httpx.Client  # sync client for streaming copies (run in threads)
     io: ThreadPoolExecutor
     spool: ResultSpool
     allowed_output_hosts: tuple[str, ...]
-    breaker: Breaker = field(default_factory=Breaker)
-    budget: Budget = field(default_factory=lambda: Budget(None))
-    stats: RunStats = field(default_factory=RunStats)
-    max_attempts: int = 6
-    copy_attempts: int = 8
-    backoff_base: float = 1.0
-    backoff_cap: float = 30.0
+    api_retry: RetryPolicy
+    store_retry: RetryPolicy
+    budget: Budget
     throttle_penalty: float = 1.0
     recall_expired: bool = False
-    rng: random.Random = field(default_factory=random.Random)
-    unrecorded: set[int] = field(default_factory=set)  # rows handed to a task whose result is not yet spooled
+    breaker: Breaker = field(default_factory=Breaker)
+    stats: RunStats = field(default_factory=RunStats)
+    unrecorded: set[int] = field(
+        default_factory=set
+    )  # rows handed to a chunk whose result is not yet spooled
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, partial(fn, *args))
 
-    async def pause(self, attempt: int) -> None:
-        await asyncio.sleep(
-            backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_cap, rng=self.rng)
-        )
+    async def store(self, fn: Callable[..., T], *args: Any) -> T:
+        """A storage operation in a thread, retried through an outage; a bug is not retried."""
+        name = getattr(fn, "__name__", "storage operation")
+        try:
+            async for attempt in self.store_retry.retrying(is_transient_storage_error, describe=lambda: name):
+                with attempt:
+                    return await self.blocking(fn, *args)
+        except Exception as err:
+            if is_transient_storage_error(err):
+                raise _JobFailed(
+                    JobCode.STORAGE_UNAVAILABLE, f"destination unreachable: {_safe_text(err)}"
+                ) from None
+            raise
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
 class _JobFailed(Exception):
@@ -205,9 +192,24 @@ def new_result(job: Job, status: str = "failed") -> JobResult:
     )
 
 
+def skipped_result(ctx: RunContext, job: Job, marker: DoneMarker) -> JobResult:
+    """The result of a row the listing found done at its fingerprint (no call, no request)."""
+    result = new_result(job, "skipped")
+    result.request_id = marker.request_id
+    result.image_count = marker.image_count or 0
+    result.outputs = [ctx.dest.uri(output_key(job.job_id, k)) for k in range(1, result.image_count + 1)]
+    return result
+
+
+def failed_result(job: Job, code: str, message: str) -> JobResult:
+    result = new_result(job)
+    result.error_code, result.error_message = code, message
+    return result
+
+
 def record(ctx: RunContext, job: Job, result: JobResult) -> JobResult:
     """Put a finished job's result in the run's spool and totals (exactly once per job)."""
-    result.finished_at = utcnow_iso()
+    result.finished_at = result.finished_at or utcnow_iso()
     if result.status in ("failed", "not_attempted"):
         result.manifest_row = _rerunnable_row(ctx, job)
     ctx.spool.add(result)
@@ -217,11 +219,15 @@ def record(ctx: RunContext, job: Job, result: JobResult) -> JobResult:
     return result
 
 
-async def run_job(ctx: RunContext, job: Job) -> JobResult:
-    """Run one job to its end state and record the result in the run's spool and totals."""
+async def run_job(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str] = ()) -> JobResult:
+    """Run one job to its end state and record the result in the run's spool and totals.
+
+    ``fp`` is the job's fingerprint; ``stale_markers`` are done markers of earlier versions of the
+    row (from the run's listing), removed before the new version is called.
+    """
     result = new_result(job)
     try:
-        await _run(ctx, job, result)
+        await _run(ctx, job, fp, stale_markers, result)
     except _JobFailed as failure:
         result.status = result.status if result.status == "not_attempted" else "failed"
         result.error_code, result.error_message = failure.code, failure.message
@@ -249,23 +255,23 @@ def _safe_text(exc: BaseException, limit: int = 300) -> str:
     return scrub_urls(str(exc))[:limit]  # presigned query strings are credentials
 
 
-async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
+async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str], result: JobResult) -> None:
     price = ctx.prices.unit_price(job.region, job.model)
     result.unit_price, result.currency = str(price.amount), price.currency
-    identities = await _for_inputs(ctx, job, ctx.input_identity)
-    fp = fingerprint(job, identities)
-
-    done = await _with_store_retries(ctx, ctx.ledger.done, job.job_id)
-    if done is not None and done.fingerprint == fp:
+    records = await ctx.store(ctx.ledger.job_records, job.job_id)
+    legacy = records.legacy_done
+    if legacy is not None and legacy.fingerprint == fp:  # finished before the done index existed
         result.status = "skipped"
-        result.request_id, result.image_count = done.request_id, done.image_count
-        result.outputs = list(done.outputs)
+        result.request_id, result.image_count = legacy.request_id, legacy.image_count
+        result.outputs = list(legacy.outputs)
+        await ctx.store(ctx.ledger.write_done, legacy)  # its marker: the next rerun skips it in bulk
         return
 
-    charges = await _with_store_retries(ctx, ctx.ledger.charges, job.job_id)
-    pending = [c for c in charges if c.fingerprint == fp]
+    pending = [c for c in records.charges if c.fingerprint == fp]
     # Outputs of an earlier, different version of this row may sit at the same keys.
-    stale = {c.request_id for c in charges if c.fingerprint != fp}
+    stale = {c.request_id for c in records.charges if c.fingerprint != fp}
+    if stale_markers:  # this row is no longer done at its old version: never skip it at that one again
+        await ctx.store(ctx.ledger.remove, list(stale_markers))
     if pending:
         charge = pending[-1]
         if not charge.expired(datetime.now(UTC)):
@@ -275,74 +281,100 @@ async def _run(ctx: RunContext, job: Job, result: JobResult) -> None:
             result.request_id, result.image_count = charge.request_id, charge.image_count
             result.billed_not_stored = charge.image_count
             raise _JobFailed(
-                "OutputsExpired",
+                JobCode.OUTPUTS_EXPIRED,
                 f"outputs expired before they were stored (request {charge.request_id}, billed "
                 f"{charge.cost} {charge.currency} in run {charge.run_id}); rerun with --recall-expired to pay again",
             )
 
     _stop_if_tripped(ctx, result)
     worst_case = cost(job.n, price)
-    if not ctx.budget.try_reserve(worst_case):
+    if not ctx.budget.try_reserve(worst_case, price.currency):
         result.status = "not_attempted"
         raise _JobFailed(
-            "BudgetExceeded", f"not started: it could take the spend over the budget {ctx.budget.limit}"
+            JobCode.BUDGET_EXCEEDED,
+            f"not started: it could take the spend over the budget {ctx.budget.describe()}",
         )
     try:
-        images = await _for_inputs(ctx, job, ctx.resolve_input)
-        answer = await _call(ctx, job, EditRequest.from_job(job, tuple(images)), result, worst_case)
+        images = await _resolve_inputs(ctx, job)
+        answer = await _call(ctx, job, EditRequest.from_job(job, tuple(images)), result, worst_case, price)
     finally:
         ctx.budget.release(worst_case)
     charge = _charge_for(ctx, job, fp, answer, price)
-    ctx.budget.charged += charge.cost_decimal
+    ctx.budget.charge(charge.cost_decimal, charge.currency)
     result.cost = charge.cost
     # Until the charge record is written this paid call is known only to this row: if the write fails,
     # the row must say its images are billed and not stored.
     result.request_id, result.image_count = charge.request_id, charge.image_count
     result.billed_not_stored = charge.image_count
-    await _with_store_retries(ctx, ctx.ledger.write_charge, charge)
+    await ctx.store(ctx.ledger.write_charge, charge)
     result.billed_not_stored = 0
     await _store_outputs(ctx, job, fp, charge, result, stale, fresh=True)
 
 
 async def _call(
-    ctx: RunContext, job: Job, request: EditRequest, result: JobResult, worst_case: Decimal
+    ctx: RunContext, job: Job, request: EditRequest, result: JobResult, worst_case: Decimal, price: Price
 ) -> EditResult:
     pacer = ctx.pacers.get(ctx.endpoint, ctx.api_key, job.model)
-    attempt = 0
-    while True:
-        _stop_if_tripped(ctx, result)
-        await pacer.acquire()
-        _stop_if_tripped(ctx, result)  # the breaker may have tripped while this job waited for its permit
-        attempt += 1
-        result.attempts = attempt
-        try:
-            return await ctx.client.edit(request, on_send=partial(_sent, ctx.stats, pacer))
-        except errors.DashScopeError as err:
-            if err.possibly_billed:
-                result.possibly_billed = True
-                result.possibly_billed_images += job.n  # worst case: this lost answer was billed n images
-                ctx.budget.possibly_charged += worst_case
-            if isinstance(err, errors.Throttled):
-                ctx.stats.throttled += 1
-                pacer.penalize(ctx.throttle_penalty)
-            if err.fatal_for_run:
-                ctx.breaker.trip(err)
-            if not err.retryable or attempt >= ctx.max_attempts:
-                result.request_id = err.request_id
-                raise _JobFailed(err.code, err.message[:300]) from None
-            log.info("job %s attempt %d: %s, retrying", job.job_id, attempt, err.code)
-            await ctx.pause(attempt)
+
+    def retry_on(exc: BaseException) -> bool:
+        return isinstance(exc, errors.DashScopeError) and exc.retryable and not ctx.breaker.tripped
+
+    try:
+        async for attempt in ctx.api_retry.retrying(retry_on, describe=lambda: f"job {job.job_id} call"):
+            with attempt:
+                _stop_if_tripped(ctx, result)
+                await pacer.acquire()
+                _stop_if_tripped(ctx, result)  # the breaker may have tripped while this job waited
+                result.attempts += 1
+                try:
+                    return await _send(ctx, request, pacer)
+                except errors.DashScopeError as err:
+                    _account_for(ctx, job, err, result, worst_case, price, pacer)
+                    raise
+    except errors.DashScopeError as err:
+        result.request_id = err.request_id
+        raise _JobFailed(err.code, err.message[:300]) from None
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
-async def _for_inputs(ctx: RunContext, job: Job, fn: Callable[[str], str]) -> list[str]:
-    """``fn`` of each image reference; a bad input fails this job with a located message."""
+async def _send(ctx: RunContext, request: EditRequest, pacer: Pacer) -> EditResult:
+    ctx.stats.in_flight += 1
+    try:
+        return await ctx.client.edit(request, on_send=partial(_sent, ctx.stats, pacer))
+    finally:
+        ctx.stats.in_flight -= 1
+
+
+def _account_for(
+    ctx: RunContext,
+    job: Job,
+    err: errors.DashScopeError,
+    result: JobResult,
+    worst_case: Decimal,
+    price: Price,
+    pacer: Pacer,
+) -> None:
+    """What a failed attempt means for the run: possible spend, throttling, the breaker."""
+    if err.possibly_billed:
+        result.possibly_billed = True
+        result.possibly_billed_images += job.n  # worst case: this lost answer was billed n images
+        ctx.budget.possibly_charge(worst_case, price.currency)
+    if isinstance(err, errors.Throttled):
+        ctx.stats.throttled += 1
+        pacer.penalize(ctx.throttle_penalty)
+    if err.fatal_for_run:
+        ctx.breaker.trip(err)
+
+
+async def _resolve_inputs(ctx: RunContext, job: Job) -> list[str]:
+    """Each image reference as the request carries it; a bad input fails this job with a located message."""
     images = []
     for i, ref in enumerate(job.images, start=1):
         try:
-            images.append(await ctx.blocking(fn, ref))
+            images.append(await ctx.blocking(ctx.resolve_input, ref))
         except InputError as err:
             located = err.located(job.row, job.job_id, f"image_{i}")
-            raise _JobFailed("BadInput", str(located)[:300]) from None
+            raise _JobFailed(JobCode.BAD_INPUT, str(located)[:300]) from None
     return images
 
 
@@ -355,7 +387,9 @@ def _stop_if_tripped(ctx: RunContext, result: JobResult) -> None:
     reason = ctx.breaker.reason
     if reason is not None:
         result.status = "not_attempted" if result.attempts == 0 else "failed"
-        raise _JobFailed("RunStopped", f"run stopped by account error {reason.code}: {reason.message[:200]}")
+        raise _JobFailed(
+            JobCode.RUN_STOPPED, f"run stopped by account error {reason.code}: {reason.message[:200]}"
+        )
 
 
 def _charge_for(ctx: RunContext, job: Job, fp: str, answer: EditResult, price: Price) -> Charge:
@@ -387,16 +421,16 @@ async def _store_outputs(
     result.width, result.height = charge.width, charge.height
     stored: list[str] = []
     if stale:
-        await _with_store_retries(ctx, _supersede, ctx.dest, job.job_id, charge.request_id)
+        await ctx.store(_supersede, ctx.dest, job.job_id, charge.request_id)
     try:
         for k, url in enumerate(charge.output_urls, start=1):
             key = output_key(job.job_id, k)
             if not host_allowed(url, ctx.allowed_output_hosts):
                 raise _JobFailed(
-                    "OutputHostRefused",
+                    JobCode.OUTPUT_HOST_REFUSED,
                     f"output {k} is on host {urlsplit(url).hostname!r}, which is not an allowed result host; not fetched",
                 )
-            await _copy_with_retries(ctx, job, charge, url, key, k, fresh)
+            await _copy(ctx, job, charge, url, key, k, fresh)
             stored.append(ctx.dest.uri(key))
     except _JobFailed:
         result.outputs = stored
@@ -414,7 +448,7 @@ async def _store_outputs(
         finished_at=utcnow_iso(),
         run_id=ctx.run_id,
     )
-    await _with_store_retries(ctx, ctx.ledger.write_done, done)
+    await ctx.store(ctx.ledger.write_done, done)
     result.status = "succeeded"
 
 
@@ -434,9 +468,8 @@ def _supersede(dest: Destination, job_id: str, request_id: str) -> None:
         dest.delete(key)
 
 
-async def _copy_with_retries(
-    ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k: int, fresh: bool
-) -> None:
+async def _copy(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k: int, fresh: bool) -> None:
+    """Stream one output to its key; retried through outages, never by calling the API again."""
     # A fresh call's outputs cannot be stored yet (stale ones were moved aside): skip the HEAD per image on
     # the hot path. The create-only write still answers "exists" if a retry finds its own earlier upload.
     metadata = {
@@ -447,52 +480,37 @@ async def _copy_with_retries(
         "seed": "" if job.seed is None else str(job.seed),
         "output-index": str(k),
     }
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            await ctx.blocking(
-                partial(
-                    copy_url,
-                    ctx.http,
-                    url,
-                    ctx.dest,
-                    key,
-                    content_type="image/png",
-                    metadata=metadata,
-                    check_existing=not fresh,
-                )
-            )
-            return
-        except CopyError as err:
-            if err.expired:
-                raise _JobFailed(
-                    "OutputsExpired", f"outputs expired before they were stored ({err})"
-                ) from None
-            if not err.retryable or attempt >= ctx.copy_attempts:
-                raise _JobFailed(
-                    "CopyFailed", f"output {k} not stored after {attempt} tries: {err}"
-                ) from None
-        except Exception as err:  # storage outage (boto3/botocore errors): retry on our own, never re-call
-            if attempt >= ctx.copy_attempts:
-                raise _JobFailed(
-                    "CopyFailed", f"output {k} not stored after {attempt} tries: {_safe_text(err)}"
-                ) from None
-        log.info("job %s: copy of output %d failed (try %d), retrying", job.job_id, k, attempt)
-        await ctx.pause(attempt)
-
-
-async def _with_store_retries(ctx: RunContext, fn: Callable[..., T], *args: Any) -> T:
-    """Ledger reads and writes survive a destination outage of a minute or two."""
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await ctx.blocking(fn, *args)
-        except Exception as err:
-            if attempt >= ctx.copy_attempts:
-                raise _JobFailed(
-                    "StorageUnavailable", f"destination unreachable: {_safe_text(err)}"
-                ) from None
-            log.info("ledger %s failed (try %d): %s", getattr(fn, "__name__", "op"), attempt, _safe_text(err))
-            await ctx.pause(attempt)
+    copy: Callable[[], Awaitable[object]] = partial(
+        ctx.blocking,
+        partial(
+            copy_url,
+            ctx.http,
+            url,
+            ctx.dest,
+            key,
+            content_type="image/png",
+            metadata=metadata,
+            check_existing=not fresh,
+        ),
+    )
+    tries = 0
+    try:
+        async for attempt in ctx.store_retry.retrying(
+            is_transient_storage_error, describe=lambda: f"job {job.job_id}: copy of output {k}"
+        ):
+            with attempt:
+                tries += 1
+                await copy()
+                return
+    except CopyError as err:
+        if err.expired:
+            raise _JobFailed(
+                JobCode.OUTPUTS_EXPIRED, f"outputs expired before they were stored ({err})"
+            ) from None
+        raise _JobFailed(JobCode.COPY_FAILED, f"output {k} not stored after {tries} tries: {err}") from None
+    except Exception as err:
+        if is_transient_storage_error(err):
+            raise _JobFailed(
+                JobCode.COPY_FAILED, f"output {k} not stored after {tries} tries: {_safe_text(err)}"
+            ) from None
+        raise

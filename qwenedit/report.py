@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+log = logging.getLogger("qwenedit.report")
+
+REPORT_TYPES = {".csv": "text/csv", ".json": "application/json", ".jsonl": "application/x-ndjson"}
 
 STATUSES = ("succeeded", "failed", "skipped", "not_attempted")
 
@@ -99,11 +104,12 @@ class ResultSpool:
         self._fh = path.open("a", encoding="utf-8")
 
     def add(self, result: JobResult) -> None:
+        # Not flushed per line: the ledger, not the spool, is what a crash must not lose.
         self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
-        self._fh.flush()
 
     def close(self) -> None:
-        self._fh.close()
+        if not self._fh.closed:
+            self._fh.close()
 
     def __iter__(self) -> Iterator[JobResult]:
         """Results in the order they finished."""
@@ -245,6 +251,18 @@ def write_reports(
         json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     return paths
+
+
+def save_reports(destination: Any, run_id: str, paths: dict[str, Path]) -> None:
+    """Upload a run's report files to ``{dest}/_runs/{run_id}/`` (single and sharded runs alike).
+
+    The local copies exist: a storage hiccup here is a warning, never the loss of a finished run's outcome.
+    """
+    for name, path in paths.items():
+        try:
+            destination.put_bytes(f"_runs/{run_id}/{name}", path.read_bytes(), REPORT_TYPES[path.suffix])
+        except Exception as err:
+            log.warning("could not upload %s to the destination: %s", name, type(err).__name__)
 
 
 def _chunks(items: Iterator[JobResult], size: int) -> Iterator[list[JobResult]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -27,9 +26,9 @@ from typing import Any
 
 import pytest
 
-import flows.edit_manifest as flow_module
+import qwenedit.run as run_module
 from flows.edit_manifest import edit_manifest
-from qwenedit.pipeline import RunContext
+from qwenedit.options import RunOptions
 from qwenedit.storage import S3Settings, open_destination
 from qwenedit.testing.seaweed import SeaweedServer, ensure_bucket
 from tests.pipeline import conftest as pipeline_fixtures
@@ -218,11 +217,8 @@ async def test_the_flow_at_debug_level_leaks_no_secret_when_it_succeeds_or_fails
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Failing fast: two store tries, no boto3 retries (the default survives minutes of outage).
-    monkeypatch.setattr(
-        flow_module, "RunContext", functools.partial(RunContext, copy_attempts=2, backoff_base=0.05)
-    )
     no_retries = dataclasses.replace(S3Settings.from_env(), max_attempts=1, connect_timeout=1.0)
-    monkeypatch.setattr(flow_module, "open_destination", lambda uri: open_destination(uri, no_retries))
+    monkeypatch.setattr(run_module, "open_destination", lambda uri: open_destination(uri, no_retries))
     manifest = canary_manifest(write_manifest, canary_s3, canary_bucket)
     debug_logs.lines.clear()  # from here on only the pipeline's records (setup used S3 too)
     ok = emulator_factory(latency_median_s=0.5)
@@ -232,11 +228,15 @@ async def test_the_flow_at_debug_level_leaks_no_secret_when_it_succeeds_or_fails
     async def run(name: str, base_url: str) -> None:
         try:
             await edit_manifest(
-                manifest=str(manifest),
-                dest=f"s3://{canary_bucket}/{name}",
-                base_url=base_url,
-                report_dir=str(tmp_path / "runs"),
-                rps=20.0,
+                RunOptions(
+                    manifest=str(manifest),
+                    dest=f"s3://{canary_bucket}/{name}",
+                    base_url=base_url,
+                    report_dir=str(tmp_path / "runs"),
+                    rps=20.0,
+                    store_attempts=2,  # failing fast: two store tries (the default survives minutes of outage)
+                    backoff_base=0.05,
+                )
             )
         except Exception as exc:  # a failed flow: its exception text is searched too
             errors.append("".join(traceback.format_exception(exc)))
@@ -275,6 +275,7 @@ def test_no_object_that_holds_a_secret_shows_it_in_its_repr(
     canary_bucket: str, emulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from qwenedit.api import DashScopeClient
+    from qwenedit.pipeline import RunContext
 
     client = DashScopeClient(API_KEY, emulator.base_url)
     destination = open_destination(f"s3://{canary_bucket}/x")

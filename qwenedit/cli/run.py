@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import time
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import typer
@@ -35,9 +34,9 @@ def _quiet_prefect() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def progress_line(ctx: Any) -> Text:
+def progress_line(run: Any) -> Text:
     """One line: bar, done/total, outcomes, images, spend, request rate, 429s, ETA."""
-    stats = ctx.stats
+    stats = run.stats
     totals = stats.totals
     done, total = stats.finished, max(1, stats.total_jobs)
     width = 20
@@ -107,7 +106,13 @@ def run(
     ] = None,
     rps: Annotated[float, typer.Option(help="requests per second allowed per account and model")] = 2.0,
     max_in_flight: Annotated[int, typer.Option("--max-in-flight", help="calls open at once")] = 64,
-    budget: Annotated[str | None, typer.Option(help="stop before spend could exceed this (USD)")] = None,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option("--chunk-size", help="jobs per Prefect task run (default: chosen by the run)"),
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option(help='stop before spend could exceed this: "50", "50 USD", "350 CNY"')
+    ] = None,
     report_dir: Annotated[str, typer.Option("--report-dir", help="where run reports go")] = "runs",
     input_root: Annotated[
         str | None, typer.Option("--input-root", help="local images may only come from here")
@@ -131,82 +136,78 @@ def run(
     from qwenedit.redact import install_log_redaction
 
     install_log_redaction()  # before anything can log a signed request (validate reads s3:// manifests)
-    from flows.edit_manifest import RUNS, check_destination, edit_manifest, exit_code, new_run_id
-    from qwenedit.api import api_key_from_env
-    from qwenedit.cli.validate import print_problems
-    from qwenedit.manifest import ManifestError, validate_manifest
-    from qwenedit.pricing import load_prices
-    from qwenedit.storage import open_destination
+    from pydantic import ValidationError
 
-    if rps <= 0 or max_in_flight < 1 or max_attempts < 1 or timeout <= 0:
-        console.print("[red]error:[/] --rps, --timeout must be > 0; --max-in-flight, --max-attempts ≥ 1")
-        raise typer.Exit(2)
-    if budget is not None:
-        try:
-            if Decimal(budget) < 0:
-                raise InvalidOperation
-        except InvalidOperation:
-            console.print(f"[red]error:[/] --budget must be a non-negative amount, got {budget!r}")
-            raise typer.Exit(2) from None
-    try:
-        api_key_from_env()
-        price_table = load_prices(prices)
-        validation = validate_manifest(
-            manifest, region=region, model=model, prices=price_table, input_root=input_root
-        )
-    except ManifestError as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
-    except Exception as err:  # missing key, bad price file, bad options: a message, never a traceback
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
-    if not validation.ok:
-        print_problems(validation.problems, console)
-        console.print("[red]manifest is invalid: nothing was run[/]")
-        raise typer.Exit(2)
-    try:  # a wrong bucket or key: one line now, not a traceback or minutes of failing jobs later
-        check_destination(open_destination(dest))
-    except Exception as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
-
-    run_id = new_run_id()
-
-    async def main() -> dict[str, Any]:
-        flow_run = asyncio.ensure_future(
-            edit_manifest(
-                manifest=manifest,
-                dest=dest,
-                region=region,
-                base_url=base_url,
-                rps=rps,
-                max_in_flight=max_in_flight,
-                budget_usd=budget,
-                report_dir=report_dir,
-                input_root=input_root,
-                model=model,
-                prices=prices,
-                max_attempts=max_attempts,
-                timeout_s=timeout,
-                recall_expired=recall_expired,
-                allowed_output_hosts=allow_output_host,
-                run_id=run_id,
-            )
-        )
-        if progress:
-            with Live(console=console, refresh_per_second=4, transient=False) as live:
-                while not flow_run.done():
-                    ctx = RUNS.get(run_id)
-                    if ctx is not None:
-                        live.update(progress_line(ctx))
-                    await asyncio.wait({flow_run}, timeout=0.25)
-        result: dict[str, Any] = await flow_run
-        return result
+    from qwenedit.options import RunOptions
+    from qwenedit.run import new_run_id
 
     try:
-        summary = asyncio.run(main())
-    except Exception as err:
-        console.print(f"[red]run failed:[/] {type(err).__name__}: {err}")
+        options = RunOptions(
+            manifest=manifest,
+            dest=dest,
+            region=region,
+            base_url=base_url,
+            rps=rps,
+            max_in_flight=max_in_flight,
+            chunk_size=chunk_size,
+            budget=budget,
+            report_dir=report_dir,
+            input_root=input_root,
+            model=model,
+            prices=prices,
+            max_attempts=max_attempts,
+            timeout_s=timeout,
+            recall_expired=recall_expired,
+            allowed_output_hosts=tuple(allow_output_host or ()),
+            run_id=new_run_id(),
+        )
+    except ValidationError as err:
+        for problem in err.errors():
+            field = "--" + "-".join(str(p) for p in problem["loc"]).replace("_", "-")
+            console.print(f"[red]error:[/] {field}: {problem['msg']}")
         raise typer.Exit(2) from None
+    summary = asyncio.run(_run(options, progress))
     print_summary(summary, Console())
     raise typer.Exit(exit_code(summary))
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    from qwenedit.run import exit_code as code
+
+    return code(summary)
+
+
+async def _run(options: Any, progress: bool) -> dict[str, Any]:
+    """Open the run here (every check before Prefect starts), then hand it to the flow."""
+    from flows.edit_manifest import edit_manifest
+    from qwenedit.cli.validate import print_problems
+    from qwenedit.errors import ManifestInvalid
+    from qwenedit.run import Run
+
+    try:
+        opened = Run(options)
+        run = await opened.__aenter__()
+    except ManifestInvalid as err:
+        print_problems(err.validation.problems, console)
+        console.print("[red]manifest is invalid: nothing was run[/]")
+        raise typer.Exit(2) from None
+    except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    try:
+        with run.hand_over():
+            flow_run = asyncio.ensure_future(edit_manifest(options))
+            if progress:
+                with Live(console=console, refresh_per_second=4, transient=False) as live:
+                    while not flow_run.done():
+                        live.update(progress_line(run))
+                        await asyncio.wait({flow_run}, timeout=0.25)
+                    live.update(progress_line(run))
+            try:
+                result: dict[str, Any] = await flow_run
+            except Exception as err:
+                console.print(f"[red]run failed:[/] {type(err).__name__}: {err}")
+                raise typer.Exit(2) from None
+            return result
+    finally:
+        await opened.__aexit__(None, None, None)

@@ -18,6 +18,7 @@ the request id it was billed under.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import re
@@ -35,9 +36,11 @@ import pytest
 
 import qwenedit.emulator.app as emulator_app
 from qwenedit.emulator import EmulatorServer
+from qwenedit.ledger import parse_done_key
 from qwenedit.pricing import default_prices
-from qwenedit.testing.seaweed import SeaweedServer, ensure_bucket
-from tests.fixtures.s3 import S3Bucket
+from qwenedit.testing.procs import wait_until
+from qwenedit.testing.seaweed import SeaweedServer
+from tests.fixtures.s3 import S3Bucket, new_bucket
 from tests.pipeline.conftest import API_KEY, images_dir, pipeline_env, write_manifest
 
 __all__ = [
@@ -82,6 +85,7 @@ class ModelCall:
     fault: str = ""
     request_id: str | None = None  # set when the emulator billed it
     billed: int = 0
+    settled: bool = False  # billed, or known never to be (dropped, or answered with an error)
 
 
 _CURRENT: contextvars.ContextVar[ModelCall | None] = contextvars.ContextVar("chaos_call", default=None)
@@ -98,9 +102,12 @@ async def _spied_run_model(state: Any, request: Any, valid: Any) -> Any:
     try:
         outcome = await _ORIGINAL_RUN_MODEL(state, request, valid)
         call.fault = outcome.fault
+        # The handler answers these faults with an error and bills nothing; any other outcome is billed.
+        call.settled = outcome.fault in emulator_app._FAULT_ERRORS
         return outcome
     except BaseException:
         call.fault = call.fault or "drop"
+        call.settled = True  # dropped before billing
         raise
     finally:
         call.ended = time.monotonic()
@@ -121,6 +128,8 @@ class BillingSpy:
             if call is not None:
                 call.request_id, call.billed = request_id, image_count
             original_bill(request_id, account, key, model, image_count)
+            if call is not None:
+                call.settled = True
 
         books.bill = bill  # type: ignore[method-assign]
 
@@ -131,19 +140,20 @@ class BillingSpy:
         return call
 
     def in_flight(self) -> int:
+        """Calls the emulator is not done with: still in the model, or answered but not yet billed."""
         with self._lock:
-            return sum(1 for c in self.calls if c.ended is None)
+            return sum(1 for c in self.calls if not c.settled)
 
     def first_call(self) -> float | None:
         with self._lock:
             return min((c.started for c in self.calls), default=None)
 
     def settle(self, timeout: float = 15.0) -> None:
-        """Wait until no call is inside the model (hung calls end when their client hangs up)."""
-        deadline = time.monotonic() + timeout
-        while self.in_flight() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)  # the handler bills right after the model stage returns
+        """Wait until every call is billed or known never to be (hung calls end when their client hangs up)."""
+        with contextlib.suppress(TimeoutError):
+            wait_until(
+                lambda: self.in_flight() == 0, what="emulator calls", timeout_s=timeout, interval_s=0.05
+            )
         assert self.in_flight() == 0, f"{self.in_flight()} emulator call(s) still inside the model"
 
     def calls_for(self, prompt: str) -> list[ModelCall]:
@@ -185,16 +195,7 @@ def outage_bucket(private_seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatc
         private_seaweed.start()
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name[:20].lower()).strip("-")
     name = f"chaos-{stem}-{int(time.time() * 1000) % 100000}"
-    client = private_seaweed.client()
-    ensure_bucket(client, name)
-    bucket = S3Bucket(
-        endpoint_url=private_seaweed.endpoint_url,
-        bucket=name,
-        client=client,
-        env=private_seaweed.env(),
-        settings=private_seaweed.settings(),
-        server=private_seaweed,
-    )
+    bucket = new_bucket(private_seaweed, name)
     monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
     for key, value in bucket.env.items():
         monkeypatch.setenv(key, value)
@@ -296,8 +297,11 @@ def check_invariants(
         parts = rel.split("/")
         if parts[0] == "_ledger" and len(parts) == 4 and parts[2] == "charges":
             charges[parts[3].removesuffix(".json")] = _read_json(bucket, full)
-        elif parts[0] == "_ledger" and len(parts) == 3 and parts[2] == "done.json":
-            dones[parts[1]] = _read_json(bucket, full)
+        elif parts[0] == "_ledger" and len(parts) == 3 and parts[1] == "_done":
+            marker = parse_done_key(rel)
+            assert marker is not None, f"unreadable done marker {rel}"
+            assert marker.job_id not in dones, f"job {marker.job_id} has two done records"
+            dones[marker.job_id] = _read_json(bucket, full)
         elif parts[0] not in ("_ledger", "_runs") and rel.endswith(".png"):
             outputs[rel] = bucket.client.head_object(Bucket=bucket.bucket, Key=full)["Metadata"]
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from flows.edit_manifest import edit_manifest
+from qwenedit.options import RunOptions
 from tests.chaos.conftest import PRICE, chaos_rows, check_invariants, read_results, timed_run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -39,7 +40,7 @@ async def test_thirty_percent_5xx_and_dropped_connections_lose_nothing_and_never
     rows = chaos_rows(24)
     manifest = write_manifest(rows)
     run = await timed_run(
-        edit_manifest(**flow_params(manifest, pipeline_env, emulator, tmp_path, max_attempts=8))
+        edit_manifest(RunOptions(**flow_params(manifest, pipeline_env, emulator, tmp_path, max_attempts=8)))
     )
 
     faults = emulator.stats()["faults"]
@@ -59,7 +60,7 @@ async def test_a_429_storm_from_pacing_at_three_times_the_limit_still_finishes_e
     rows = chaos_rows(12)
     manifest = write_manifest(rows)
     params = flow_params(manifest, pipeline_env, emulator, tmp_path, rps=6.0, max_attempts=10)
-    run = await timed_run(edit_manifest(**params))
+    run = await timed_run(edit_manifest(RunOptions(**params)))
 
     assert emulator.stats()["throttled_429"] >= 3
     assert run.summary is not None
@@ -80,7 +81,7 @@ async def test_answers_slower_than_the_client_timeout_are_marked_possibly_billed
     rows = chaos_rows(16)
     manifest = write_manifest(rows)
     params = flow_params(manifest, pipeline_env, emulator, tmp_path, timeout_s=1.0, max_attempts=6)
-    run = await timed_run(edit_manifest(**params))
+    run = await timed_run(edit_manifest(RunOptions(**params)))
 
     table = read_results(run.summary or {})
     timed_out = [c for c in spy.calls if c.fault == "hang" or (c.ended or 0) - c.started > 1.0]
@@ -101,7 +102,9 @@ async def test_partial_success_bills_k_of_n_images_and_the_report_says_k(
     spy = spy_on(emulator)
     rows = chaos_rows(8, n=4)
     manifest = write_manifest(rows)
-    run = await timed_run(edit_manifest(**flow_params(manifest, pipeline_env, emulator, tmp_path)))
+    run = await timed_run(
+        edit_manifest(RunOptions(**flow_params(manifest, pipeline_env, emulator, tmp_path)))
+    )
 
     table = read_results(run.summary or {})
     billed = {e["request_id"]: e["image_count"] for e in emulator.ledger()}

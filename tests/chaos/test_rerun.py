@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from flows.edit_manifest import edit_manifest
+from qwenedit.options import RunOptions
 from tests.chaos.conftest import chaos_rows, check_invariants, read_results, timed_run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -25,7 +26,9 @@ async def test_rerunning_failed_jsonl_never_calls_a_charged_job_again_and_finish
     rows = chaos_rows(4)
     manifest = write_manifest(rows)
     common = {"dest": pipeline_env.uri("out"), "base_url": emulator.base_url, "rps": 20.0, "max_in_flight": 1}
-    first = await timed_run(edit_manifest(manifest=str(manifest), report_dir=str(tmp_path / "r1"), **common))
+    first = await timed_run(
+        edit_manifest(RunOptions(manifest=str(manifest), report_dir=str(tmp_path / "r1"), **common))
+    )
     table = read_results(first.summary or {})
     assert list(table["error_code"][:2]) == ["OutputHostRefused", "DataInspectionFailed"]
     assert len(emulator.ledger()) == 3
@@ -33,7 +36,12 @@ async def test_rerunning_failed_jsonl_never_calls_a_charged_job_again_and_finish
     failed = Path((first.summary or {})["report_dir"]) / "failed.jsonl"
     second = await timed_run(
         edit_manifest(
-            manifest=str(failed), report_dir=str(tmp_path / "r2"), input_root=str(manifest.parent), **common
+            RunOptions(
+                manifest=str(failed),
+                report_dir=str(tmp_path / "r2"),
+                input_root=str(manifest.parent),
+                **common,
+            )
         )
     )
     second.whole_manifest = False

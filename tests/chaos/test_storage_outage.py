@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -16,9 +15,9 @@ from typing import Any
 
 import pytest
 
-import flows.edit_manifest as flow_module
+import qwenedit.run as run_module
 from flows.edit_manifest import edit_manifest
-from qwenedit.pipeline import RunContext
+from qwenedit.options import RunOptions
 from qwenedit.storage import S3Settings, open_destination
 from tests.chaos.conftest import PRICE, RunRecord, chaos_rows, check_invariants, read_results, timed_run
 
@@ -57,7 +56,7 @@ async def test_s3_down_for_30_seconds_mid_run_then_back_every_job_finishes_paid_
     rows = chaos_rows(16)
     started = time.monotonic()
     flow = asyncio.ensure_future(
-        edit_manifest(**params(write_manifest(rows), outage_bucket, emulator, tmp_path))
+        edit_manifest(RunOptions(**params(write_manifest(rows), outage_bucket, emulator, tmp_path)))
     )
     await wait_until(lambda: len(emulator.ledger()) >= 3)  # some calls answered, others on their way
     await asyncio.to_thread(private_seaweed.stop)
@@ -96,7 +95,9 @@ async def test_outputs_that_expire_while_s3_is_down_fail_as_expired_stay_billed_
     rows = chaos_rows(2)
     manifest = write_manifest(rows)
     started = time.monotonic()
-    flow = asyncio.ensure_future(edit_manifest(**params(manifest, outage_bucket, emulator, tmp_path)))
+    flow = asyncio.ensure_future(
+        edit_manifest(RunOptions(**params(manifest, outage_bucket, emulator, tmp_path)))
+    )
     await wait_until(lambda: spy.first_call() is not None)  # calls are in the model: answers come in 1 s
     await asyncio.to_thread(private_seaweed.stop)
     await asyncio.sleep(5)  # the answers' 2 s links expire while nothing can be stored
@@ -113,7 +114,7 @@ async def test_outputs_that_expire_while_s3_is_down_fail_as_expired_stay_billed_
     assert first.summary is not None and first.summary["billed_not_stored_images"] == 2
 
     # The same command again: nothing is called, the reason now says how to pay again.
-    second = await timed_run(edit_manifest(**params(manifest, outage_bucket, emulator, tmp_path)))
+    second = await timed_run(edit_manifest(RunOptions(**params(manifest, outage_bucket, emulator, tmp_path))))
     again = read_results(second.summary or {})
     assert len(emulator.ledger()) == 2
     assert list(again["error_code"]) == ["OutputsExpired", "OutputsExpired"]
@@ -122,7 +123,7 @@ async def test_outputs_that_expire_while_s3_is_down_fail_as_expired_stay_billed_
 
     # --recall-expired: exactly one more paid call per job, and the images are stored.
     third = await timed_run(
-        edit_manifest(**params(manifest, outage_bucket, emulator, tmp_path, recall_expired=True))
+        edit_manifest(RunOptions(**params(manifest, outage_bucket, emulator, tmp_path, recall_expired=True)))
     )
     assert third.summary is not None and third.summary["by_status"]["succeeded"] == 2
     assert len(emulator.ledger()) == 4
@@ -147,17 +148,20 @@ async def test_a_paid_call_whose_charge_record_cannot_be_written_is_reported_as_
 ) -> None:
     # An outage longer than the store retries (shortened here: 2 tries, no boto3 retries) while an
     # answered call waits to write its charge record.
-    monkeypatch.setattr(
-        flow_module, "RunContext", functools.partial(RunContext, copy_attempts=2, backoff_base=0.05)
-    )
     no_retries = dataclasses.replace(S3Settings.from_env(), max_attempts=1, connect_timeout=1.0)
-    monkeypatch.setattr(flow_module, "open_destination", lambda uri: open_destination(uri, no_retries))
+    monkeypatch.setattr(run_module, "open_destination", lambda uri: open_destination(uri, no_retries))
     emulator = emulator_factory(latency_median_s=1.0)
     spy = spy_on(emulator)
     rows = chaos_rows(1)
     started = time.monotonic()
     flow = asyncio.ensure_future(
-        edit_manifest(**params(write_manifest(rows), outage_bucket, emulator, tmp_path))
+        edit_manifest(
+            RunOptions(
+                **params(write_manifest(rows), outage_bucket, emulator, tmp_path),
+                store_attempts=2,
+                backoff_base=0.05,
+            )
+        )
     )
     await wait_until(lambda: spy.first_call() is not None)
     await asyncio.to_thread(private_seaweed.stop)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from flows.edit_manifest import edit_manifest
+from qwenedit.options import RunOptions
 from tests.chaos.conftest import PRICE, chaos_rows, check_invariants, read_results, timed_run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -38,7 +39,9 @@ async def test_a_hung_call_and_a_billed_drop_are_possibly_billed_and_the_worst_c
     emulator = emulator_factory(hang_s=30.0, next_faults=["hang", "drop_billed"])
     spy = spy_on(emulator)
     rows = chaos_rows(2)
-    run = await timed_run(edit_manifest(**params(write_manifest(rows), pipeline_env, emulator, tmp_path)))
+    run = await timed_run(
+        edit_manifest(RunOptions(**params(write_manifest(rows), pipeline_env, emulator, tmp_path)))
+    )
     spy.settle()
 
     table = read_results(run.summary or {})
@@ -63,7 +66,9 @@ async def test_a_job_whose_answer_is_lost_twice_reports_a_worst_case_of_both_los
     emulator = emulator_factory(next_faults=["drop_billed", "drop_billed"])
     spy = spy_on(emulator)
     rows = chaos_rows(1, n=2)
-    run = await timed_run(edit_manifest(**params(write_manifest(rows), pipeline_env, emulator, tmp_path)))
+    run = await timed_run(
+        edit_manifest(RunOptions(**params(write_manifest(rows), pipeline_env, emulator, tmp_path)))
+    )
     spy.settle()
 
     assert sum(e["image_count"] for e in emulator.ledger()) == 6  # 2 lost answers + the answered retry

@@ -29,11 +29,13 @@ from flows.scheduled import (
     marker_key,
 )
 from flows.sharded import _as_text_frame, consolidate, write_shards
+from qwenedit.errors import ShardsFailed as ShardsFailedError
 from qwenedit.inputs import InputResolver
 from qwenedit.jobs import Job
 from qwenedit.ledger import Charge, Done, Ledger
+from qwenedit.options import RunOptions
 from qwenedit.pacer import DEFAULT_MARGIN
-from qwenedit.pricing import load_prices
+from qwenedit.pricing import load_prices, parse_money
 from qwenedit.report import JobResult, ResultSpool, RunTotals, write_reports
 from qwenedit.shards import (
     chunk_sizes,
@@ -215,7 +217,7 @@ def test_rows_are_put_back_in_manifest_order() -> None:
 def _charge(job_id: str, run_id: str, images: int = 1) -> Charge:
     cost = str(Decimal("0.03") * images)
     return Charge(
-        job_id=job_id, fingerprint="fp", request_id=f"req-{job_id}", model="qwen-image-edit-plus",
+        job_id=job_id, fingerprint="sha256:" + "0" * 64, request_id=f"req-{job_id}", model="qwen-image-edit-plus",
         region="singapore", image_count=images, width=512, height=512, output_urls=("https://x/1.png",),
         expires_at="2099-01-01T00:00:00+00:00", unit_price="0.03", currency="USD", cost=cost,
         charged_at="2026-01-05T02:00:00+00:00", run_id=run_id,
@@ -224,7 +226,7 @@ def _charge(job_id: str, run_id: str, images: int = 1) -> Charge:
 
 def _done(job_id: str, run_id: str) -> Done:
     return Done(
-        job_id=job_id, fingerprint="fp", request_id=f"req-{job_id}", image_count=1, outputs=(f"s3://b/{job_id}/1.png",),
+        job_id=job_id, fingerprint="sha256:" + "0" * 64, request_id=f"req-{job_id}", image_count=1, outputs=(f"s3://b/{job_id}/1.png",),
         cost="0.03", currency="USD", finished_at="2026-01-05T02:00:01+00:00", run_id=run_id,
     )  # fmt: skip
 
@@ -299,15 +301,8 @@ def test_consolidated_report_merges_a_finished_shard_and_a_crashed_one_in_manife
     sizes = chunk_sizes(5, 2)
     out = tmp_path / "shards"
     out.mkdir()
-    job_ids, per_shard, _ = write_shards(
-        str(manifest),
-        sizes,
-        region="singapore",
-        model=None,
-        prices=load_prices(None),
-        input_root=None,
-        out_dir=out,
-    )
+    options = RunOptions(manifest=str(manifest), dest=str(tmp_path / "dest"))
+    job_ids, per_shard, _ = write_shards(options, sizes, prices=load_prices(None), out_dir=out)
     for i in range(2):
         dest.put_bytes(shard_manifest_key("R", i), (out / f"shard-{i:02d}.jsonl").read_bytes())
     root = str(manifest.parent)
@@ -381,15 +376,17 @@ class FakeShards:
     async def __call__(self, name: str, *, parameters: dict[str, object], **kwargs: object) -> FlowRun:
         from qwenedit.manifest import iter_jobs
 
-        self.calls.append({"name": name, **parameters, **kwargs})
-        index = int(str(parameters["run_id"]).rsplit("-s", 1)[1])
-        dest = LocalDestination(str(parameters["dest"]))
-        jobs = list(iter_jobs(str(parameters["manifest"]), input_root=str(parameters["input_root"])))
-        run_id = str(parameters["run_id"])
+        options = parameters["options"]
+        assert isinstance(options, dict)
+        self.calls.append({"name": name, **options, **kwargs})
+        index = int(str(options["run_id"]).rsplit("-s", 1)[1])
+        dest = LocalDestination(str(options["dest"]))
+        jobs = list(iter_jobs(str(options["manifest"]), input_root=str(options["input_root"])))
+        run_id = str(options["run_id"])
         if index in self.crash:
             Ledger(dest).write_done(_done(jobs[0].job_id, run_id))  # one job got done before the crash
             return FlowRun(flow_id=uuid4(), state=Crashed(message="worker killed"))
-        _shard_report(dest, run_id, jobs, Path(str(parameters["report_dir"])))
+        _shard_report(dest, run_id, jobs, Path(str(options["report_dir"])))
         return FlowRun(flow_id=uuid4(), state=Completed())
 
 
@@ -409,10 +406,11 @@ async def test_the_parent_gives_each_shard_its_share_and_reports_once(
     fake = FakeShards(crash=set())
     monkeypatch.setattr("flows.sharded.arun_deployment", fake)
     manifest = _write_manifest(tmp_path / "m", 7)
-    summary = await edit_manifest_sharded.fn(
-        manifest=str(manifest), dest=str(tmp_path / "dest"), shards=3, accounts=["KEY_A", "KEY_B"],
-        budget_usd="0.21", report_dir=str(tmp_path / "reports"), run_id="R",
+    options = RunOptions(
+        manifest=str(manifest), dest=str(tmp_path / "dest"), budget="0.21", report_dir=str(tmp_path / "reports"),
+        run_id="R",
     )  # fmt: skip
+    summary = await edit_manifest_sharded.fn(options, shards=3, accounts=["KEY_A", "KEY_B"])
     calls = sorted(fake.calls, key=lambda c: str(c["run_id"]))
     assert [(c["run_id"], c["api_key_env"], c["rps"]) for c in calls] == [
         ("R-s00", "KEY_A", pytest.approx(0.9)),  # two shards share KEY_A: half its rate each, less headroom
@@ -420,10 +418,10 @@ async def test_the_parent_gives_each_shard_its_share_and_reports_once(
         ("R-s02", "KEY_A", pytest.approx(0.9)),
     ]
     # 3/7, 2/7, 2/7 of the budget: each shard's share of the worst-case cost
-    assert [Decimal(str(c["budget_usd"])) for c in calls] == [
-        Decimal("0.09"),
-        Decimal("0.06"),
-        Decimal("0.06"),
+    assert [parse_money(str(c["budget"])) for c in calls] == [
+        (Decimal("0.09"), "USD"),
+        (Decimal("0.06"), "USD"),
+        (Decimal("0.06"), "USD"),
     ]
     assert {c["input_root"] for c in calls} == {str(manifest.parent)}
     assert all(c["idempotency_key"] == f"qwenedit-shard:{c['run_id']}" for c in calls)
@@ -443,18 +441,47 @@ async def test_a_crashed_shard_fails_the_parent_after_the_report_is_written(
     monkeypatch.setattr("flows.sharded.arun_deployment", FakeShards(crash={1}))
     manifest = _write_manifest(tmp_path / "m", 6)
     with pytest.raises(ShardsFailed, match="R-s01"):
-        await edit_manifest_sharded.fn(
-            manifest=str(manifest),
-            dest=str(tmp_path / "dest"),
-            shards=2,
-            report_dir=str(tmp_path / "r"),
-            run_id="R",
+        options = RunOptions(
+            manifest=str(manifest), dest=str(tmp_path / "dest"), report_dir=str(tmp_path / "r"), run_id="R"
         )
+        await edit_manifest_sharded.fn(options, shards=2)
     summary = json.loads((tmp_path / "dest" / "_runs" / "R" / "summary.json").read_text())
     assert summary["by_status"] == {"succeeded": 4, "failed": 0, "skipped": 0, "not_attempted": 2}
     assert summary["stopped_by"]["cause"] == "shard_failed"
     failed = (tmp_path / "r" / "R" / "failed.jsonl").read_text().splitlines()
     assert [json.loads(line)["job_id"] for line in failed] == ["job-004", "job-005"]
+
+
+async def test_a_model_priced_only_by_the_price_file_runs_sharded_and_is_recovered_at_its_price(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_artifacts: None
+) -> None:
+    # The bug: the sharded parent read the manifest without the run's prices, so a model known only
+    # through --prices passed validation and then failed inside the run.
+    from flows.sharded import edit_manifest_sharded
+
+    prices = tmp_path / "prices.csv"
+    prices.write_text(
+        "region,model,unit_price,currency\nsingapore,qwen-image-edit-plus-2099-01-01,0.05,USD\n"
+    )
+    manifest = _write_manifest(tmp_path / "m", 4)
+    text = manifest.read_text().replace("sku\n", "sku,model\n")
+    text = "\n".join(
+        line + ",qwen-image-edit-plus-2099-01-01" if i else line for i, line in enumerate(text.splitlines())
+    )
+    manifest.write_text(text + "\n")
+    monkeypatch.setattr("flows.sharded.arun_deployment", FakeShards(crash={1}))
+    options = RunOptions(
+        manifest=str(manifest),
+        dest=str(tmp_path / "dest"),
+        prices=str(prices),
+        report_dir=str(tmp_path / "r"),
+        run_id="R",
+    )
+    with pytest.raises(ShardsFailedError, match="R-s01"):
+        await edit_manifest_sharded.fn(options, shards=2)
+    summary = json.loads((tmp_path / "dest" / "_runs" / "R" / "summary.json").read_text())
+    # shard 1 crashed: its rows were rebuilt from the ledger, reading its manifest with the run's prices
+    assert summary["jobs"] == 4 and summary["shards"][1]["report"] == "ledger"
 
 
 # --- the scheduler's logic, with run_deployment replaced by a fake edit deployment -------------------
@@ -475,15 +502,17 @@ class FakeEditDeployment:
         if idempotency_key in self.runs:
             return self.runs[idempotency_key]
         self.started.append(idempotency_key)
-        manifest = str(parameters["manifest"])
+        options = parameters["options"]
+        assert isinstance(options, dict)
+        manifest = str(options["manifest"])
         state: State[Any]
         if any(manifest.endswith(f) for f in self.fail):
             state = Crashed(message="boom")
         else:
             state = Completed()
-            summary = {"by_status": {"succeeded": 1}, "run_id": parameters["run_id"]}
-            LocalDestination(str(parameters["dest"])).put_bytes(
-                f"_runs/{parameters['run_id']}/summary.json", json.dumps(summary).encode()
+            summary = {"by_status": {"succeeded": 1}, "run_id": options["run_id"]}
+            LocalDestination(str(options["dest"])).put_bytes(
+                f"_runs/{options['run_id']}/summary.json", json.dumps(summary).encode()
             )
         run = FlowRun(flow_id=uuid4(), state=state, parameters=parameters)
         self.runs[idempotency_key] = run
@@ -545,6 +574,6 @@ async def test_a_tick_that_crashed_after_starting_a_run_attaches_to_it(
 
     again = await process_new_manifests.fn(prefix=str(tmp_path / "in"), dest=str(tmp_path / "out"))
     assert len(fake.started) == 1  # no second run: the same idempotency key found the first
-    first_run_id = next(iter(fake.runs.values())).parameters["run_id"]
+    first_run_id = next(iter(fake.runs.values())).parameters["options"]["run_id"]
     assert again["processed"][0]["run_id"] == first_run_id
     assert json.loads(watched.get_bytes("drop.csv.processed.json") or b"{}")["run_id"] == first_run_id

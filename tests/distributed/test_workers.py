@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,12 +37,14 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import httpx
 import pandas as pd
 import pytest
 from PIL import Image
 
+from qwenedit.options import RunOptions
 from qwenedit.shards import merge_summaries
+from qwenedit.testing.emulator import EmulatorProcess
+from qwenedit.testing.procs import free_port, wait_for_http
 from qwenedit.testing.rates import max_in_window
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -54,13 +55,6 @@ API_KEY = "sk-distributed-test-0123456789"
 POOL = "qwenedit-test"
 JOBS = 60
 DROP_JOBS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def rate_stats(times: list[float]) -> dict[str, float]:
@@ -85,15 +79,18 @@ class Procs:
     def start(
         self, name: str, cmd: list[str], env: dict[str, str], interrupts: int = 1
     ) -> subprocess.Popen[bytes]:
-        with (self.log_dir / f"{name}.log").open("wb") as log:
+        with self.log_path(name).open("wb") as log:
             proc = subprocess.Popen(
                 cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.started.append((name, proc, interrupts))
         return proc
 
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
     def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+        return self.log_path(name).read_text(errors="replace")
 
     def stop_all(self) -> None:
         for _, proc, interrupts in reversed(self.started):
@@ -124,6 +121,17 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         p.stop_all()
 
 
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
+    """The emulator in its own process, not a thread of this one: the sharded parent flow runs here, and
+    the arrival clock must not wait on this process's GIL. ``time.monotonic`` is system-wide on Linux,
+    so its arrival times compare with ours."""
+    with EmulatorProcess(
+        tmp_path / "emulator", rps=2, latency_median=1.0, latency_p99=2.5, render="fast", key=API_KEY
+    ) as running:
+        yield running
+
+
 def ran_on(procs: Procs, flow_run_id: str) -> list[str]:
     """The workers that ran a flow run: both may poll it, the one whose submission was aborted did not."""
     return [
@@ -132,20 +140,6 @@ def ran_on(procs: Procs, flow_run_id: str) -> list[str]:
         if f"submitting flow run '{flow_run_id}'" in procs.log(w)
         and f"Aborted submission of flow run '{flow_run_id}'" not in procs.log(w)
     ]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not healthy after {timeout:.0f} s")
 
 
 def write_local_manifest(folder: Path, count: int) -> Path:
@@ -168,34 +162,7 @@ def png_bytes() -> bytes:
     return buf.getvalue()
 
 
-class RemoteEmulator:
-    """The emulator in its own process (``qwenedit emulator``), read through its control endpoints.
-
-    Its own process, not a thread of this one: the sharded parent flow runs here, and the arrival
-    clock must not wait on this process's GIL. ``time.monotonic`` is system-wide on Linux, so its
-    arrival times compare with ours.
-    """
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-
-    def _get(self, what: str) -> Any:
-        return httpx.get(f"{self.base_url}/_emulator/{what}", timeout=10.0).json()
-
-    def arrivals(self) -> list[dict[str, Any]]:
-        arrivals: list[dict[str, Any]] = self._get("arrivals")
-        return arrivals
-
-    def ledger(self) -> list[dict[str, Any]]:
-        ledger: list[dict[str, Any]] = self._get("ledger")
-        return ledger
-
-    def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = self._get("stats")
-        return stats
-
-
-def account_arrivals(emulator: RemoteEmulator, since: float, until: float) -> list[float]:
+def account_arrivals(emulator: EmulatorProcess, since: float, until: float) -> list[float]:
     # One key, so one account: every arrival counts against the same 2 req/s.
     return [a["time"] for a in emulator.arrivals() if since <= a["time"] <= until]
 
@@ -225,7 +192,7 @@ def outputs(bucket: Any, prefix: str) -> list[str]:
 
 
 async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_runs_a_drop_exactly_once(
-    procs: Procs, s3_env: Any, tmp_path: Path
+    procs: Procs, emulator: EmulatorProcess, s3_env: Any, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -235,16 +202,6 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
     from flows.sharded import edit_manifest_sharded
 
     bucket = s3_env
-    emulator_port = free_port()
-    emulator = RemoteEmulator(f"http://127.0.0.1:{emulator_port}")
-    emulator_proc = procs.start(
-        "emulator",
-        [sys.executable, "-m", "qwenedit", "emulator", "--port", str(emulator_port), "--rps", "2",
-         "--latency-median", "1.0", "--latency-p99", "2.5", "--render", "fast", "--key", API_KEY,
-         "--output-dir", str(tmp_path / "emulator-out")],
-        {**os.environ},
-    )  # fmt: skip
-    wait_healthy(f"{emulator.base_url}/_emulator/stats", emulator_proc, timeout=60)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     reports = tmp_path / "reports"
@@ -278,7 +235,9 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
         ],
         env,
     )
-    wait_healthy(f"{api_url}/health", server)
+    wait_for_http(
+        f"{api_url}/health", what="prefect server", timeout_s=120, proc=server, log=procs.log_path("server")
+    )
     watch, edited = bucket.uri("incoming/"), bucket.uri("edited/")
     deploy = subprocess.run(
         [sys.executable, "-m", "flows.deploy", "--pool", POOL, "--watch", watch, "--dest", edited,
@@ -304,15 +263,14 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         # --- 2. sharded: two shard runs, one per worker, one account ------------------------------
         t0 = time.monotonic()
-        summary = await edit_manifest_sharded(
+        options = RunOptions(
             manifest=str(manifest),
             dest=bucket.uri("two-workers"),
-            shards=2,
             rps=2.0,
             report_dir=str(reports),
             run_id="sharded-run",
-            poll_interval_s=1.0,
         )
+        summary = await edit_manifest_sharded(options, shards=2, poll_interval_s=1.0)
         t1 = time.monotonic()
         metrics["two_workers"] = {
             "wall_s": round(t1 - t0, 1),
@@ -355,7 +313,14 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
         t0 = time.monotonic()
         single = await arun_deployment(
             "edit-manifest/edit",
-            parameters={"manifest": str(manifest), "dest": bucket.uri("one-worker"), "run_id": "single-run"},
+            parameters={
+                "options": {
+                    "manifest": str(manifest),
+                    "dest": bucket.uri("one-worker"),
+                    "run_id": "single-run",
+                    "report_dir": str(reports),
+                }
+            },
             poll_interval=1,
             timeout=240,
             as_subflow=False,

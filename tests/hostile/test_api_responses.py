@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from flows.edit_manifest import edit_manifest
+from qwenedit.options import RunOptions
 from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, host_allowed
 from tests.chaos.conftest import PRICE, chaos_rows, check_invariants, read_results, timed_run
 from tests.hostile.conftest import Hit, Reply, snapshot
@@ -74,7 +75,9 @@ async def test_a_200_that_is_not_json_or_lacks_output_is_possibly_billed_never_r
     rows = chaos_rows(3)
     run = await timed_run(
         edit_manifest(
-            **params(write_manifest(rows), pipeline_env, emulator.base_url, tmp_path, max_in_flight=1)
+            RunOptions(
+                **params(write_manifest(rows), pipeline_env, emulator.base_url, tmp_path, max_in_flight=1)
+            )
         )
     )
     table = read_results(run.summary or {})
@@ -97,7 +100,9 @@ async def test_a_200_nested_too_deep_to_parse_is_a_malformed_possibly_billed_ans
     body = b'{"request_id": "rid-deep", "output": ' + b"[" * 200_000
     api = http_server(lambda hit: Reply(200, {"content-type": "application/json"}, body))
     rows = chaos_rows(1)
-    run = await timed_run(edit_manifest(**params(write_manifest(rows), pipeline_env, api.base_url, tmp_path)))
+    run = await timed_run(
+        edit_manifest(RunOptions(**params(write_manifest(rows), pipeline_env, api.base_url, tmp_path)))
+    )
     row = read_results(run.summary or {}).iloc[0]
     assert row["status"] == "failed"
     assert row["error_code"] == "MalformedResponse", row["error_message"]
@@ -115,7 +120,9 @@ async def test_a_huge_answer_is_cut_at_the_size_cap_without_reading_it_and_is_po
 
     api = http_server(lambda hit: Reply(200, {"content-type": "application/json"}, endless))
     rows = chaos_rows(1)
-    run = await timed_run(edit_manifest(**params(write_manifest(rows), pipeline_env, api.base_url, tmp_path)))
+    run = await timed_run(
+        edit_manifest(RunOptions(**params(write_manifest(rows), pipeline_env, api.base_url, tmp_path)))
+    )
     row = read_results(run.summary or {}).iloc[0]
     assert (row["status"], row["error_code"]) == ("failed", "MalformedResponse")
     assert "size cap" in row["error_message"]
@@ -138,7 +145,9 @@ async def test_output_urls_on_a_foreign_host_are_refused_not_fetched_and_stay_bi
     rows = chaos_rows(3, n=2)
     manifest = write_manifest(rows)
     run = await timed_run(
-        edit_manifest(**params(manifest, pipeline_env, emulator.base_url, tmp_path, max_in_flight=1))
+        edit_manifest(
+            RunOptions(**params(manifest, pipeline_env, emulator.base_url, tmp_path, max_in_flight=1))
+        )
     )
 
     assert foreign.hits == []  # refused before any request
@@ -167,7 +176,11 @@ async def test_a_redirect_from_an_allowed_output_host_to_a_foreign_one_is_not_fo
     host = redirector.base_url.removeprefix("http://")
     run = await timed_run(
         edit_manifest(
-            **params(write_manifest(rows), pipeline_env, api.base_url, tmp_path, allowed_output_hosts=[host])
+            RunOptions(
+                **params(
+                    write_manifest(rows), pipeline_env, api.base_url, tmp_path, allowed_output_hosts=[host]
+                )
+            )
         )
     )
     row = read_results(run.summary or {}).iloc[0]
@@ -192,7 +205,9 @@ async def test_output_urls_with_other_schemes_are_refused_as_malformed_and_possi
     # The client refuses these before the pipeline's host allowlist even sees them.
     api = http_server(lambda hit: Reply(200, {"content-type": "application/json"}, success_body([url])))
     rows = chaos_rows(1)
-    run = await timed_run(edit_manifest(**params(write_manifest(rows), pipeline_env, api.base_url, tmp_path)))
+    run = await timed_run(
+        edit_manifest(RunOptions(**params(write_manifest(rows), pipeline_env, api.base_url, tmp_path)))
+    )
     row = read_results(run.summary or {}).iloc[0]
     assert (row["status"], row["error_code"]) == ("failed", "MalformedResponse"), row["error_message"]
     assert "not an http(s) URL" in row["error_message"]
@@ -221,7 +236,11 @@ async def test_an_output_image_that_never_ends_is_cut_at_the_limit_and_leaves_no
     before = snapshot(pipeline_env)
     run = await timed_run(
         edit_manifest(
-            **params(write_manifest(rows), pipeline_env, api.base_url, tmp_path, allowed_output_hosts=[host])
+            RunOptions(
+                **params(
+                    write_manifest(rows), pipeline_env, api.base_url, tmp_path, allowed_output_hosts=[host]
+                )
+            )
         )
     )
     row = read_results(run.summary or {}).iloc[0]

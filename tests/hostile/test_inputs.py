@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from flows.edit_manifest import edit_manifest
 from qwenedit.cli import app
 from qwenedit.manifest import validate_manifest
+from qwenedit.options import RunOptions
 from tests.chaos.conftest import chaos_rows, check_invariants, read_results, timed_run
 from tests.hostile.conftest import snapshot
 
@@ -210,11 +211,13 @@ async def test_a_symlink_leaving_the_input_root_fails_its_job_at_run_time_and_it
     (manifest.parent / "link.png").symlink_to(secret)
     run = await timed_run(
         edit_manifest(
-            manifest=str(manifest),
-            dest=pipeline_env.uri("out"),
-            base_url=emulator.base_url,
-            report_dir=str(tmp_path / "reports"),
-            rps=20.0,
+            RunOptions(
+                manifest=str(manifest),
+                dest=pipeline_env.uri("out"),
+                base_url=emulator.base_url,
+                report_dir=str(tmp_path / "reports"),
+                rps=20.0,
+            )
         )
     )
     table = read_results(run.summary or {})
@@ -252,11 +255,13 @@ async def test_a_decompression_bomb_is_never_decoded_by_the_run_and_its_refusal_
     (manifest.parent / "bomb.png").write_bytes(_png_bomb(40_000, 40_000))  # 1.6 G pixels, 4 KB of data
     run = await timed_run(
         edit_manifest(
-            manifest=str(manifest),
-            dest=pipeline_env.uri("out"),
-            base_url=emulator.base_url,
-            report_dir=str(tmp_path / "reports"),
-            rps=20.0,
+            RunOptions(
+                manifest=str(manifest),
+                dest=pipeline_env.uri("out"),
+                base_url=emulator.base_url,
+                report_dir=str(tmp_path / "reports"),
+                rps=20.0,
+            )
         )
     )
     table = read_results(run.summary or {})

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from flows.edit_manifest import edit_manifest
+from qwenedit.options import RunOptions
 from tests.chaos.conftest import check_invariants, read_results, timed_run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -54,7 +55,7 @@ async def test_odd_job_ids_and_a_unicode_prefix_with_spaces_store_at_the_exact_k
         "report_dir": str(tmp_path / "reports"),
         "rps": 20.0,
     }
-    first = await timed_run(edit_manifest(**params))
+    first = await timed_run(edit_manifest(RunOptions(**params)))
     table = read_results(first.summary or {})
     # pandas must not turn "NaN"/"null"/"0"/"e1e5" into something else: the report keeps ids as text.
     assert list(table["job_id"]) == ODD_JOB_IDS
@@ -71,7 +72,7 @@ async def test_odd_job_ids_and_a_unicode_prefix_with_spaces_store_at_the_exact_k
     }
     assert all(k.startswith(f"{ODD_PREFIX}/") for k in keys)  # nothing outside the prefix
 
-    second = await timed_run(edit_manifest(**params))
+    second = await timed_run(edit_manifest(RunOptions(**params)))
     assert second.summary is not None and second.summary["by_status"]["skipped"] == len(ODD_JOB_IDS)
     check_invariants(spy=spy, bucket=pipeline_env, prefix=ODD_PREFIX, rows=rows, runs=[first, second])
 
@@ -89,10 +90,10 @@ async def test_a_local_destination_with_spaces_unicode_and_percent_signs_works_a
         "report_dir": str(tmp_path / "reports"),
         "rps": 20.0,
     }
-    first = await edit_manifest(**params)
+    first = await edit_manifest(RunOptions(**params))
     assert first["by_status"]["succeeded"] == 4
     for row in rows:
         assert (dest / row["job_id"] / "1.png").read_bytes().startswith(b"\x89PNG")
-    second = await edit_manifest(**params)
+    second = await edit_manifest(RunOptions(**params))
     assert second["by_status"]["skipped"] == 4
     assert emulator.stats()["requests"] == 4

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.edit_manifest import edit_manifest, exit_code
-from qwenedit.ledger import done_key
+from flows.edit_manifest import edit_manifest
+from qwenedit.ledger import DONE_PREFIX
+from qwenedit.options import RunOptions
+from qwenedit.run import exit_code
 from qwenedit.testing.emulator import EmulatorProcess
 from qwenedit.testing.rates import max_in_window
 from tests.pipeline.conftest import API_KEY, simple_rows
@@ -30,8 +32,16 @@ async def run(manifest: Path, bucket: Any, emulator: Any, tmp_path: Path, **kwar
         "rps": 20.0,
         **kwargs,
     }
-    summary: dict[str, Any] = await edit_manifest(**params)
+    summary: dict[str, Any] = await edit_manifest(RunOptions(**params))
     return summary
+
+
+def delete_done_record(bucket: Any, job_id: str) -> None:
+    """As if the run died before the job's done record was written."""
+    listed = bucket.client.list_objects_v2(Bucket=bucket.bucket, Prefix=f"out/{DONE_PREFIX}{job_id}@")
+    keys = [obj["Key"] for obj in listed.get("Contents", [])]
+    assert len(keys) == 1, keys
+    bucket.client.delete_object(Bucket=bucket.bucket, Key=keys[0])
 
 
 def results(summary: dict[str, Any]) -> pd.DataFrame:
@@ -123,7 +133,7 @@ async def test_charged_but_not_copied_job_is_copied_without_a_new_call(
     await run(manifest, pipeline_env, emulator, tmp_path)
     client, bucket = pipeline_env.client, pipeline_env.bucket
     # As if the run died after the charge record and before the copy finished.
-    client.delete_object(Bucket=bucket, Key=f"out/{done_key('job-0000')}")
+    delete_done_record(pipeline_env, "job-0000")
     client.delete_object(Bucket=bucket, Key="out/job-0000/1.png")
     calls = emulator.stats()["requests"]
     second = await run(manifest, pipeline_env, emulator, tmp_path)
@@ -141,7 +151,7 @@ async def test_outputs_that_expired_before_being_stored_fail_with_a_clear_reason
     manifest = write_manifest(simple_rows(1))
     await run(manifest, pipeline_env, emulator, tmp_path)
     client, bucket = pipeline_env.client, pipeline_env.bucket
-    client.delete_object(Bucket=bucket, Key=f"out/{done_key('job-0000')}")
+    delete_done_record(pipeline_env, "job-0000")
     client.delete_object(Bucket=bucket, Key="out/job-0000/1.png")
     calls = emulator.stats()["requests"]
     second = await run(manifest, pipeline_env, emulator, tmp_path)
@@ -197,7 +207,7 @@ async def test_budget_stops_new_calls_before_spend_could_exceed_it(
 ) -> None:
     emulator = emulator_factory(rps=20.0)
     manifest = write_manifest(simple_rows(10, n=2))  # worst case $0.06 a job
-    summary = await run(manifest, pipeline_env, emulator, tmp_path, budget_usd="0.25", max_in_flight=2)
+    summary = await run(manifest, pipeline_env, emulator, tmp_path, budget="0.25", max_in_flight=2)
     table = results(summary)
     assert summary["stopped_by"]["cause"] == "budget"
     assert exit_code(summary) == 3

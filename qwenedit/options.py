@@ -1,0 +1,87 @@
+"""Every setting of a run, in one object: ``RunOptions``.
+
+The CLI (``qwenedit run``), the flows (``flows/``), the deployments, the bench and the tests all build a
+``RunOptions``; the run layer (``qwenedit.run``) reads nothing else. Adding an option means one field
+here (plus its CLI flag). A sharded run derives each shard's options from the parent's with
+``shard_options``.
+
+Validation happens when the object is built: a bad value raises ``pydantic.ValidationError`` naming
+the field, before anything is read or spent. Money is text with its currency (``"50"``, ``"50 USD"``,
+``"350 CNY"``), parsed by ``pricing.parse_money`` — the same parser ``qwenedit validate --budget``
+uses. The API key is never an option: ``api_key_env`` names the environment variable that holds it.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from qwenedit.pricing import parse_money
+
+# A chunk is Prefect's unit of work: big enough that a million-row manifest is a few hundred task
+# runs, small enough that a chunk's task run shows progress every few minutes at 2 req/s.
+MIN_CHUNK = 1000
+MAX_CHUNKS = 500
+
+
+class RunOptions(BaseModel):
+    """How to run one manifest: where from, where to, how fast, how hard to retry, what it may cost."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manifest: str = Field(description="CSV or JSONL manifest: local path, s3:// or https://")
+    dest: str = Field(description="s3://bucket/prefix or a local folder")
+    region: str = Field("singapore", description="default region of rows without one (prices, endpoint)")
+    base_url: str | None = Field(None, description="API root (e.g. the emulator); default: the region's")
+    model: str | None = Field(None, description="default model of rows without one")
+    prices: str | None = Field(None, description="price file overriding the built-in table")
+    input_root: str | None = Field(None, description="local input images may only come from here")
+    budget: str | None = Field(
+        None, description='stop before spend could exceed this, e.g. "50" or "350 CNY"'
+    )
+    rps: float = Field(2.0, gt=0, description="requests per second per account and model")
+    max_in_flight: int = Field(64, ge=1, description="calls open at once (hard cap)")
+    chunk_size: int | None = Field(
+        None, ge=1, description="jobs per Prefect task run (default: chosen by the run)"
+    )
+    max_attempts: int = Field(6, ge=1, description="tries per API call for retryable errors")
+    store_attempts: int = Field(8, ge=1, description="tries per storage operation during an outage")
+    backoff_base: float = Field(1.0, ge=0, description="first retry waits about this many seconds")
+    backoff_cap: float = Field(30.0, ge=0, description="no retry waits longer than this")
+    throttle_penalty: float = Field(1.0, ge=0, description="seconds every pacer waits after a 429")
+    timeout_s: float = Field(120.0, gt=0, description="seconds to wait for one API answer")
+    recall_expired: bool = Field(False, description="pay again for jobs whose outputs expired unstored")
+    allowed_output_hosts: tuple[str, ...] = Field((), description="extra hosts allowed to serve outputs")
+    report_dir: str = Field("runs", description="local folder for run reports")
+    run_id: str | None = Field(None, description="the run's id (default: time + random suffix)")
+    api_key_env: str = Field("DASHSCOPE_API_KEY", description="environment variable holding the API key")
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_is_money(cls, value: str | None) -> str | None:
+        if value is None or not str(value).strip():
+            return None
+        parse_money(str(value))  # raises ValueError with a readable reason
+        return str(value).strip()
+
+    @field_validator("allowed_output_hosts", mode="before")
+    @classmethod
+    def _hosts_tuple(cls, value: Any) -> Any:
+        return () if value is None else tuple(value)
+
+    def budget_amount(self) -> tuple[Decimal, str] | None:
+        """The budget as (amount, currency), or None for no budget."""
+        return None if self.budget is None else parse_money(self.budget)
+
+    def chunk_size_for(self, jobs: int) -> int:
+        """Jobs per chunk: the option if set, else enough that a run has at most ``MAX_CHUNKS`` chunks."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return max(MIN_CHUNK, math.ceil(jobs / MAX_CHUNKS))
+
+    def with_changes(self, **changes: Any) -> RunOptions:
+        """A copy with ``changes`` applied and validated (e.g. a shard's manifest, rate and budget)."""
+        return type(self).model_validate({**self.model_dump(), **changes})

@@ -1,0 +1,518 @@
+"""The run layer: one manifest, start to finish, with no Prefect in it.
+
+``Run(options)`` is an async context manager. Entering it does every check that must pass before
+anything is spent, once: the options (price file, budget currency, API key present), the whole
+manifest validated and quoted (``ManifestInvalid``), the destination listable and writable
+(``DestinationUnusable``). ``execute()`` then:
+
+1. lists the done markers under ``{dest}/_ledger/_done/`` once (one LIST per 1,000 jobs);
+2. reads the manifest lazily and fingerprints each row; a row whose (job id, fingerprint) is in the
+   listing is recorded ``skipped`` on the spot — no task, no call, no per-row store request;
+3. groups the other rows into **chunks** of consecutive rows and hands each chunk to the
+   ``ChunkRunner`` (the flow makes each a Prefect task run; by default it is run directly). Chunks
+   share the run's pacers and in-flight window, and the next chunk starts as soon as the previous
+   one has *entered* every job into the window, so a chunk boundary never idles the pacer. A chunk
+   that fails in orchestration does not fail its siblings: its unrecorded rows are reported.
+
+``finish()`` writes results.csv / summary.json / failed.jsonl (local and under ``{dest}/_runs/``)
+and returns the summary. Live counters are in ``run.stats`` for whoever shows progress: the CLI
+draws a line from the run it opened and handed to the flow (``hand_over`` / ``open_run``), the
+flow publishes Prefect artifacts. Tasks find their run through ``current_run()`` (a ``ContextVar``
+set by the flow), never through a module-level registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from qwenedit.api import DashScopeClient, api_key_from_env, resolve_base_url
+from qwenedit.budget import Budget, check_currencies
+from qwenedit.errors import DestinationUnusable, JobCode, ManifestInvalid
+from qwenedit.inputs import InputError, InputResolver
+from qwenedit.jobs import Job, fingerprint
+from qwenedit.ledger import DoneIndex, Ledger
+from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
+from qwenedit.options import RunOptions
+from qwenedit.pacer import PacerPool
+from qwenedit.pipeline import (
+    DEFAULT_OUTPUT_HOSTS,
+    RunContext,
+    RunStats,
+    failed_result,
+    record,
+    run_job,
+    skipped_result,
+)
+from qwenedit.pricing import PriceTable, load_prices
+from qwenedit.redact import install_log_redaction
+from qwenedit.report import ResultSpool, save_reports, write_reports
+from qwenedit.retry import RetryPolicy
+from qwenedit.storage import Destination, make_s3_client, open_destination
+
+log = logging.getLogger("qwenedit.run")
+
+_CURRENT: ContextVar[Run | None] = ContextVar("qwenedit_current_run", default=None)
+_HANDED: ContextVar[Run | None] = ContextVar("qwenedit_handed_run", default=None)
+
+PLAN_BATCH = 512  # rows the planning thread hands over at a time
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+
+
+def current_run() -> Run:
+    """The run whose flow is executing this code (set by ``Run.activate``)."""
+    run = _CURRENT.get()
+    if run is None:
+        raise RuntimeError("no qwenedit run is active in this context")
+    return run
+
+
+@contextlib.asynccontextmanager
+async def open_run(options: RunOptions) -> AsyncIterator[Run]:
+    """The run for ``options``: the one the caller already opened and handed over, else a new one.
+
+    The CLI opens the run itself (so a bad manifest is reported before an orchestrator starts) and
+    hands it to the flow; a deployment's flow run opens its own.
+    """
+    handed = _HANDED.get()
+    if handed is not None and handed.options == options:
+        yield handed
+        return
+    async with Run(options) as run:
+        yield run
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """0 every job succeeded or was skipped, 1 some failed, 3 stopped (breaker, budget or a signal)."""
+    if summary.get("stopped_by"):
+        return 3
+    return 1 if summary["by_status"]["failed"] else 0
+
+
+def check_destination(destination: Destination) -> None:
+    """Fail before the first call if the destination cannot be read and written.
+
+    A missing bucket or refused credentials would otherwise fail every job after minutes of store
+    retries, and a read-only key would let every call be paid for and then not be stored.
+    """
+    try:
+        next(iter(destination.list_keys("_ledger/")), None)
+        destination.put_bytes(".qwenedit-write-check", b"ok\n", "text/plain")
+    except Exception as err:
+        response = getattr(err, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        reason = code or f"{type(err).__name__}: {err}"[:200]
+        raise DestinationUnusable(f"destination {destination.uri()} cannot be used: {reason}") from None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A manifest checked against a run's options: its validation and quote, the price table."""
+
+    validation: Validation
+    prices: PriceTable
+
+
+def prepare(options: RunOptions) -> Prepared:
+    """Every check on the options and the manifest that must pass before anything is spent (blocking).
+
+    Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
+    ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
+    """
+    prices = load_prices(options.prices)
+    budget = options.budget_amount()
+    validation = validate_manifest(
+        options.manifest,
+        region=options.region,
+        model=options.model,
+        prices=prices,
+        input_root=options.input_root,
+    )
+    if not validation.ok:
+        raise ManifestInvalid(validation)
+    if budget is not None:
+        check_currencies(budget[1], validation.quote.currencies)
+    return Prepared(validation, prices)
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """What a chunk's task run is given: small, serialisable, named by its row range."""
+
+    run_id: str
+    index: int
+    first_row: int
+    last_row: int
+    jobs: int
+
+    @property
+    def name(self) -> str:
+        return f"rows {self.first_row}-{self.last_row}"
+
+
+@dataclass
+class Chunk:
+    """Consecutive pending rows run as one unit of orchestration."""
+
+    spec: ChunkSpec
+    items: list[tuple[Job, str, tuple[str, ...]]]  # job, fingerprint, stale done markers
+    entered: asyncio.Event = field(default_factory=asyncio.Event)  # every job is in the window
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+ChunkRunner = Callable[[ChunkSpec], Awaitable[object]]
+
+
+def outcome_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if n) or "no jobs"
+
+
+class Run:
+    """One run of one manifest (see the module docstring)."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.run_id = options.run_id or new_run_id()
+        self.out_dir = Path(options.report_dir) / self.run_id
+        self.stats = RunStats()
+        self.validation: Validation | None = None
+        self.chunks_done = 0
+        self.chunks_started = 0
+        self._chunks: dict[int, Chunk] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._ctx: RunContext | None = None
+
+    # -- opening: every check, once ------------------------------------------------------------
+
+    async def __aenter__(self) -> Run:
+        try:
+            await self._open()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    @contextlib.contextmanager
+    def hand_over(self) -> Iterator[Run]:
+        """Let ``open_run`` inside the block (the flow) use this already-open run."""
+        token = _HANDED.set(self)
+        try:
+            yield self
+        finally:
+            _HANDED.reset(token)
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[Run]:
+        """Make this the ``current_run()`` of the code (tasks) started inside the block."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
+    async def _open(self) -> None:
+        o = self.options
+        api_key = api_key_from_env(o.api_key_env)
+        install_log_redaction(api_key)  # no credential in any log line, whoever logs it
+        prepared = await asyncio.to_thread(prepare, o)
+        budget = o.budget_amount()
+        prices = prepared.prices
+        self.validation = prepared.validation
+        self.stats.total_jobs = prepared.validation.job_count
+        destination = open_destination(o.dest)
+        await asyncio.to_thread(check_destination, destination)  # before anything is paid for
+        endpoint = resolve_base_url(o.region, o.base_url)
+        self.endpoint = endpoint
+        self.destination = destination
+        self.prices = prices
+        self.resolver = InputResolver(
+            input_root=o.input_root, manifest_dir=manifest_base(o.manifest), s3_client_factory=make_s3_client
+        )
+        self._stack.callback(self.resolver.close)
+        io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="qwenedit-io")
+        self._stack.callback(io.shutdown, wait=True)
+        client = await self._stack.enter_async_context(
+            DashScopeClient(api_key, endpoint, timeout=o.timeout_s, max_connections=o.max_in_flight + 8)
+        )
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+        http = self._stack.enter_context(
+            httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
+        )
+        spool = ResultSpool(self.out_dir / "results.jsonl")
+        self._stack.callback(spool.close)
+        hosts = o.allowed_output_hosts + DEFAULT_OUTPUT_HOSTS + (_host_pattern(endpoint),)
+        self._ctx = RunContext(
+            run_id=self.run_id,
+            client=client,
+            endpoint=endpoint,
+            api_key=api_key,
+            dest=destination,
+            ledger=Ledger(destination),
+            prices=prices,
+            pacers=PacerPool(o.rps),
+            resolve_input=self.resolver.resolve,
+            locate_input=lambda ref: self.resolver.locate(ref).location,
+            http=http,
+            io=io,
+            spool=spool,
+            allowed_output_hosts=hosts,
+            api_retry=RetryPolicy(o.max_attempts, o.backoff_base, o.backoff_cap),
+            store_retry=RetryPolicy(o.store_attempts, o.backoff_base, o.backoff_cap),
+            budget=Budget(*budget) if budget is not None else Budget(None),
+            throttle_penalty=o.throttle_penalty,
+            recall_expired=o.recall_expired,
+            stats=self.stats,
+        )
+
+    @property
+    def ctx(self) -> RunContext:
+        if self._ctx is None:
+            raise RuntimeError("the run is not open: use `async with Run(options) as run`")
+        return self._ctx
+
+    # -- executing: skip in bulk, chunks through one window ------------------------------------------
+
+    async def execute(self, runner: ChunkRunner | None = None) -> None:
+        """Run every pending row of the manifest; ``runner`` wraps each chunk (default: run it here)."""
+        ctx = self.ctx
+        run_chunk: ChunkRunner = runner or self.run_chunk
+        index = await ctx.store(ctx.ledger.done_index)
+        log.info("run %s: %d done markers listed at the destination", self.run_id, len(index))
+        self._window = asyncio.Semaphore(self.options.max_in_flight)
+        size = self.options.chunk_size_for(self.stats.total_jobs)
+        running: set[asyncio.Task[None]] = set()
+        pending: list[tuple[Job, str, tuple[str, ...]]] = []
+        async for batch in self._plan(index):
+            for kind, job, payload in batch:
+                if kind == "skip" or kind == "fail":
+                    record(ctx, job, payload)
+                else:
+                    pending.append((job, *payload))
+                    if len(pending) >= size:
+                        await self._launch(pending, run_chunk, running)
+                        pending = []
+        if pending:
+            await self._launch(pending, run_chunk, running)
+        if running:
+            await asyncio.wait(running)
+
+    async def _launch(
+        self,
+        items: list[tuple[Job, str, tuple[str, ...]]],
+        run_chunk: ChunkRunner,
+        running: set[asyncio.Task[None]],
+    ) -> None:
+        """Start a chunk and return once all its jobs are in the window (or it ended)."""
+        spec = ChunkSpec(self.run_id, self.chunks_started, items[0][0].row, items[-1][0].row, len(items))
+        chunk = self._chunks[spec.index] = Chunk(spec, items)
+        self.chunks_started += 1
+        for job, _, _ in items:
+            self.ctx.unrecorded.add(job.row)
+        task = asyncio.create_task(self._guarded(chunk, run_chunk))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        entered = asyncio.create_task(chunk.entered.wait())
+        await asyncio.wait({task, entered}, return_when=asyncio.FIRST_COMPLETED)
+        entered.cancel()
+
+    async def _guarded(self, chunk: Chunk, run_chunk: ChunkRunner) -> None:
+        """Run a chunk; if orchestration fails, its rows that never ran are still reported."""
+        try:
+            await run_chunk(chunk.spec)
+        except Exception as err:
+            log.error("chunk %s failed in orchestration: %s", chunk.spec.name, type(err).__name__)
+        finally:
+            chunk.entered.set()
+            for job, _, _ in chunk.items:
+                if job.row in self.ctx.unrecorded:  # else the job recorded itself
+                    result = failed_result(job, JobCode.ORCHESTRATION_ERROR, "its chunk failed before it ran")
+                    record(self.ctx, job, result)
+            self._chunks.pop(chunk.spec.index, None)
+            self.chunks_done += 1
+
+    async def run_chunk(self, spec: ChunkSpec) -> dict[str, int]:
+        """Run the jobs of one chunk through the run's window; returns its outcome counts."""
+        chunk = self._chunks[spec.index]
+        ctx = self.ctx
+        counts: dict[str, int] = {}
+
+        async def one(job: Job, fp: str, stale: tuple[str, ...]) -> None:
+            try:
+                result = await run_job(ctx, job, fp, stale)
+                counts[result.status] = counts.get(result.status, 0) + 1
+            finally:
+                self._window.release()
+
+        jobs: list[asyncio.Task[None]] = []
+        try:
+            for job, fp, stale in chunk.items:
+                await self._window.acquire()
+                jobs.append(asyncio.create_task(one(job, fp, stale)))
+            chunk.entered.set()
+            if jobs:
+                await asyncio.gather(*jobs)
+        finally:
+            chunk.entered.set()
+        chunk.counts = counts
+        return counts
+
+    async def _plan(self, index: DoneIndex) -> AsyncIterator[list[Any]]:
+        """Batches of (kind, job, payload) from a planning thread that reads and fingerprints rows."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[list[Any] | BaseException | None] = asyncio.Queue(maxsize=8)
+        stop = threading.Event()
+
+        def put(item: list[Any] | BaseException | None) -> None:
+            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+
+        def produce() -> None:
+            try:
+                batch: list[Any] = []
+                for item in self._classify(index):
+                    if stop.is_set():
+                        return
+                    batch.append(item)
+                    if len(batch) >= PLAN_BATCH:
+                        put(batch)
+                        batch = []
+                put(batch)
+                put(None)
+            except BaseException as err:  # a manifest that changed under us, an I/O error: fail the run
+                put(err)
+
+        worker = threading.Thread(target=produce, name="qwenedit-plan", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a producer waiting on a full queue
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                await asyncio.sleep(0.01)
+
+    def _classify(self, index: DoneIndex) -> Iterator[tuple[str, Job, Any]]:
+        """Each manifest row: done at its fingerprint (skip), bad input (fail) or pending."""
+        o, ctx = self.options, self.ctx
+        jobs = iter_jobs(
+            o.manifest, region=o.region, model=o.model, prices=self.prices, input_root=o.input_root
+        )
+        for job in jobs:
+            try:
+                identities = [self.resolver.identity(ref) for ref in job.images]
+            except InputError as err:
+                column = _image_column(job, err)
+                located = err.located(job.row, job.job_id, column)
+                yield "fail", job, failed_result(job, JobCode.BAD_INPUT, str(located)[:300])
+                continue
+            fp = fingerprint(job, identities)
+            marker = index.find(job.job_id, fp)
+            if marker is not None:
+                yield "skip", job, skipped_result(ctx, job, marker)
+            else:
+                stale = tuple(m.key for m in index.markers(job.job_id))
+                yield "run", job, (fp, stale)
+
+    # -- finishing: summary and reports -----------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        ctx, stats, o = self.ctx, self.stats, self.options
+        summary: dict[str, Any] = {
+            "run_id": self.run_id,
+            "manifest": o.manifest,
+            "dest": o.dest,
+            "endpoint": self.endpoint,
+        }
+        summary.update(stats.totals.to_dict())
+        stopped_by: dict[str, Any] | None = None
+        if ctx.breaker.reason is not None:
+            stopped_by = {
+                "cause": "breaker",
+                "code": ctx.breaker.reason.code,
+                "message": ctx.breaker.reason.message,
+            }
+        elif ctx.budget.exhausted:
+            stopped_by = {"cause": "budget", "limit": ctx.budget.describe()}
+        summary.update(
+            {
+                "stopped_by": stopped_by,
+                "budget": ctx.budget.describe(),
+                "wall_time_s": round(time.monotonic() - stats.started, 3),
+                "requests_sent": stats.requests_sent,
+                "request_rate": round(stats.request_rate(), 4),
+                "rps_limit": o.rps,
+                "throttled_429": stats.throttled,
+                "chunks": self.chunks_started,
+                "report_dir": str(self.out_dir),
+            }
+        )
+        return summary
+
+    async def finish(self) -> dict[str, Any]:
+        """Write the reports (local and at the destination) and return the summary."""
+        self.ctx.spool.close()
+        summary = self.summary()
+        paths = await asyncio.to_thread(write_reports, self.ctx.spool, summary, self.out_dir)
+        await asyncio.to_thread(save_reports, self.destination, self.run_id, paths)
+        return summary
+
+
+def _image_column(job: Job, err: InputError) -> str:
+    ref = getattr(err, "ref", None)
+    for i, image in enumerate(job.images, start=1):
+        if image == ref:
+            return f"image_{i}"
+    return "image_1"
+
+
+def _host_pattern(endpoint: str) -> str:
+    parts = urlsplit(endpoint)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+async def run_manifest(options: RunOptions, runner: ChunkRunner | None = None) -> dict[str, Any]:
+    """Open, execute and finish a run without any orchestrator (the library entry point)."""
+    async with Run(options) as run:
+        with run.activate():
+            await run.execute(runner)
+        return await run.finish()
+
+
+__all__ = [
+    "ChunkSpec",
+    "Run",
+    "RunOptions",
+    "check_destination",
+    "current_run",
+    "exit_code",
+    "new_run_id",
+    "open_run",
+    "outcome_text",
+    "run_manifest",
+]

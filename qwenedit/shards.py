@@ -43,6 +43,7 @@ from typing import Any
 
 import pandas as pd
 
+from qwenedit.errors import JobCode
 from qwenedit.jobs import Job
 from qwenedit.ledger import Charge, Done
 from qwenedit.pacer import DEFAULT_MARGIN
@@ -50,7 +51,7 @@ from qwenedit.report import STATUSES, JobResult, escape_formula
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 BUDGET_QUANTUM = Decimal("0.000001")
-SHARD_CRASHED = "ShardRunFailed"
+SHARD_CRASHED = JobCode.SHARD_RUN_FAILED
 SHARED_HEADROOM = 0.9  # fraction of its share a shard paces at when it shares an account with others
 
 

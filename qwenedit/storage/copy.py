@@ -112,6 +112,8 @@ def copy_url(
       after the URL expired must not turn a stored image into an "expired" failure.
     - 403/404/410 from the source → ``CopyError(expired=True, retryable=False)``; 408/429/5xx and network
       errors → retryable; a body over ``max_bytes`` or a non-image content type → not retryable.
+    - A failure of the destination is ``CopyError(where="dest")``, retryable only if it is an outage
+      (:func:`~qwenedit.errors.is_transient_storage_error`); a bug (``TypeError``...) propagates as itself.
     - The stored content type is the response's ``image/*`` type, else ``content_type``; a generic
       (``application/octet-stream``/missing) type is accepted only if the first bytes are an image.
     - Error messages never contain the URL's query string (presigned URLs carry credentials in it).

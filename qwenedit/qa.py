@@ -150,9 +150,9 @@ def thumbnail_data_uri(
 
 def qa_cell(flags: Sequence[Sequence[str]]) -> str:
     """One job's QA flags for results.csv: ``""`` when every output passed, else
-    ``"0.png=blank; 2.png=size_mismatch+undecodable"`` (0-based output index, as the files are named;
-    no commas, so the cell never needs quoting)."""
-    return "; ".join(f"{k}.png=" + "+".join(checks) for k, checks in enumerate(flags) if checks)
+    ``"1.png=blank; 3.png=size_mismatch+undecodable"``: ``flags[k]`` is output ``k + 1``, named as the
+    pipeline stores it (``{job_id}/1.png`` …); no commas, so the cell never needs quoting."""
+    return "; ".join(f"{k}.png=" + "+".join(checks) for k, checks in enumerate(flags, start=1) if checks)
 
 
 def _open(data: bytes) -> Image.Image:

@@ -247,8 +247,8 @@ def test_thumbnail_of_a_bad_image_is_none(data: bytes) -> None:
     [
         ([], ""),
         ([[], []], ""),
-        ([[BLANK]], "0.png=blank"),
-        ([[], [SIZE_MISMATCH, UNDECODABLE], [BLANK]], "1.png=size_mismatch+undecodable; 2.png=blank"),
+        ([[BLANK]], "1.png=blank"),
+        ([[], [SIZE_MISMATCH, UNDECODABLE], [BLANK]], "2.png=size_mismatch+undecodable; 3.png=blank"),
     ],
 )
 def test_qa_cell_is_empty_when_all_pass_and_names_each_flagged_output(

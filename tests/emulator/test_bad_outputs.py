@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from tests.emulator.helpers import body, image_urls, png_uri, post
 from tests.emulator.test_cli import _start
 
 
-def _outputs(server: EmulatorServer, **params: object) -> tuple[tuple[int, int], list[bytes]]:
+def _outputs(server: EmulatorServer, **params: Any) -> tuple[tuple[int, int], list[bytes]]:
     """One successful call: usage's (width, height) and every output image's bytes."""
     with httpx.Client(base_url=server.base_url) as c:
         response = post(c, body(images=[png_uri(300, 200)], **params))

@@ -145,6 +145,7 @@ class RunContext:
     throttle_penalty: float = 1.0
     recall_expired: bool = False
     breaker: Breaker = field(default_factory=Breaker)
+    stop_reason: str | None = None  # set by a graceful stop: no new call starts, calls in flight finish
     stats: RunStats = field(default_factory=RunStats)
     unrecorded: set[int] = field(
         default_factory=set
@@ -201,8 +202,8 @@ def skipped_result(ctx: RunContext, job: Job, marker: DoneMarker) -> JobResult:
     return result
 
 
-def failed_result(job: Job, code: str, message: str) -> JobResult:
-    result = new_result(job)
+def failed_result(job: Job, code: str, message: str, status: str = "failed") -> JobResult:
+    result = new_result(job, status)
     result.error_code, result.error_message = code, message
     return result
 
@@ -384,6 +385,9 @@ def _sent(stats: RunStats, pacer: Pacer) -> None:
 
 
 def _stop_if_tripped(ctx: RunContext, result: JobResult) -> None:
+    if ctx.stop_reason is not None:
+        result.status = "not_attempted" if result.attempts == 0 else "failed"
+        raise _JobFailed(JobCode.RUN_STOPPED, f"run stopped ({ctx.stop_reason}); the same command resumes")
     reason = ctx.breaker.reason
     if reason is not None:
         result.status = "not_attempted" if result.attempts == 0 else "failed"

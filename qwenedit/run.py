@@ -367,6 +367,11 @@ class Run:
         try:
             for job, fp, stale in chunk.items:
                 await self._window.acquire()
+                if ctx.stop_reason is not None:
+                    self._window.release()
+                    result = record(ctx, job, self._stopped_result(job))
+                    counts[result.status] = counts.get(result.status, 0) + 1
+                    continue
                 jobs.append(asyncio.create_task(one(job, fp, stale)))
             chunk.entered.set()
             if jobs:
@@ -375,6 +380,30 @@ class Run:
             chunk.entered.set()
         chunk.counts = counts
         return counts
+
+    def request_stop(self, reason: str) -> None:
+        """A graceful stop: no new call starts; calls in flight finish, are recorded and copied.
+
+        Rows not yet started are reported ``not_attempted`` (code ``RunStopped``) without a request to
+        the store; the same command resumes them.
+        """
+        if self.ctx.stop_reason is None:
+            self.ctx.stop_reason = reason
+            log.warning(
+                "run %s stopping (%s): no new calls; %d in flight", self.run_id, reason, self.stats.in_flight
+            )
+
+    @property
+    def stopping(self) -> bool:
+        return self._ctx is not None and self._ctx.stop_reason is not None
+
+    def _stopped_result(self, job: Job) -> Any:
+        return failed_result(
+            job,
+            JobCode.RUN_STOPPED,
+            f"not started: run stopped ({self.ctx.stop_reason}); the same command resumes",
+            status="not_attempted",
+        )
 
     async def _plan(self, index: DoneIndex) -> AsyncIterator[list[Any]]:
         """Batches of (kind, job, payload) from a planning thread that reads and fingerprints rows."""
@@ -459,6 +488,8 @@ class Run:
             }
         elif ctx.budget.exhausted:
             stopped_by = {"cause": "budget", "limit": ctx.budget.describe()}
+        elif ctx.stop_reason is not None:
+            stopped_by = {"cause": "stop", "reason": ctx.stop_reason}
         summary.update(
             {
                 "stopped_by": stopped_by,

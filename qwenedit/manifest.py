@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 from qwenedit.errors import QwenEditError
 from qwenedit.inputs import Check, InputError, InputResolver, S3Mode, location_text, quote_text
 from qwenedit.jobs import CSV_COLUMNS, DEFAULT_MODEL, DEFAULT_REGION, Job
+from qwenedit.models import ModelSpec, SizeRule
 from qwenedit.pricing import Price, PriceTable, Quote, default_prices, normalize_model, normalize_region
 from qwenedit.templates import PromptTemplate, parse_template
 
@@ -55,7 +56,7 @@ ROW_NUMBERS = (
 MAX_IMAGES = 3
 PROMPT_LIMIT = 800  # characters the API reads; the rest is silently dropped (reference §1)
 NEGATIVE_PROMPT_LIMIT = 500
-SIZE_MIN, SIZE_MAX = 512, 2048
+SIZE_MIN, SIZE_MAX = SizeRule().min_side, SizeRule().max_side  # the plus family (models.py)
 SEED_MAX = 2_147_483_647
 BATCH_ROWS = 512
 CHECK_CACHE = 10_000  # image check outcomes remembered across batches
@@ -73,9 +74,8 @@ _SIZE_WRONG_SEPARATOR = re.compile(r"([0-9]+) *[xX×,:/ ] *([0-9]+)")
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _TRUE = {"true", "yes", "y", "1", "t", "on"}
 _FALSE = {"false", "no", "n", "0", "f", "off"}
-# What each model accepts (reference §0). Models priced through a user price file but not listed
-# here get the plus family's rules, which every newer model on this endpoint shares.
-_SINGLE_IMAGE_MODELS = frozenset({"qwen-image-edit"})
+# What each model accepts (n, size, prompt_extend) and its rate limit come from the model table
+# (qwenedit/models.py), which the price table passed in *is*.
 _COLUMN_ORDER = {name: i for i, name in enumerate((*CSV_COLUMNS[:4], "images", *CSV_COLUMNS[4:]))}
 
 
@@ -690,7 +690,14 @@ def _check_record(rec: _Record, rules: _Rules) -> Job | None:
             "model",
             f"has no known price in region {region}; refusing to guess: add it with a --prices file",
         )
-    single = model in _SINGLE_IMAGE_MODELS
+    elif rules.prices.spec(model).rate_limit is None:
+        err(
+            "model",
+            "has no known rate limit; refusing to guess: add a rate_limit (e.g. 2/s or 2/min) "
+            "to its row in the --prices file",
+        )
+    spec = rules.prices.spec(model) if model_ok else ModelSpec(model)
+    single = spec.single_image
 
     n = 1
     n_text = f.get("n", "")
@@ -701,13 +708,15 @@ def _check_record(rec: _Record, rules: _Rules) -> Job | None:
             n = int(n_text)
             if single and n != 1:
                 err("n", f"must be 1 for {model} (it makes one image per call), got {n}")
+            elif n > spec.max_n:
+                err("n", f"must be at most {spec.max_n} for {model}, got {n}")
 
     size: str | None = None
     size_text = f.get("size", "")
     if size_text:
         m = _SIZE.fullmatch(size_text)
         wrong = _SIZE_WRONG_SEPARATOR.fullmatch(size_text)
-        if single:
+        if spec.size is None:
             err("size", f"is not supported by {model}; remove it or use qwen-image-edit-plus")
         elif m is None and wrong is not None:
             err(
@@ -719,9 +728,10 @@ def _check_record(rec: _Record, rules: _Rules) -> Job | None:
             err("size", f'must be "W*H" in pixels, such as "1024*1536", got {quote_text(size_text)}')
         else:
             w, h = int(m.group(1)), int(m.group(2))
-            if not (SIZE_MIN <= w <= SIZE_MAX and SIZE_MIN <= h <= SIZE_MAX):
-                err("size", f"each side must be {SIZE_MIN}–{SIZE_MAX} px, got {w}*{h}")
-            elif n > 1:
+            lo, hi = spec.size.min_side, spec.size.max_side
+            if not (lo <= w <= hi and lo <= h <= hi):
+                err("size", f"each side must be {lo}–{hi} px, got {w}*{h}")
+            elif n > 1 and spec.size.only_with_n1:
                 err(
                     "size",
                     f"can only be set when n is 1 (the API rejects size with n = {n}); drop one of them",
@@ -748,7 +758,7 @@ def _check_record(rec: _Record, rules: _Rules) -> Job | None:
             flag = _parse_bool(text)
             if flag is None:
                 err(column, f"must be true or false (or yes/no, y/n, 1/0), got {quote_text(text)}")
-            elif column == "prompt_extend" and single:
+            elif column == "prompt_extend" and not spec.prompt_extend:
                 err(column, f"is not supported by {model}; remove it or use qwen-image-edit-plus")
             else:
                 flags[column] = flag

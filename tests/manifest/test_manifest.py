@@ -16,6 +16,7 @@ from PIL import Image
 
 from qwenedit.jobs import Job
 from qwenedit.manifest import ManifestError, Problem, iter_jobs, manifest_base, validate_manifest
+from qwenedit.models import ModelSpec, RateLimit
 from qwenedit.pricing import Price, PriceTable, default_prices
 from tests.manifest.conftest import HEADER, FakeWeb, Route, image_bytes
 
@@ -163,25 +164,37 @@ def test_invalid_rows_stop_iter_jobs_unless_skipped(folder: Path) -> None:
     assert [j.job_id for j in iter_jobs(folder / "m.csv", on_invalid="skip")] == ["a", "c"]
 
 
+NEW_SNAPSHOT = "qwen-image-edit-plus-2026-06-01"
+NEW_SPEC = {NEW_SNAPSHOT: ModelSpec(NEW_SNAPSHOT, rate_limit=RateLimit(2, 1.0))}
+
+
 def test_user_priced_models_become_known(folder: Path) -> None:
     (folder / "m.csv").write_text(
-        "job_id,image_1,prompt,model,n,size\na,a.png,p,qwen-image-edit-max,1,1024*1024\n"
+        f"job_id,image_1,prompt,model,n,size\na,a.png,p,{NEW_SNAPSHOT},1,1024*1024\n"
     )
     assert validate_manifest(folder / "m.csv").errors == 1
     prices = default_prices().merged(
-        PriceTable({("singapore", "qwen-image-edit-max"): Price(Decimal("0.075"), "USD")})
+        PriceTable({("singapore", NEW_SNAPSHOT): Price(Decimal("0.03"), "USD")}, NEW_SPEC)
     )
     result = validate_manifest(folder / "m.csv", prices=prices)
-    assert result.ok and result.quote.totals == {"USD": Decimal("0.075")}
+    assert result.ok and result.quote.totals == {"USD": Decimal("0.03")}
+
+
+def test_a_priced_model_without_a_known_rate_limit_is_refused(folder: Path) -> None:
+    prices = default_prices().merged(PriceTable({("singapore", NEW_SNAPSHOT): Price(Decimal("0.03"), "USD")}))
+    (folder / "m.csv").write_text(f"job_id,image_1,prompt,model\na,a.png,p,{NEW_SNAPSHOT}\n")
+    [problem] = validate_manifest(folder / "m.csv", prices=prices).problems
+    assert problem.message() == (
+        'row 1 (job_id "a"), column model: has no known rate limit; refusing to guess: add a '
+        "rate_limit (e.g. 2/s or 2/min) to its row in the --prices file"
+    )
 
 
 def test_a_model_priced_in_one_region_only_is_refused_in_the_other(folder: Path) -> None:
     prices = default_prices().merged(
-        PriceTable({("singapore", "qwen-image-edit-max"): Price(Decimal("0.075"), "USD")})
+        PriceTable({("singapore", NEW_SNAPSHOT): Price(Decimal("0.03"), "USD")}, NEW_SPEC)
     )
-    (folder / "m.csv").write_text(
-        "job_id,image_1,prompt,model,region\na,a.png,p,qwen-image-edit-max,beijing\n"
-    )
+    (folder / "m.csv").write_text(f"job_id,image_1,prompt,model,region\na,a.png,p,{NEW_SNAPSHOT},beijing\n")
     [problem] = validate_manifest(folder / "m.csv", prices=prices).problems
     assert problem.message() == (
         'row 1 (job_id "a"), column model: has no known price in region beijing; '

@@ -26,6 +26,7 @@ from qwenedit.pricing import (
 )
 
 PLUS = ("qwen-image-edit-plus", "qwen-image-edit-plus-2025-10-30", "qwen-image-edit-plus-2025-12-15")
+MAX = ("qwen-image-edit-max", "qwen-image-edit-max-2026-01-16")
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,9 @@ PLUS = ("qwen-image-edit-plus", "qwen-image-edit-plus-2025-10-30", "qwen-image-e
         ("singapore", "qwen-image-edit", "0.045"),
         *(("beijing", m, "0.028671") for m in PLUS),
         ("beijing", "qwen-image-edit", "0.043"),
+        *(("singapore", m, "0.075") for m in MAX),
+        # Beijing's CNY 0.5 at the seed's own rate (CNY / 6.976), like plus and edit.
+        *(("beijing", m, "0.071674") for m in MAX),
     ],
 )
 def test_default_prices_are_the_seed_list_prices_in_usd(region: str, model: str, amount: str) -> None:
@@ -42,10 +46,8 @@ def test_default_prices_are_the_seed_list_prices_in_usd(region: str, model: str,
 
 
 def test_an_unpriced_model_is_refused_not_guessed() -> None:
-    with pytest.raises(
-        UnknownPrice, match="no price known for model 'qwen-image-edit-max' in region 'singapore'"
-    ):
-        default_prices().unit_price("singapore", "qwen-image-edit-max")
+    with pytest.raises(UnknownPrice, match="no price known for model 'qwen-image-9' in region 'singapore'"):
+        default_prices().unit_price("singapore", "qwen-image-9")
     with pytest.raises(UnknownPrice):
         default_prices().unit_price("virginia", "qwen-image-edit-plus")
 
@@ -82,7 +84,7 @@ def test_user_price_file_in_json_overrides_and_extends(tmp_path: Path) -> None:
                 {
                     "region": "singapore",
                     "model": "qwen-image-edit-max",
-                    "unit_price": "0.075",
+                    "unit_price": "0.07",
                     "currency": "USD",
                 },
             ]
@@ -90,7 +92,7 @@ def test_user_price_file_in_json_overrides_and_extends(tmp_path: Path) -> None:
     )
     table = load_prices(path)
     assert table.unit_price("singapore", "qwen-image-edit-plus") == Price(Decimal("0.025"), "USD")
-    assert table.unit_price("singapore", "qwen-image-edit-max") == Price(Decimal("0.075"), "USD")
+    assert table.unit_price("singapore", "qwen-image-edit-max") == Price(Decimal("0.07"), "USD")
     assert table.unit_price("beijing", "qwen-image-edit") == Price(
         Decimal("0.043"), "USD"
     )  # untouched default

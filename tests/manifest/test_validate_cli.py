@@ -124,10 +124,10 @@ def test_price_file_in_cny_quotes_and_budgets_in_cny(tmp_path: Path) -> None:
 
 
 def test_unknown_model_option_exits_2_with_the_known_ones() -> None:
-    out = run_validate(EXAMPLE, "--model", "qwen-image-edit-max")
+    out = run_validate(EXAMPLE, "--model", "qwen-image-edit-ultra")
     assert out.exit_code == 2
     expected = (
-        "qwenedit validate: --model 'qwen-image-edit-max' is not a known model; known: qwen-image-edit,"
+        "qwenedit validate: --model 'qwen-image-edit-ultra' is not a known model; known: qwen-image-edit,"
     )
     assert expected in out.stderr
     assert out.stdout == ""

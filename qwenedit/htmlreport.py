@@ -47,6 +47,7 @@ FLAGGED_LIMIT = 500
 TABLE_LIMIT = 1000
 THUMB_SIDE = 160
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # a fetched image larger than this is not thumbnailed
+_DETAIL_CHARS = 2000  # a "Run details" value longer than this is cut (the full one is in summary.json)
 _INPUT_CACHE = 512  # thumbnails of inputs remembered (an input shared by many rows is read once)
 
 _SHOWN_KEYS = {
@@ -566,5 +567,7 @@ def _details(summary: Mapping[str, Any]) -> Iterator[str]:
     rows = []
     for key, value in rest.items():
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        if len(text) > _DETAIL_CHARS:
+            text = text[: _DETAIL_CHARS - 1] + "…"
         rows.append([(key, ""), (text, "msg")])
     yield from _table(["", ""], rows, "details-table")

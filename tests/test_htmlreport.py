@@ -250,3 +250,13 @@ def test_presigned_query_strings_are_never_shown(store: Store) -> None:
 )
 def test_qa_cells_parse_back(cell: str, flags: dict[int, list[str]]) -> None:
     assert parse_qa(cell) == flags
+
+
+def test_other_summary_keys_are_listed_as_run_details_and_cut_when_long() -> None:
+    summary = summary_of([], stopped_by={"cause": "budget", "limit": "5"}, huge="x" * 10_000)
+
+    page = render_html_report(summary, [])
+
+    details = page[page.index('id="details"') :]
+    assert "stopped_by" in details and "&quot;cause&quot;: &quot;budget&quot;" in details
+    assert "x" * 1999 + "…" in details and "x" * 2001 not in details

@@ -171,9 +171,9 @@ def _collect(
                     c.check_counts[check] = c.check_counts.get(check, 0) + 1
             if len(c.flagged) < table_limit:
                 c.flagged.append(r)
-        if r.status in ("failed", "not_attempted") and (
-            r.error_code or r.error_message or r.status == "failed"
-        ):
+        if (
+            r.status == "failed"
+        ):  # not_attempted rows (a declined canary, a breaker) are counted in the totals
             c.failures += 1
             if len(c.failed) < table_limit:
                 c.failed.append(r)

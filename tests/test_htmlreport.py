@@ -260,3 +260,12 @@ def test_other_summary_keys_are_listed_as_run_details_and_cut_when_long() -> Non
     details = page[page.index('id="details"') :]
     assert "stopped_by" in details and "&quot;cause&quot;: &quot;budget&quot;" in details
     assert "x" * 1999 + "…" in details and "x" * 2001 not in details
+
+
+def test_not_attempted_rows_are_totals_not_failures(store: Store) -> None:
+    results = [result(1), result(2, status="not_attempted", outputs=[], error_code="CanaryDeclined")]
+
+    page = render_html_report(summary_of(results), results)
+
+    assert "No job failed." in page
+    assert "<b>1</b><span>not_attempted</span>" in page

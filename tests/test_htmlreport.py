@@ -269,3 +269,11 @@ def test_not_attempted_rows_are_totals_not_failures(store: Store) -> None:
 
     assert "No job failed." in page
     assert "<b>1</b><span>not_attempted</span>" in page
+
+
+def test_an_empty_run_with_a_bare_summary_still_renders() -> None:
+    page = render_html_report({}, [])
+
+    assert "Nothing was spent in this run." in page
+    assert "No jobs." in page and "No job failed." in page
+    assert page.rstrip().endswith("</html>")

@@ -296,10 +296,11 @@ class ModelTable:
 
     def rate_limit(self, model: str) -> RateLimit:
         """The limit of ``model``; raises ``UnknownLimit`` (never a guess) if none is known."""
-        spec = self.spec(model)
-        if spec.rate_limit is None:
+        name = normalize_model(model)
+        spec = self._specs.get(name)
+        if spec is None or spec.rate_limit is None:
             raise UnknownLimit(
-                f"no rate limit known for model {spec.name!r}; refusing to guess: add a rate_limit "
+                f"no rate limit known for model {name!r}; refusing to guess: add a rate_limit "
                 "(e.g. 2/s or 2/min) to its row in the --prices file"
             )
         return spec.rate_limit

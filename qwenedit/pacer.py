@@ -1,23 +1,43 @@
-"""The rate pacer: one permit every ``1 / (margin × rps)`` seconds, first come first served.
+"""The rate pacer: evenly spaced, first-come-first-served permits at a model's own limit, with a
+spacing that adapts to the throttling answers it gets.
 
-The API allows ``rps`` requests in any one-second window per (account, model), counted where the
-requests *arrive*. A token bucket would allow a burst after an idle spell; evenly spaced permits never
-do, and they also keep the API's burst guard quiet. Spacing exactly ``1/rps`` apart is not enough:
-the time from permit to arrival varies (body encoding, connection reuse), so two permits 0.5 s apart
-can arrive 0.49 s apart and put three requests in one window. ``margin`` (default 0.98) widens the
-spacing just enough to absorb that jitter while still delivering ≥ 0.97 × ``rps``.
+Contract
+--------
+A limit is a count per period (``RateLimit``: 2/s, 2/min), counted by the API where requests *arrive*,
+per (account, model): never more than ``count`` arrivals in any window of ``period_s``. Permits are
+spaced evenly ``interval = (period_s + guard_s) / count`` apart, so any ``count + 1`` consecutive
+requests span at least ``period_s + guard_s``: up to ``guard_s`` of variation between permit and arrival
+(network and event-loop jitter) cannot put ``count + 1`` arrivals into one window. A per-minute limit is
+therefore spaced evenly too (Max: one request every ~30 s, never two together), never sent as a burst.
+
+``guard_s`` adapts (AIMD on the spacing):
+
+- **Multiplicative backoff.** ``throttled()`` (a 429 ``Throttling*`` or ``Throttling.BurstRate``)
+  multiplies the guard by ``BACKOFF_FACTOR`` (at least ``+MIN_BACKOFF_STEP_S``), at most once per
+  ``period_s + guard_s``: the requests already sent at the old spacing may still be refused, and one
+  cause must not back off twice. The guard never exceeds a quarter of the period.
+- **Memory.** The guard a throttle happened at, ×1.25, becomes the floor: recovery never returns to a
+  spacing that was refused.
+- **Slow recovery.** After every ``RECOVERY_PERMITS`` permits without a throttle the guard shrinks by
+  ``RECOVERY_STEP_S`` (additive), down to the floor.
 
 Behaviour at the edges:
 
 - **FIFO**: waiters are served in arrival order (``asyncio.Lock`` wakes waiters in order).
 - **No burst**: after an idle spell the next permit is immediate and the one after waits a full
-  interval; permits never "accumulate".
-- **Cancellation**: a waiter cancelled while queued or sleeping consumes no slot.
-- **Push-back**: ``penalize(seconds)`` (on a 429) delays every later permit by that much.
+  interval; permits never accumulate.
+- **Cancellation**: a waiter cancelled while queued or sleeping consumes no permit.
+- **Push-back**: ``penalize(seconds)`` delays every later permit by that much; it is what the pipeline
+  calls on a 429, so it also counts as ``throttled()``.
 - **Send-time accounting**: ``mark_sent()`` (called when the request's first byte leaves) spaces the
   next permit from the real send time when a request left later than its permit.
 
 Every attempt of every job takes a permit, retries included: the pacer is the only way to the API.
+
+``PacerPool`` holds one pacer per (endpoint, account, model), each at that model's limit: an override
+for the model (``--rps MODEL=RATE``), else a global override (``--rps RATE``), else the model table's
+limit; a model with none is refused (``UnknownLimit``), never guessed. ``PacerPool(rate)`` (one rate for
+every model) still works.
 """
 
 from __future__ import annotations
@@ -25,33 +45,71 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from qwenedit.models import RateLimit, UnknownLimit, normalize_model
+
+# The old fixed spacing factor (permits 1/(0.98·rps) apart). ``shards.window_bound`` still reasons with
+# it; the guard below always spaces permits at least as wide.
 DEFAULT_MARGIN = 0.98
+DEFAULT_GUARD_S = 0.04  # ~40 ms of arrival jitter absorbed from the start (2/s: 0.96 of the limit)
+BACKOFF_FACTOR = 1.5
+MIN_BACKOFF_STEP_S = 0.005
+MAX_GUARD_FRACTION = 0.25  # of the period
+FLOOR_FACTOR = 1.25
+RECOVERY_PERMITS = 10
+RECOVERY_STEP_S = 0.001
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[object]]
 
 
 class Pacer:
-    """Evenly spaced, FIFO permits at ``margin × rate`` per second."""
+    """Evenly spaced, FIFO permits at ``limit`` (a ``RateLimit``, or a number per second)."""
 
     def __init__(
         self,
-        rate: float,
+        limit: RateLimit | float,
         *,
-        margin: float = DEFAULT_MARGIN,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        guard_s: float = DEFAULT_GUARD_S,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, got {rate}")
-        if not 0 < margin <= 1:
-            raise ValueError(f"margin must be in (0, 1], got {margin}")
-        self.rate = rate
-        self.interval = 1.0 / (rate * margin)
+        if not isinstance(limit, RateLimit):
+            if not limit > 0:
+                raise ValueError(f"rate must be positive, got {limit}")
+            limit = RateLimit.per_second(limit)
+        if not 0 <= guard_s <= MAX_GUARD_FRACTION * limit.period_s:
+            raise ValueError(f"guard_s must be in [0, {MAX_GUARD_FRACTION} × period], got {guard_s}")
+        self.limit = limit
+        self._guard = self._floor = guard_s
         self._clock = clock
         self._sleep = sleep
         self._lock = asyncio.Lock()
         self._next = float("-inf")  # earliest time the next permit may be granted
+        self._last = float("-inf")  # when the last permit was granted
+        self._hold_until = float("-inf")  # throttles before this belong to the last backoff
+        self._calm = 0  # permits since the last throttle or recovery step
         self.granted = 0
+        self.throttles = 0  # every throttle reported
+        self.backoffs = 0  # the ones that widened the spacing
+
+    @property
+    def rate(self) -> float:
+        """The limit in requests per second (what the API allows, not what the pacer delivers)."""
+        return self.limit.rate
+
+    @property
+    def guard_s(self) -> float:
+        """The current jitter allowance added to every period."""
+        return self._guard
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two permits now: ``(period + guard) / count``."""
+        return (self.limit.period_s + self._guard) / self.limit.count
 
     async def acquire(self) -> float:
         """Wait for the next permit; returns the clock time at which it was granted."""
@@ -60,8 +118,10 @@ class Pacer:
                 wait = self._next - self._clock()
                 if wait <= 0:
                     break
-                await self._sleep(wait)  # loop again: penalize() may have moved _next meanwhile
+                await self._sleep(wait)  # loop again: penalize()/throttled() may have moved _next
             now = self._clock()
+            self._recover()
+            self._last = now
             self._next = now + self.interval
             self.granted += 1
             return now
@@ -75,9 +135,49 @@ class Pacer:
         """
         self._next = max(self._next, self._clock() + self.interval)
 
+    def throttled(self) -> bool:
+        """A request was refused for its rate (429): widen the spacing; True if it did.
+
+        At most one backoff per ``period + guard``: later refusals in that span come from requests
+        sent at the old spacing."""
+        now = self._clock()
+        self.throttles += 1
+        self._calm = 0
+        if now < self._hold_until:
+            return False
+        failed_at = self._guard
+        self._floor = min(max(self._floor, failed_at * FLOOR_FACTOR), self._max_guard)
+        self._guard = min(max(failed_at * BACKOFF_FACTOR, failed_at + MIN_BACKOFF_STEP_S), self._max_guard)
+        self._next = max(self._next, self._last + self.interval)
+        self._hold_until = now + self.limit.period_s + self._guard
+        self.backoffs += 1
+        return True
+
     def penalize(self, seconds: float) -> None:
-        """Hold back every later permit until ``seconds`` from now (e.g. after a 429)."""
+        """Hold back every later permit until ``seconds`` from now (after a 429: also ``throttled()``)."""
+        self.throttled()
         self._next = max(self._next, self._clock() + seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for progress lines and summaries."""
+        return {
+            "limit": str(self.limit),
+            "granted": self.granted,
+            "throttles": self.throttles,
+            "backoffs": self.backoffs,
+            "guard_s": round(self._guard, 6),
+            "paced_rate": round(1.0 / self.interval, 6),
+        }
+
+    @property
+    def _max_guard(self) -> float:
+        return MAX_GUARD_FRACTION * self.limit.period_s
+
+    def _recover(self) -> None:
+        self._calm += 1
+        if self._calm >= RECOVERY_PERMITS:
+            self._calm = 0
+            self._guard = max(self._floor, self._guard - RECOVERY_STEP_S)
 
 
 def pacer_key(endpoint: str, api_key: str, model: str) -> tuple[str, str, str]:
@@ -85,17 +185,148 @@ def pacer_key(endpoint: str, api_key: str, model: str) -> tuple[str, str, str]:
     return (endpoint.rstrip("/"), hashlib.sha256(api_key.encode()).hexdigest()[:16], model)
 
 
-class PacerPool:
-    """One pacer per (endpoint, key, model), created on first use and shared by every job."""
+class Limits(Protocol):
+    """Anything that knows a model's limit (``qwenedit.models.ModelTable``)."""
 
-    def __init__(self, rate: float, *, margin: float = DEFAULT_MARGIN) -> None:
-        self.rate = rate
-        self.margin = margin
+    def rate_limit(self, model: str) -> RateLimit: ...
+
+
+Overrides = Mapping[str | None, RateLimit]
+
+
+def parse_rate_overrides(values: Iterable[str] | str | None) -> dict[str | None, RateLimit]:
+    """``--rps`` values → overrides: ``"RATE"`` (every model) or ``"MODEL=RATE"`` (one model).
+
+    RATE is a count per period (``2``, ``2/s``, ``4/min``; a bare number is per second). Several values
+    may also be given comma-separated in one string. The key ``None`` is the every-model override.
+    Raises ``ValueError`` naming the bad value."""
+    if values is None:
+        return {}
+    if isinstance(values, str):
+        values = [values]
+    out: dict[str | None, RateLimit] = {}
+    for value in values:
+        for part in str(value).split(","):
+            text = part.strip()
+            if not text:
+                continue
+            model: str | None = None
+            rate_text = text
+            if "=" in text:
+                name, _, rate_text = text.partition("=")
+                model = normalize_model(name)
+                if not model:
+                    raise ValueError(f"--rps {text!r}: expected MODEL=RATE, the model is empty")
+            try:
+                limit = RateLimit.parse(rate_text)
+            except ValueError as exc:
+                raise ValueError(f"--rps {text!r}: {exc}") from None
+            if model in out and out[model] != limit:
+                who = model or "every model"
+                raise ValueError(f"--rps gives two rates for {who}: {out[model]} and {limit}")
+            out[model] = limit
+    return out
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """No table: one limit for every model (the old ``PacerPool(rate)``)."""
+
+    limit: RateLimit | None
+
+    def rate_limit(self, model: str) -> RateLimit:
+        if self.limit is None:
+            raise UnknownLimit(f"no rate limit known for model {model!r}; refusing to guess")
+        return self.limit
+
+
+class PacerPool:
+    """One pacer per (endpoint, key, model), created on first use and shared by every job.
+
+    ``PacerPool(2.0)``: every model at 2/s (as before). ``PacerPool(limits=table, overrides=...)``:
+    each model at its own limit (``limit_for``)."""
+
+    def __init__(
+        self,
+        rate: float | RateLimit | None = None,
+        *,
+        limits: Limits | Mapping[str, RateLimit] | None = None,
+        overrides: Overrides | None = None,
+        guard_s: float = DEFAULT_GUARD_S,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._overrides: dict[str | None, RateLimit] = {
+            (None if k is None else normalize_model(k)): v for k, v in (overrides or {}).items()
+        }
+        if rate is not None:
+            self._overrides.setdefault(
+                None, rate if isinstance(rate, RateLimit) else RateLimit.per_second(rate)
+            )
+        if isinstance(limits, Mapping):
+            table = {normalize_model(k): v for k, v in limits.items()}
+            self._limits: Limits = _MappingLimits(table)
+        else:
+            self._limits = limits or _Fixed(None)
+        self.guard_s = guard_s
+        self._clock = clock
+        self._sleep = sleep
         self._pacers: dict[tuple[str, str, str], Pacer] = {}
 
+    @property
+    def rate(self) -> float | None:
+        """The every-model rate in requests per second, if one was given (the old attribute)."""
+        limit = self._overrides.get(None)
+        return None if limit is None else limit.rate
+
+    def limit_for(self, model: str) -> RateLimit:
+        """The limit ``model`` is paced at: its override, the global one, else the table's (or
+        ``UnknownLimit``)."""
+        name = normalize_model(model)
+        if name in self._overrides:
+            return self._overrides[name]
+        if None in self._overrides:
+            return self._overrides[None]
+        return self._limits.rate_limit(name)
+
+    def rates(self, models: Iterable[str]) -> dict[str, float]:
+        """Requests per second per model, for ``Window.set_rates`` (one account each)."""
+        return {normalize_model(m): self.limit_for(m).rate for m in models}
+
     def get(self, endpoint: str, api_key: str, model: str) -> Pacer:
+        """The pacer of (endpoint, account, model); raises ``UnknownLimit`` for a model with no limit."""
         key = pacer_key(endpoint, api_key, model)
         pacer = self._pacers.get(key)
         if pacer is None:
-            pacer = self._pacers[key] = Pacer(self.rate, margin=self.margin)
+            limit = self.limit_for(model)
+            guard = min(self.guard_s, MAX_GUARD_FRACTION * limit.period_s)
+            pacer = Pacer(limit, guard_s=guard, clock=self._clock, sleep=self._sleep)
+            self._pacers[key] = pacer
         return pacer
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per model (summed over endpoints and accounts): limit, permits, throttles, backoffs, and
+        the current spacing of its busiest pacer."""
+        out: dict[str, dict[str, Any]] = {}
+        for (_, _, model), pacer in sorted(self._pacers.items()):
+            snap = pacer.snapshot()
+            row = out.get(model)
+            if row is None:
+                out[model] = snap
+                continue
+            for name in ("granted", "throttles", "backoffs"):
+                row[name] += snap[name]
+            row["guard_s"] = max(row["guard_s"], snap["guard_s"])
+            row["paced_rate"] = min(row["paced_rate"], snap["paced_rate"])
+        return out
+
+
+@dataclass(frozen=True)
+class _MappingLimits:
+    table: Mapping[str, RateLimit]
+
+    def rate_limit(self, model: str) -> RateLimit:
+        try:
+            return self.table[model]
+        except KeyError:
+            raise UnknownLimit(f"no rate limit known for model {model!r}; refusing to guess") from None

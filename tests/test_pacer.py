@@ -1,14 +1,29 @@
-"""The pacer at its edges: spacing, no bursts, FIFO order, cancellation, push-back, pools."""
+"""The pacer at its edges: spacing at a count per period, no bursts, FIFO order, cancellation, push-back,
+adaptation after 429s, per-model pools and ``--rps`` overrides. Time is virtual: tests are instant."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 
 import pytest
 
-from qwenedit.pacer import Pacer, PacerPool, pacer_key
+from qwenedit.models import RateLimit, UnknownLimit, builtin_models
+from qwenedit.pacer import (
+    BACKOFF_FACTOR,
+    DEFAULT_GUARD_S,
+    RECOVERY_PERMITS,
+    RECOVERY_STEP_S,
+    Pacer,
+    PacerPool,
+    pacer_key,
+    parse_rate_overrides,
+)
 from qwenedit.testing.rates import max_in_window
+
+MAX = "qwen-image-edit-max"
+PLUS = "qwen-image-edit-plus"
 
 
 class VirtualClock:
@@ -25,38 +40,62 @@ class VirtualClock:
         await asyncio.sleep(0)
 
 
-async def test_permits_are_spaced_by_interval_and_never_exceed_rate_per_second() -> None:
+def pacer(limit: RateLimit | float, vc: VirtualClock, **kw: float) -> Pacer:
+    return Pacer(limit, clock=vc.clock, sleep=vc.sleep, **kw)
+
+
+async def test_permits_are_spaced_evenly_and_never_exceed_the_limit() -> None:
     vc = VirtualClock()
-    pacer = Pacer(2.0, clock=vc.clock, sleep=vc.sleep)
-    grants = await asyncio.gather(*(pacer.acquire() for _ in range(50)))
+    p = pacer(2.0, vc)
+    grants = await asyncio.gather(*(p.acquire() for _ in range(50)))
     gaps = [b - a for a, b in itertools.pairwise(grants)]
-    assert min(gaps) == pytest.approx(1 / (2.0 * 0.98))
+    assert min(gaps) == pytest.approx((1 + DEFAULT_GUARD_S) / 2)
+    assert max(gaps) == pytest.approx(min(gaps))
     assert max_in_window(grants) == 2
     rate = (len(grants) - 1) / (grants[-1] - grants[0])
-    assert 0.97 * 2.0 <= rate <= 2.0
+    assert 0.95 * 2.0 <= rate < 2.0
+
+
+async def test_a_per_minute_limit_is_spaced_evenly_never_two_together() -> None:
+    vc = VirtualClock()
+    p = pacer(RateLimit(2, 60), vc)
+    grants = [await p.acquire() for _ in range(10)]
+    gaps = [b - a for a, b in itertools.pairwise(grants)]
+    assert all(g == pytest.approx(30.02) for g in gaps)  # one every ~30 s, not two then a minute's wait
+    assert max_in_window(grants, 60.0) == 2
+    assert max_in_window(grants, 29.0) == 1
+
+
+async def test_jitter_up_to_the_guard_never_puts_count_plus_one_arrivals_in_a_period() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    rng = random.Random(7)
+    grants = [await p.acquire() for _ in range(2000)]
+    arrivals = [t + rng.uniform(0, DEFAULT_GUARD_S) for t in grants]
+    assert max_in_window(arrivals, 1.0) == 2
 
 
 async def test_no_burst_after_an_idle_spell() -> None:
     vc = VirtualClock()
-    pacer = Pacer(2.0, clock=vc.clock, sleep=vc.sleep)
-    await pacer.acquire()
+    p = pacer(2.0, vc)
+    await p.acquire()
     vc.now += 60.0  # idle for a minute: nothing may accumulate
     idle_end = vc.now
-    t1 = await pacer.acquire()
-    t2 = await pacer.acquire()
-    t3 = await pacer.acquire()
+    t1 = await p.acquire()
+    t2 = await p.acquire()
+    t3 = await p.acquire()
     assert t1 == idle_end  # the first permit after idling is immediate...
-    assert t2 - t1 == pytest.approx(pacer.interval)  # ...and the next ones are spaced, not bunched
-    assert t3 - t2 == pytest.approx(pacer.interval)
+    assert t2 - t1 == pytest.approx(p.interval)  # ...and the next ones are spaced, not bunched
+    assert t3 - t2 == pytest.approx(p.interval)
 
 
 async def test_waiters_are_served_in_arrival_order() -> None:
     vc = VirtualClock()
-    pacer = Pacer(5.0, clock=vc.clock, sleep=vc.sleep)
+    p = pacer(5.0, vc)
     order: list[int] = []
 
     async def waiter(i: int) -> None:
-        await pacer.acquire()
+        await p.acquire()
         order.append(i)
 
     tasks = []
@@ -67,45 +106,127 @@ async def test_waiters_are_served_in_arrival_order() -> None:
     assert order == list(range(20))
 
 
-async def test_cancelled_waiter_consumes_no_permit() -> None:
-    pacer = Pacer(20.0)  # real clock: 51 ms spacing
-    await pacer.acquire()
-    doomed = asyncio.create_task(pacer.acquire())
-    await asyncio.sleep(0.005)
+async def test_a_cancelled_waiter_consumes_no_permit_and_keeps_the_order() -> None:
+    vc = VirtualClock()
+    p = pacer(RateLimit(2, 60), vc)
+    await p.acquire()
+    gate = asyncio.Event()
+
+    async def stalled_sleep(seconds: float) -> None:  # time stands still until the test says so
+        await gate.wait()
+        await vc.sleep(seconds)
+
+    p._sleep = stalled_sleep
+    doomed = asyncio.create_task(p.acquire())
+    survivor = asyncio.create_task(p.acquire())
+    await asyncio.sleep(0)
     doomed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await doomed
-    assert pacer.granted == 1
-    t = await pacer.acquire()
-    assert pacer.granted == 2
-    assert t > 0
+    gate.set()
+    t = await survivor
+    assert p.granted == 2
+    assert t == pytest.approx(1000.0 + p.interval)
 
 
 async def test_penalize_pushes_every_later_permit_back() -> None:
     vc = VirtualClock()
-    pacer = Pacer(2.0, clock=vc.clock, sleep=vc.sleep)
-    t0 = await pacer.acquire()
-    pacer.penalize(5.0)
-    t1 = await pacer.acquire()
-    t2 = await pacer.acquire()
+    p = pacer(2.0, vc)
+    t0 = await p.acquire()
+    p.penalize(5.0)
+    t1 = await p.acquire()
+    t2 = await p.acquire()
     assert t1 - t0 == pytest.approx(5.0)
-    assert t2 - t1 == pytest.approx(pacer.interval)
+    assert t2 - t1 == pytest.approx(p.interval)
 
 
 async def test_penalize_never_pulls_permits_forward() -> None:
     vc = VirtualClock()
-    pacer = Pacer(0.5, clock=vc.clock, sleep=vc.sleep)  # 2.04 s spacing
-    t0 = await pacer.acquire()
-    pacer.penalize(0.1)
-    t1 = await pacer.acquire()
-    assert t1 - t0 == pytest.approx(pacer.interval)
+    p = pacer(0.5, vc)  # ~2.08 s spacing
+    t0 = await p.acquire()
+    p.penalize(0.1)
+    t1 = await p.acquire()
+    assert t1 - t0 == pytest.approx(p.interval)
 
 
-def test_rejects_nonsense_rates() -> None:
+async def test_a_429_widens_the_spacing_multiplicatively() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    await p.acquire()
+    before = p.interval
+    assert p.throttled()
+    assert p.guard_s == pytest.approx(DEFAULT_GUARD_S * BACKOFF_FACTOR)
+    t1 = await p.acquire()
+    t2 = await p.acquire()
+    assert t2 - t1 == pytest.approx(p.interval) and p.interval > before
+
+
+async def test_429s_of_one_cause_back_off_once_per_period() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    await p.acquire()
+    assert p.throttled()
+    vc.now += 0.3  # the requests sent before the backoff are refused too: same cause
+    assert not p.throttled()
+    assert (p.throttles, p.backoffs) == (2, 1)
+    vc.now += 1.0
+    assert p.throttled()
+    assert p.backoffs == 2
+
+
+async def test_after_429s_the_spacing_recovers_slowly_but_not_to_the_refused_one() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    await p.acquire()
+    p.throttled()
+    widened = p.guard_s
+    for _ in range(RECOVERY_PERMITS):
+        await p.acquire()
+    assert p.guard_s == pytest.approx(widened - RECOVERY_STEP_S)  # additive, slow
+    for _ in range(RECOVERY_PERMITS * 100):
+        await p.acquire()
+    assert p.guard_s == pytest.approx(DEFAULT_GUARD_S * 1.25)  # the floor: above the refused spacing
+    assert 1 / p.interval >= 0.95 * 2.0
+
+
+async def test_the_guard_never_exceeds_a_quarter_of_the_period() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    for _ in range(100):
+        p.throttled()
+        vc.now += 10
+    assert p.guard_s == pytest.approx(0.25)
+
+
+async def test_the_adaptive_pacer_settles_without_429s_under_jitter_it_did_not_expect() -> None:
+    # An emulated sliding window refuses whatever would put a 3rd arrival in 1 s; arrivals carry
+    # 0–60 ms of jitter (more than the initial 40 ms guard). After a few 429s early on, none later.
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    rng = random.Random(3)
+    accepted: list[float] = []
+    refused_at: list[int] = []
+    for i in range(3000):
+        t = await p.acquire()
+        arrival = t + rng.uniform(0, 0.060)
+        window = [a for a in accepted[-4:] if abs(a - arrival) < 1.0]
+        if len(window) >= 2:
+            refused_at.append(i)
+            p.throttled()
+        else:
+            accepted.append(arrival)
+    assert refused_at and max(refused_at) < 1500
+    assert len(refused_at) <= 6
+    assert max_in_window(accepted) == 2
+    late = accepted[len(accepted) // 2 :]
+    assert (len(late) - 1) / (late[-1] - late[0]) >= 0.93 * 2.0
+
+
+def test_rejects_nonsense_rates_and_guards() -> None:
     with pytest.raises(ValueError, match="rate must be positive"):
         Pacer(0)
-    with pytest.raises(ValueError, match="margin"):
-        Pacer(2, margin=1.5)
+    with pytest.raises(ValueError, match="guard_s"):
+        Pacer(2, guard_s=0.5)
 
 
 def test_pool_shares_one_pacer_per_endpoint_key_and_model() -> None:
@@ -117,6 +238,64 @@ def test_pool_shares_one_pacer_per_endpoint_key_and_model() -> None:
     assert pool.get("http://y", "sk-one", "m1") is not a
 
 
+def test_a_pool_paces_each_model_at_its_own_limit() -> None:
+    pool = PacerPool(limits=builtin_models())
+    assert pool.get("http://x", "sk-1", MAX).limit == RateLimit(2, 60)
+    assert pool.get("http://x", "sk-1", PLUS).limit == RateLimit(2, 1)
+    assert pool.rates([MAX, PLUS]) == {MAX: pytest.approx(1 / 30), PLUS: 2.0}
+    with pytest.raises(UnknownLimit, match="refusing to guess"):
+        pool.get("http://x", "sk-1", "qwen-image-9")
+
+
+def test_overrides_win_per_model_then_globally() -> None:
+    per_model = PacerPool(limits=builtin_models(), overrides=parse_rate_overrides([f"{MAX}=4/min"]))
+    assert per_model.limit_for(MAX) == RateLimit(4, 60)
+    assert per_model.limit_for(PLUS) == RateLimit(2, 1)
+    both = PacerPool(limits=builtin_models(), overrides=parse_rate_overrides(["5", f"{MAX}=4/min"]))
+    assert (both.limit_for(MAX), both.limit_for(PLUS)) == (RateLimit(4, 60), RateLimit(5, 1))
+    assert PacerPool(3.0).limit_for(MAX) == RateLimit(3, 1)  # the old one-rate pool
+    assert PacerPool(3.0).rate == 3.0
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["2"], {None: RateLimit(2, 1)}),
+        (
+            [f"{MAX}=2/min", "Qwen-Image-Edit=1.5"],
+            {MAX: RateLimit(2, 60), "qwen-image-edit": RateLimit(1.5, 1)},
+        ),
+        (f"{MAX}=3/min, 4", {MAX: RateLimit(3, 60), None: RateLimit(4, 1)}),
+        (None, {}),
+    ],
+)
+def test_rps_overrides_parse(values: list[str] | str | None, expected: dict[str | None, RateLimit]) -> None:
+    assert parse_rate_overrides(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["=2"], "the model is empty"),
+        ([f"{MAX}=fast"], "expected a rate like 2/s"),
+        (["2", "3"], "two rates for every model"),
+    ],
+)
+def test_bad_rps_overrides_name_the_value(values: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_rate_overrides(values)
+
+
+def test_pool_stats_are_per_model() -> None:
+    pool = PacerPool(limits=builtin_models())
+    pool.get("http://x", "sk-1", PLUS).throttled()
+    pool.get("http://x", "sk-2", PLUS)
+    pool.get("http://x", "sk-1", MAX)
+    stats = pool.stats()
+    assert stats[PLUS]["throttles"] == 1 and stats[PLUS]["limit"] == "2/s"
+    assert stats[MAX]["limit"] == "2/min" and stats[MAX]["throttles"] == 0
+
+
 def test_pacer_key_never_contains_the_api_key() -> None:
     key = pacer_key("http://x", "sk-SECRET-123456", "m")
     assert "sk-SECRET-123456" not in repr(key)
@@ -124,18 +303,18 @@ def test_pacer_key_never_contains_the_api_key() -> None:
 
 async def test_a_late_send_spaces_the_next_permit_from_the_real_send_time() -> None:
     vc = VirtualClock()
-    pacer = Pacer(2.0, clock=vc.clock, sleep=vc.sleep)
-    t0 = await pacer.acquire()
+    p = pacer(2.0, vc)
+    t0 = await p.acquire()
     vc.now += 0.2  # the request left 200 ms after its permit (busy event loop)
-    pacer.mark_sent()
-    t1 = await pacer.acquire()
-    assert t1 - (t0 + 0.2) == pytest.approx(pacer.interval)
+    p.mark_sent()
+    t1 = await p.acquire()
+    assert t1 - (t0 + 0.2) == pytest.approx(p.interval)
 
 
 async def test_an_on_time_send_does_not_slow_the_pacer() -> None:
     vc = VirtualClock()
-    pacer = Pacer(2.0, clock=vc.clock, sleep=vc.sleep)
-    t0 = await pacer.acquire()
-    pacer.mark_sent()
-    t1 = await pacer.acquire()
-    assert t1 - t0 == pytest.approx(pacer.interval)
+    p = pacer(2.0, vc)
+    t0 = await p.acquire()
+    p.mark_sent()
+    t1 = await p.acquire()
+    assert t1 - t0 == pytest.approx(p.interval)

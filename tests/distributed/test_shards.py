@@ -461,7 +461,7 @@ async def test_a_model_priced_only_by_the_price_file_runs_sharded_and_is_recover
 
     prices = tmp_path / "prices.csv"
     prices.write_text(
-        "region,model,unit_price,currency\nsingapore,qwen-image-edit-plus-2099-01-01,0.05,USD\n"
+        "region,model,unit_price,currency,rate_limit\nsingapore,qwen-image-edit-plus-2099-01-01,0.05,USD,2/s\n"
     )
     manifest = _write_manifest(tmp_path / "m", 4)
     text = manifest.read_text().replace("sku\n", "sku,model\n")

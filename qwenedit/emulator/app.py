@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from qwenedit.emulator import signing
 from qwenedit.emulator.books import Books, key_id
@@ -41,11 +42,13 @@ from qwenedit.emulator.config import (
     ConfigError,
     EmulatorConfig,
     apply_changes,
+    burst_rule,
     check_config,
+    model_limit,
     public_view,
 )
 from qwenedit.emulator.faults import FaultDice
-from qwenedit.emulator.ratelimit import RateLimiter, rule_for_rps
+from qwenedit.emulator.ratelimit import RateLimiter
 from qwenedit.emulator.render import BAD_OUTPUT_FAULTS, check_image, output_size, render_outputs
 from qwenedit.emulator.validate import (
     MSG_500,
@@ -103,6 +106,32 @@ class EmulatorState:
         self._http: httpx.AsyncClient | None = None
         self._rendered: deque[tuple[float, str]] = deque()  # (expires, request_id), oldest first
         self._since_sweep = 0
+        self._answered: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def note_answers(self, transport: Any, send: Send) -> Send:
+        """``send`` that records when each answer on ``transport`` was complete (for ``idle_close_s``)."""
+
+        async def noting(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._answered[transport] = self.clock.monotonic()
+
+        return noting
+
+    async def closed_while_idle(self, transport: Any) -> bool:
+        """The ``idle_close_s`` fault: a keep-alive connection idle that long was closed by the server
+        just as this request came in. Closes it (FIN, like an idle timeout) and returns True; the
+        request is not read, not counted as an arrival and not billed."""
+        limit = self.config.idle_close_s
+        last = self._answered.get(transport)
+        if limit is None or last is None or self.clock.monotonic() - last < limit:
+            return False
+        self.books.fault("idle_close")
+        transport.close()
+        # Let uvicorn see the connection is gone, so it sends no response (not even a 500).
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return True
 
     @property
     def clock(self) -> Clock:
@@ -178,7 +207,12 @@ class EmulatorApp(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             # uvicorn's ``send`` is a bound method of the request cycle, which holds the transport.
-            scope[_TRANSPORT] = getattr(getattr(send, "__self__", None), "transport", None)
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            scope[_TRANSPORT] = transport
+            if transport is not None:
+                if await self.emulator.closed_while_idle(transport):
+                    return
+                send = self.emulator.note_answers(transport, send)
         await super().__call__(scope, receive, send)
 
 
@@ -245,6 +279,9 @@ def _error(rejection: Rejection, request_id: str, arrival_wall: float) -> JSONRe
 
 async def _generation(request: Request) -> Response:
     state = _state(request)
+    jitter = state.dice.jitter(state.config.arrival_jitter_s)
+    if jitter > 0:
+        await asyncio.sleep(jitter)  # the way in: network jitter before the API counts the request
     arrival = state.clock.monotonic()  # first thing: this is what the rate limit counts
     arrival_wall = time.time()
     config = state.config
@@ -369,11 +406,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _check_rate(state: EmulatorState, account: str, model: str, arrival: float) -> None:
     config = state.config
     spec = config.models.get(model)
-    limit, window = spec.rate_limit if spec and spec.rate_limit else rule_for_rps(config.rps)
+    limit, window = model_limit(spec, config.rps)
     if config.burst_max is not None and not state.limiter.admit(
         "burst", account, model, arrival, config.burst_max, config.burst_window_s
     ):
         raise Rejection(429, "Throttling.BurstRate", MSG_BURST)
+    if config.burst_guard:
+        burst_limit, burst_window = burst_rule(spec, config.rps)
+        if not state.limiter.admit("model-burst", account, model, arrival, burst_limit, burst_window):
+            raise Rejection(429, "Throttling.BurstRate", MSG_BURST)
     if not state.limiter.admit("rate", account, model, arrival, limit, window):
         raise Rejection(429, "Throttling.RateQuota", MSG_THROTTLED)
 

@@ -25,6 +25,11 @@ class FaultDice:
         """Start both random sequences again from ``seed`` (None: unpredictable)."""
         self.faults = random.Random(None if seed is None else f"faults-{seed}")
         self.latencies = random.Random(None if seed is None else f"latency-{seed}")
+        self.jitters = random.Random(None if seed is None else f"jitter-{seed}")
+
+    def jitter(self, max_s: float) -> float:
+        """Seconds a request travels before it is counted: uniform in [0, ``max_s``]."""
+        return self.jitters.uniform(0.0, max_s) if max_s > 0 else 0.0
 
     def pick_fault(self, config: EmulatorConfig) -> str:
         """The fault for the next valid request (``ok`` for none)."""

@@ -227,7 +227,7 @@ def _check_size(size: Any, n: int, spec: ModelSpec, strict_size_n: bool) -> tupl
         raise invalid()
     if not spec.accepts_size:
         return None  # qwen-image-edit: "resolution cannot be specified", the output follows the input
-    if strict_size_n and n != 1:
+    if strict_size_n and spec.size_only_with_n1 and n != 1:
         raise invalid()
     return w, h
 

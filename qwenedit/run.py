@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from qwenedit.api import DashScopeClient, api_key_from_env, resolve_base_url
+from qwenedit.api import api_key_from_env, resolve_base_url
 from qwenedit.budget import Budget, check_currencies
 from qwenedit.errors import DestinationUnusable, JobCode, ManifestInvalid
 from qwenedit.inputs import InputError, InputResolver
@@ -62,6 +62,7 @@ from qwenedit.pricing import PriceTable, load_prices
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool, save_reports, write_reports
 from qwenedit.retry import RetryPolicy
+from qwenedit.stopping import StoppableClient
 from qwenedit.storage import Destination, make_s3_client, open_destination
 
 log = logging.getLogger("qwenedit.run")
@@ -70,6 +71,7 @@ _CURRENT: ContextVar[Run | None] = ContextVar("qwenedit_current_run", default=No
 _HANDED: ContextVar[Run | None] = ContextVar("qwenedit_handed_run", default=None)
 
 PLAN_BATCH = 512  # rows the planning thread hands over at a time
+IDENTITY_CACHE = 100_000  # image references whose identity the planning pass remembers
 
 
 def new_run_id() -> str:
@@ -198,6 +200,7 @@ class Run:
         self._chunks: dict[int, Chunk] = {}
         self._stack = contextlib.AsyncExitStack()
         self._ctx: RunContext | None = None
+        self._abandon = asyncio.Event()  # set by stop_now: open calls end, reported possibly billed
 
     # -- opening: every check, once ------------------------------------------------------------
 
@@ -252,7 +255,13 @@ class Run:
         io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="qwenedit-io")
         self._stack.callback(io.shutdown, wait=True)
         client = await self._stack.enter_async_context(
-            DashScopeClient(api_key, endpoint, timeout=o.timeout_s, max_connections=o.max_in_flight + 8)
+            StoppableClient(
+                api_key,
+                endpoint,
+                timeout=o.timeout_s,
+                max_connections=o.max_in_flight + 8,
+                abandon=self._abandon,
+            )
         )
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
         http = self._stack.enter_context(
@@ -323,6 +332,10 @@ class Run:
         running: set[asyncio.Task[None]],
     ) -> None:
         """Start a chunk and return once all its jobs are in the window (or it ended)."""
+        if self.stopping:  # a stopped run starts no chunk: no task run, no call, no store request
+            for job, _, _ in items:
+                record(self.ctx, job, self._stopped_result(job))
+            return
         spec = ChunkSpec(self.run_id, self.chunks_started, items[0][0].row, items[-1][0].row, len(items))
         chunk = self._chunks[spec.index] = Chunk(spec, items)
         self.chunks_started += 1
@@ -393,9 +406,28 @@ class Run:
                 "run %s stopping (%s): no new calls; %d in flight", self.run_id, reason, self.stats.in_flight
             )
 
+    def stop_now(self, reason: str) -> None:
+        """A hard stop: as ``request_stop``, and the calls still open end at once, reported
+        ``possibly_billed`` (their answer is not awaited; the same command calls them again)."""
+        if self._abandon.is_set():
+            return
+        first = self.ctx.stop_reason
+        self.ctx.stop_reason = reason if first is None else f"{first}; then at once: {reason}"
+        self._abandon.set()
+        log.warning(
+            "run %s stopping at once (%s): %d open call(s) abandoned",
+            self.run_id,
+            reason,
+            self.stats.in_flight,
+        )
+
     @property
     def stopping(self) -> bool:
         return self._ctx is not None and self._ctx.stop_reason is not None
+
+    @property
+    def stopped_now(self) -> bool:
+        return self._abandon.is_set()
 
     def _stopped_result(self, job: Job) -> Any:
         return failed_result(
@@ -452,9 +484,10 @@ class Run:
         jobs = iter_jobs(
             o.manifest, region=o.region, model=o.model, prices=self.prices, input_root=o.input_root
         )
+        known: dict[str, str] = {}  # the same image on many rows is identified once per run (bounded)
         for job in jobs:
             try:
-                identities = [self.resolver.identity(ref) for ref in job.images]
+                identities = [known.get(ref) or self._identity(known, ref) for ref in job.images]
             except InputError as err:
                 column = _image_column(job, err)
                 located = err.located(job.row, job.job_id, column)
@@ -467,6 +500,13 @@ class Run:
             else:
                 stale = tuple(m.key for m in index.markers(job.job_id))
                 yield "run", job, (fp, stale)
+
+    def _identity(self, known: dict[str, str], ref: str) -> str:
+        identity = self.resolver.identity(ref)
+        if len(known) >= IDENTITY_CACHE:
+            known.clear()
+        known[ref] = identity
+        return identity
 
     # -- finishing: summary and reports -----------------------------------------------------------
 

@@ -27,20 +27,44 @@ def result(row: int, status: str = "succeeded", **extra: str) -> JobResult:
     )
 
 
-def test_results_csv_is_in_manifest_order_across_chunks_and_failed_rows_follow_it(tmp_path: Path) -> None:
+def test_results_csv_is_in_manifest_order_and_failed_rows_follow_it(tmp_path: Path) -> None:
     rows = list(range(1, 23))
     random.Random(5).shuffle(rows)  # jobs finish in any order
     spool = ResultSpool(tmp_path / "results.jsonl")
     for row in rows:
         spool.add(result(row, "failed" if row % 5 == 0 else "succeeded", sku=f"=SKU{row}"))
     spool.close()
-    paths = write_reports(spool, {"run_id": "r"}, tmp_path / "out", chunk_rows=4)
+    paths = write_reports(spool, {"run_id": "r"}, tmp_path / "out")
     table = pd.read_csv(paths["results.csv"], dtype=str, keep_default_na=False)
     assert list(table["job_id"]) == [f"job-{r}" for r in range(1, 23)]
     assert list(table.columns[-1:]) == ["sku"]
     assert table.loc[0, "sku"] == "'=SKU1"
     failed = [json.loads(line)["job_id"] for line in paths["failed.jsonl"].read_text().splitlines()]
     assert failed == ["job-5", "job-10", "job-15", "job-20"]
+
+
+def test_a_spool_reopened_on_an_earlier_file_still_sorts_its_rows(tmp_path: Path) -> None:
+    first = ResultSpool(tmp_path / "results.jsonl")
+    for row in (3, 1):
+        first.add(result(row))
+    first.close()
+    again = ResultSpool(tmp_path / "results.jsonl")  # it did not see rows 3 and 1 being added
+    again.add(result(2, sku="x"))
+    paths = write_reports(again, {}, tmp_path / "out")
+    table = pd.read_csv(paths["results.csv"], dtype=str, keep_default_na=False)
+    assert list(table["job_id"]) == ["job-1", "job-2", "job-3"]
+    assert list(table["sku"]) == ["", "x", ""]
+
+
+def test_numbers_in_results_csv_stay_integers_and_booleans_read_back(tmp_path: Path) -> None:
+    spool = ResultSpool(tmp_path / "results.jsonl")
+    done = result(1)
+    done.width, done.height = 1024, 768
+    spool.add(done)
+    spool.add(result(2, "failed"))  # no size
+    paths = write_reports(spool, {}, tmp_path / "out")
+    table = pd.read_csv(paths["results.csv"], dtype=str, keep_default_na=False)
+    assert list(table["width"]) == ["1024", ""] and list(table["possibly_billed"]) == ["False", "False"]
 
 
 def test_an_empty_run_still_writes_a_results_header(tmp_path: Path) -> None:

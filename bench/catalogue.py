@@ -704,8 +704,15 @@ def part_c(cfg: CatalogueConfig, reuse: dict[str, Any], emulator: Any, s3: Any, 
     }
 
 
-def run_catalogue(cfg: CatalogueConfig, log: Log = print) -> dict[str, Any]:
-    """Run the selected parts; returns the results document (see ``catalogue.json``)."""
+def run_catalogue(
+    cfg: CatalogueConfig, log: Log = print, save: Callable[[dict[str, Any]], object] | None = None
+) -> dict[str, Any]:
+    """Run the selected parts; returns the results document (see ``catalogue.json``).
+
+    ``save(doc)`` is called after each part and before the work dir is removed (removing a million
+    done markers takes minutes), so a figure is on disk as soon as it is measured.
+    """
+    checkpoint = save or (lambda doc: None)
     from bench.side_by_side import machine_info
     from qwenedit.testing.emulator import EmulatorProcess
 
@@ -727,6 +734,7 @@ def run_catalogue(cfg: CatalogueConfig, log: Log = print) -> dict[str, Any]:
             log(f"catalogue bench in {workdir}; emulator {emulator.base_url}")
             if "a" in cfg.parts:
                 doc["a"] = part_a(cfg, workdir, images, emulator, log)
+                checkpoint(doc)
             if {"b", "c"} & set(cfg.parts):
                 from qwenedit.testing.s3server import ensure_bucket
                 from qwenedit.testing.seaweed import SeaweedServer
@@ -737,6 +745,7 @@ def run_catalogue(cfg: CatalogueConfig, log: Log = print) -> dict[str, Any]:
                 section, reuse = part_b(b_cfg, workdir, images, emulator, s3, log)
                 if "b" in cfg.parts:
                     doc["b"] = section
+                    checkpoint(doc)
                 if "c" in cfg.parts:
                     doc["c"] = part_c(cfg, reuse, emulator, s3, log)
     except BaseException:
@@ -744,9 +753,11 @@ def run_catalogue(cfg: CatalogueConfig, log: Log = print) -> dict[str, Any]:
         raise
     finally:
         doc["workdir"] = str(workdir) if keep else None
+        doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        checkpoint(doc)
         if not keep:
+            log(f"removing {workdir} …")
             shutil.rmtree(workdir, ignore_errors=True)
-    doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return doc
 
 
@@ -804,10 +815,13 @@ def main(argv: list[str], results: Path) -> int:
         timeout_s=args.timeout,
         keep_workdir=args.keep,
     )
-    doc = run_catalogue(cfg, log=lambda msg: print(msg, flush=True))
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / args.out
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+    def save(doc: dict[str, Any]) -> None:
+        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+    doc = run_catalogue(cfg, log=lambda msg: print(msg, flush=True), save=save)
     print(markdown_table(doc))
     print(f"saved {path}" + (f"; work dir kept: {doc['workdir']}" if doc.get("workdir") else ""))
     return 0

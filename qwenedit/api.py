@@ -70,6 +70,11 @@ DEFAULT_TIMEOUT_S = 120.0  # per read/write; calls take 5–30 s, the server its
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_TOTAL_TIMEOUT_S = 300.0  # whole call; stops a server that drips bytes under the read timeout
 DEFAULT_MAX_CONNECTIONS = 100  # ~2 RPS x 5–30 s latency keeps 10–60 calls in flight
+# A pooled connection idle this long is not reused. It must stay below the server's own idle
+# timeout: a connection the server closes for idleness just as a request goes out on it fails with
+# no answer, which reads as "possibly billed" although the server never read the request. 4 s is
+# below the shortest common server idle timeout (5 s: uvicorn, and httpx's own default).
+DEFAULT_KEEPALIVE_EXPIRY_S = 4.0
 MAX_RESPONSE_BYTES = 1 << 20  # a success body is < 2 KiB; anything near 1 MiB is not DashScope
 MAX_MESSAGE_CHARS = 300
 
@@ -375,20 +380,33 @@ def _describe_url(url: str) -> str:
 
 
 class _Send:
-    """Per-call record of whether the request went out (told once to the on_send hooks) and of the
-    response status and x-request-id once headers arrive; fed by httpcore's trace hook."""
+    """Per-call record of whether the request went out (told once to the on_send hooks), whether it
+    went out *completely*, and of the response status and x-request-id once headers arrive; fed by
+    httpcore's trace hook."""
 
     def __init__(self, hooks: Sequence[OnSend]) -> None:
         self._hooks = hooks
         self.sent = False
+        self.traced = False  # the transport reports its steps (httpcore); False: assume the worst
+        self.body_sent = False  # every byte of the request was handed to the socket
         self.status: int | None = None  # set once response headers arrive
         self.request_id = ""  # the x-request-id header, once response headers arrive
 
     async def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        self.traced = True
         # "http11.send_request_headers.started" (or http2.*): the pool gave us a live connection
         # and the first request byte is about to be written. This is the moment a pacer cares about.
         if event.endswith("send_request_headers.started"):
             self.mark_sent()
+        elif event.endswith("send_request_body.complete"):
+            self.body_sent = True
+
+    @property
+    def provably_unsent(self) -> bool:
+        """True only when the transport reported its steps and the request body never finished
+        going out: the server cannot hold a whole request (its length is declared), so the model
+        cannot have run it or billed it. Unknown (no trace) is never "unsent"."""
+        return self.traced and not self.body_sent and self.status is None
 
     def mark_sent(self) -> None:
         if self.sent:
@@ -410,6 +428,12 @@ class DashScopeClient:
     wait and connect, so a pacer can count real departures. Transports without httpcore's trace
     hook (``httpx.MockTransport``, ``ASGITransport``) report the send when response headers arrive.
 
+    "Possibly billed" only when it may be true: a transport failure after the whole request went out
+    (or on a transport that does not report its steps) is ``ConnectionDropped``/``CallTimedOut``;
+    one while the request was still being written is ``ConnectFailed`` (not billed). Pooled
+    connections idle ``keepalive_expiry`` seconds are not reused (below the server's idle timeout, so
+    the client never sends on a connection the server is closing).
+
     Timeouts: ``timeout`` bounds each read and write and the wait for a free pooled connection;
     ``connect_timeout`` the TCP/TLS connect; ``total_timeout`` the whole call (None: no deadline).
     ``http`` lets a caller share its own ``httpx.AsyncClient`` (its limits apply, these timeouts are
@@ -428,6 +452,7 @@ class DashScopeClient:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         on_send: OnSend | None = None,
         http: httpx.AsyncClient | None = None,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY_S,
     ) -> None:
         api_key = api_key.strip()
         # A key with whitespace or control characters would make h11 raise an error that quotes the
@@ -446,7 +471,7 @@ class DashScopeClient:
             limits=httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,
-                keepalive_expiry=30.0,
+                keepalive_expiry=keepalive_expiry,
             ),
             timeout=self._timeout,
         )
@@ -530,6 +555,8 @@ class DashScopeClient:
         message = f"no complete answer within the {self._total_timeout:g}s call deadline"
         if send.status is not None and not 200 <= send.status < 300:
             return errors.classify(send.status, "", message, send.request_id)
+        if send.provably_unsent:
+            return errors.ConnectFailed("CallDeadline", message + " (request not completely sent)")
         if send.sent:
             return errors.CallTimedOut(
                 "CallDeadline", message, status=send.status, request_id=send.request_id
@@ -551,6 +578,10 @@ class DashScopeClient:
             return errors.ConnectFailed(name, message)
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
             return errors.ConnectFailed(name, message)  # refused locally before anything was sent
+        if send.provably_unsent:
+            # The connection failed while the request was still being written (httpcore swallows the
+            # write error and reports the read that follows): no complete request reached the server.
+            return errors.ConnectFailed(name, message + " (request not completely sent: not billed)")
         if isinstance(exc, httpx.TimeoutException):  # ReadTimeout, WriteTimeout
             return errors.CallTimedOut(name, message, status=status, request_id=request_id)
         # ReadError, WriteError, RemoteProtocolError, CloseError...: the connection broke after the

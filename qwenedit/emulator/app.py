@@ -112,9 +112,11 @@ class EmulatorState:
         """``send`` that records when each answer on ``transport`` was complete (for ``idle_close_s``)."""
 
         async def noting(message: Message) -> None:
-            await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Stamped before the last bytes go out: a client that has the whole answer never
+                # sees an older stamp (the idle time is never under-counted).
                 self._answered[transport] = self.clock.monotonic()
+            await send(message)
 
         return noting
 

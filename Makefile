@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: venv demo test lint bench bench-full clean
+.PHONY: venv demo check test lint bench bench-full clean
 
 venv: $(STAMP)
 
@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m qwenedit.demo
 
-test: $(STAMP)
-	$(BIN)/ruff check qwenedit flows tests bench
-	$(BIN)/ruff format --check qwenedit flows tests bench
-	$(BIN)/mypy qwenedit flows
+# The inner loop: lint, types and every test not marked slow (under 3 minutes on 2 cores).
+check: lint
+	$(BIN)/pytest -q -ra -m "not slow"
+
+# The whole suite (what CI runs).
+test: lint
 	$(BIN)/pytest -q -ra
 
 lint: $(STAMP)

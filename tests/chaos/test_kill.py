@@ -26,7 +26,7 @@ import pytest
 
 from tests.chaos.conftest import RunRecord, chaos_rows, check_invariants
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]  # the chaos suite: minutes
 
 JOBS = 16
 MAX_IN_FLIGHT = 8

@@ -12,7 +12,7 @@ from flows.edit_manifest import edit_manifest
 from qwenedit.options import RunOptions
 from tests.chaos.conftest import chaos_rows, check_invariants, read_results, timed_run
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]  # the chaos suite: minutes
 
 
 async def test_rerunning_failed_jsonl_never_calls_a_charged_job_again_and_finishes_the_free_failures(

@@ -21,7 +21,7 @@ from qwenedit.options import RunOptions
 from qwenedit.storage import S3Settings, open_destination
 from tests.chaos.conftest import PRICE, RunRecord, chaos_rows, check_invariants, read_results, timed_run
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]  # the chaos suite: minutes
 
 
 def params(manifest: Path, bucket: Any, emulator: Any, tmp_path: Path, **kwargs: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from flows.edit_manifest import edit_manifest
 from qwenedit.options import RunOptions
 from tests.chaos.conftest import PRICE, chaos_rows, check_invariants, read_results, timed_run
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]  # the chaos suite: minutes
 
 
 def params(manifest: Path, bucket: Any, emulator: Any, tmp_path: Path, **kwargs: Any) -> dict[str, Any]:

@@ -89,7 +89,12 @@ async def test_every_job_succeeds_outputs_exist_with_the_api_size_and_cost_match
     assert sum(Decimal(c) for c in table["cost"]) == billed * Decimal("0.03")
     assert summary["total_cost"] == {"USD": str(billed * Decimal("0.03"))}
     stored = client.list_objects_v2(Bucket=bucket, Prefix="out/_runs/")["Contents"]
-    assert {o["Key"].rsplit("/", 1)[1] for o in stored} == {"results.csv", "summary.json", "failed.jsonl"}
+    assert {o["Key"].rsplit("/", 1)[1] for o in stored} == {
+        "results.csv",
+        "summary.json",
+        "failed.jsonl",
+        "report.html",
+    }
 
 
 async def test_rerun_of_the_same_command_makes_no_api_call(
@@ -166,6 +171,7 @@ async def test_outputs_that_expired_before_being_stored_fail_with_a_clear_reason
     assert json.loads(failed[0])["job_id"] == "job-0000"
 
 
+@pytest.mark.slow
 async def test_injected_5xx_and_throttling_end_every_job_with_a_result_and_nothing_billed_is_lost(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:
@@ -186,6 +192,7 @@ async def test_injected_5xx_and_throttling_end_every_job_with_a_result_and_nothi
     assert sum(Decimal(c) for c in table["cost"]) == billed_images(emulator) * Decimal("0.03")
 
 
+@pytest.mark.slow
 async def test_invalid_key_trips_the_breaker_after_one_call(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:
@@ -202,6 +209,7 @@ async def test_invalid_key_trips_the_breaker_after_one_call(
     assert reports and all(API_KEY not in p.read_text(errors="ignore") for p in reports)
 
 
+@pytest.mark.slow
 async def test_budget_stops_new_calls_before_spend_could_exceed_it(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:
@@ -218,6 +226,7 @@ async def test_budget_stops_new_calls_before_spend_could_exceed_it(
     assert (table["status"] == "not_attempted").sum() == 6
 
 
+@pytest.mark.slow
 async def test_requests_never_exceed_the_limit_in_any_second_and_none_are_throttled(
     pipeline_env: Any, write_manifest: Any, tmp_path: Path
 ) -> None:

@@ -19,6 +19,8 @@ from qwenedit.storage import MiB, S3Destination
 from qwenedit.testing.moto import MotoServer
 from qwenedit.testing.seaweed import SeaweedServer, ensure_bucket
 
+pytestmark = pytest.mark.slow  # starts SeaweedFS servers of its own (plain and TLS) and restarts one
+
 
 @pytest.fixture(scope="module")
 def own_seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:

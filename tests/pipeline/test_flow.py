@@ -89,12 +89,7 @@ async def test_every_job_succeeds_outputs_exist_with_the_api_size_and_cost_match
     assert sum(Decimal(c) for c in table["cost"]) == billed * Decimal("0.03")
     assert summary["total_cost"] == {"USD": str(billed * Decimal("0.03"))}
     stored = client.list_objects_v2(Bucket=bucket, Prefix="out/_runs/")["Contents"]
-    assert {o["Key"].rsplit("/", 1)[1] for o in stored} == {
-        "results.csv",
-        "summary.json",
-        "failed.jsonl",
-        "report.html",
-    }
+    assert {o["Key"].rsplit("/", 1)[1] for o in stored} == {"results.csv", "summary.json", "failed.jsonl"}
 
 
 async def test_rerun_of_the_same_command_makes_no_api_call(

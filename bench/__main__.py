@@ -5,6 +5,7 @@ python -m bench --scale 1             # full fidelity: 2 req/s, median 12 s / p9
 python -m bench --only a,c --jobs 300
 python -m bench memory                # peak RSS of `qwenedit run` at 1,000 and 20,000 jobs
 python -m bench catalogue             # 1M-row unchanged rerun, 10k/100k executed, 1 % changed
+python -m bench models                # Max + plus + edit at their own limits, 20–30 s latency, jitter
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "memory":
         return _memory(argv[1:])
+    if argv and argv[0] == "models":
+        from bench.models import main as models_main
+
+        return models_main(argv[1:], RESULTS)
     if argv and argv[0] == "catalogue":
         from bench.catalogue import main as catalogue_main
 

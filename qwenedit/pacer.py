@@ -8,7 +8,8 @@ per (account, model): never more than ``count`` arrivals in any window of ``peri
 spaced evenly ``interval = (period_s + guard_s) / count`` apart, so any ``count + 1`` consecutive
 requests span at least ``period_s + guard_s``: up to ``guard_s`` of variation between permit and arrival
 (network and event-loop jitter) cannot put ``count + 1`` arrivals into one window. A per-minute limit is
-therefore spaced evenly too (Max: one request every ~30 s, never two together), never sent as a burst.
+therefore spaced evenly too (Max: one request every ~30.3 s, never two together), never sent as a burst.
+A pool's pacers start with ``guard_s`` = 40 ms, or 1 % of the period if that is more (Max: 0.6 s).
 
 ``guard_s`` adapts (AIMD on the spacing):
 
@@ -55,6 +56,7 @@ from qwenedit.models import RateLimit, UnknownLimit, normalize_model
 # it; the guard below always spaces permits at least as wide.
 DEFAULT_MARGIN = 0.98
 DEFAULT_GUARD_S = 0.04  # ~40 ms of arrival jitter absorbed from the start (2/s: 0.96 of the limit)
+MIN_GUARD_FRACTION = 0.01  # ...and at least 1 % of the period: per-minute limits get 0.6 s for ~1 %
 BACKOFF_FACTOR = 1.5
 MIN_BACKOFF_STEP_S = 0.005
 MAX_GUARD_FRACTION = 0.25  # of the period
@@ -180,6 +182,12 @@ class Pacer:
             self._guard = max(self._floor, self._guard - RECOVERY_STEP_S)
 
 
+def initial_guard(limit: RateLimit, guard_s: float = DEFAULT_GUARD_S) -> float:
+    """The starting guard of a pacer at ``limit``: ``guard_s``, at least 1 % of the period (cheap
+    insurance for per-minute limits), at most a quarter of it."""
+    return min(max(guard_s, MIN_GUARD_FRACTION * limit.period_s), MAX_GUARD_FRACTION * limit.period_s)
+
+
 def pacer_key(endpoint: str, api_key: str, model: str) -> tuple[str, str, str]:
     """The identity a rate limit applies to: endpoint, account (by key hash, never the key), model."""
     return (endpoint.rstrip("/"), hashlib.sha256(api_key.encode()).hexdigest()[:16], model)
@@ -299,7 +307,7 @@ class PacerPool:
         pacer = self._pacers.get(key)
         if pacer is None:
             limit = self.limit_for(model)
-            guard = min(self.guard_s, MAX_GUARD_FRACTION * limit.period_s)
+            guard = initial_guard(limit, self.guard_s)
             pacer = Pacer(limit, guard_s=guard, clock=self._clock, sleep=self._sleep)
             self._pacers[key] = pacer
         return pacer

@@ -318,3 +318,11 @@ async def test_an_on_time_send_does_not_slow_the_pacer() -> None:
     p.mark_sent()
     t1 = await p.acquire()
     assert t1 - t0 == pytest.approx(p.interval)
+
+
+def test_a_pools_per_minute_pacer_starts_with_one_percent_of_the_period_as_guard() -> None:
+    pool = PacerPool(limits=builtin_models())
+    max_pacer = pool.get("http://x", "sk-1", MAX)
+    assert max_pacer.guard_s == pytest.approx(0.6)
+    assert max_pacer.interval == pytest.approx(30.3)  # ~1 % under the limit, never two together
+    assert pool.get("http://x", "sk-1", PLUS).guard_s == pytest.approx(DEFAULT_GUARD_S)

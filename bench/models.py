@@ -1,0 +1,291 @@
+"""``python -m bench models``: every model at its own limit, a window that fits, pacing under jitter.
+
+A manifest mixing ``qwen-image-edit-max`` (2/min), ``qwen-image-edit-plus`` and ``qwen-image-edit``
+(2/s each) runs against the emulator in its own process with 20–30 s latency (lognormal, median 25 s,
+p99 30 s), 0–40 ms of arrival jitter, the per-model burst guard on, and no tuning flag: each model is
+paced at the model table's limit (``PacerPool(limits=...)``), calls in flight follow ``Window``
+(Little's law, 30 s assumed until latencies are observed), every attempt takes a permit, a 429 widens
+that pacer's spacing (``Pacer.throttled``) and is retried.
+
+What it drives: the library pieces directly (``PacerPool`` + ``Window`` + ``DashScopeClient``), one
+task per job, no output copy — the run layer (``qwenedit.run``) wires the same pieces. Measured where
+the limit is counted, the emulator's arrival log, per model: steady rate ÷ limit (middle 80 % of the
+span), the peak in any window of its period, 429s (and in the run's second half), and Max's spacing.
+Also: calls reported *possibly billed* that the server never received.
+
+    python -m bench models                      # ~4-5 minutes
+    python -m bench models --plus 100 --edit 100 --max 3 --latency 5   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import itertools
+import json
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from bench.metrics import Verdict, max_in_window, steady_state
+from qwenedit import errors
+from qwenedit.api import DashScopeClient, EditRequest
+from qwenedit.models import RateLimit, builtin_models
+from qwenedit.pacer import PacerPool
+from qwenedit.testing.emulator import EmulatorProcess
+from qwenedit.window import Window
+
+MAX = "qwen-image-edit-max"
+PLUS = "qwen-image-edit-plus"
+EDIT = "qwen-image-edit"
+KEY = "sk-bench-models"
+MAX_ATTEMPTS = 6
+
+
+def mixed_jobs(plus: int, edit: int, max_jobs: int) -> list[str]:
+    """The manifest's model column: plus and edit alternating, Max rows spread evenly among them."""
+    fast = [m for pair in itertools.zip_longest([PLUS] * plus, [EDIT] * edit) for m in pair if m]
+    if max_jobs == 0:
+        return fast
+    step = max(1, len(fast) // max_jobs)
+    out: list[str] = []
+    for i, model in enumerate(fast):
+        if i % step == 0 and out.count(MAX) < max_jobs:
+            out.append(MAX)
+        out.append(model)
+    out.extend([MAX] * (max_jobs - out.count(MAX)))
+    return out
+
+
+def _png_uri() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (40, 120, 200)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def summarize(
+    arrivals: Sequence[dict[str, Any]], limits: dict[str, RateLimit], run_start: float, run_end: float
+) -> dict[str, Any]:
+    """Per model, from the emulator's arrival log: accepted requests' steady rate ÷ limit, the peak
+    in any window of the limit's period, 429s (all, and in the run's second half), and gaps."""
+    half = run_start + (run_end - run_start) / 2
+    out: dict[str, Any] = {}
+    for model, limit in limits.items():
+        mine = [a for a in arrivals if a["model"] == model]
+        accepted = sorted(a["time"] for a in mine if a["status"] != 429)
+        refused = [a["time"] for a in mine if a["status"] == 429]
+        steady = steady_state(accepted)
+        gaps = [b - a for a, b in itertools.pairwise(accepted)]
+        out[model] = {
+            "limit": str(limit),
+            "requests": len(mine),
+            "accepted": len(accepted),
+            "steady_rate": round(steady.rate, 4),
+            "steady_ratio": round(steady.rate / limit.rate, 4) if steady.count else None,
+            "peak_in_period": max_in_window(accepted, limit.period_s),
+            "period_s": limit.period_s,
+            "count": limit.count,
+            "throttled_429": len(refused),
+            "throttled_429_second_half": sum(1 for t in refused if t >= half),
+            "min_gap_s": round(min(gaps), 3) if gaps else None,
+            "mean_gap_s": round(sum(gaps) / len(gaps), 3) if gaps else None,
+        }
+    return out
+
+
+def verdicts(per_model: dict[str, Any], combined_ratio: float, false_billed: int) -> list[Verdict]:
+    """The issue's targets against what was measured."""
+    total_429 = sum(m["throttled_429"] for m in per_model.values())
+    late_429 = sum(m["throttled_429_second_half"] for m in per_model.values())
+    out = [
+        Verdict(
+            "plus + edit steady rate ÷ 4 req/s",
+            f"{combined_ratio:.3f}",
+            "≥ 0.95",
+            combined_ratio >= 0.95,
+        ),
+        Verdict("429s in the run", str(total_429), "≤ 2", total_429 <= 2),
+        Verdict("429s in the second half", str(late_429), "0", late_429 == 0),
+        Verdict("possibly billed but never received", str(false_billed), "0", false_billed == 0),
+    ]
+    for model, m in per_model.items():
+        out.append(
+            Verdict(
+                f"{model}: peak in any {m['period_s']:g} s",
+                str(m["peak_in_period"]),
+                f"≤ {m['count']:g}",
+                m["peak_in_period"] <= m["count"],
+            )
+        )
+        if m["steady_ratio"] is not None and model != MAX:
+            out.append(
+                Verdict(
+                    f"{model}: steady rate ÷ limit",
+                    f"{m['steady_ratio']:.3f}",
+                    "≥ 0.95",
+                    m["steady_ratio"] >= 0.95,
+                )
+            )
+    if MAX in per_model and per_model[MAX]["min_gap_s"] is not None:
+        gap = per_model[MAX]["min_gap_s"]
+        out.append(
+            Verdict("Max spacing (min gap)", f"{gap:.2f} s", "≈ 30 s, never two together", gap >= 29.5)
+        )
+    return out
+
+
+async def _drive(
+    base_url: str, models: list[str], log: Callable[[str], None]
+) -> tuple[Counter[str], dict[str, Any], dict[str, Any], float, float, int]:
+    table = builtin_models()
+    pacers = PacerPool(limits=table)
+    window = Window()
+    window.set_rates(pacers.rates(set(models)))
+    image = _png_uri()
+    outcomes: Counter[str] = Counter()
+    possibly_billed = 0
+    peak_window = {"size": window.size, "in_flight": 0}
+    async with DashScopeClient(KEY, base_url, max_connections=window.memory_cap + 8) as client:
+
+        async def job(i: int, model: str) -> None:
+            nonlocal possibly_billed
+            async with window.slot(model):
+                pacer = pacers.get(client.endpoint, KEY, model)
+                for _attempt in range(MAX_ATTEMPTS):
+                    await pacer.acquire()  # every attempt takes a permit
+                    started = time.monotonic()
+                    try:
+                        await client.edit(EditRequest(model, (image,), f"job {i}"), on_send=pacer.mark_sent)
+                    except errors.Throttled as exc:
+                        outcomes[f"429 {exc.code}"] += 1
+                        pacer.throttled()
+                        continue
+                    except errors.DashScopeError as exc:
+                        outcomes[type(exc).__name__] += 1
+                        possibly_billed += int(exc.possibly_billed)
+                        return
+                    window.observe_latency(model, time.monotonic() - started)
+                    outcomes["ok"] += 1
+                    return
+                outcomes["gave_up"] += 1
+
+        async def progress() -> None:
+            while True:
+                await asyncio.sleep(15)
+                peak_window["size"] = max(peak_window["size"], window.size)
+                peak_window["in_flight"] = max(peak_window["in_flight"], window.in_flight)
+                stats = pacers.stats()
+                log(
+                    f"window {window.in_flight}/{window.size}; "
+                    + "; ".join(f"{m}: {s['granted']} sent, {s['throttles']} 429" for m, s in stats.items())
+                )
+
+        reporter = asyncio.create_task(progress())
+        start = time.monotonic()
+        try:
+            await asyncio.gather(*(job(i, m) for i, m in enumerate(models)))
+        finally:
+            reporter.cancel()
+        end = time.monotonic()
+    return outcomes, pacers.stats(), {**window.snapshot(), "peak": peak_window}, start, end, possibly_billed
+
+
+def run_models_bench(
+    plus: int = 400,
+    edit: int = 400,
+    max_jobs: int = 8,
+    latency_median_s: float = 25.0,
+    latency_p99_s: float = 30.0,
+    jitter_s: float = 0.04,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the benchmark and return its JSON document."""
+    models = mixed_jobs(plus, edit, max_jobs)
+    with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
+        emulator = EmulatorProcess(
+            Path(tmp),
+            rps=2,
+            latency_median=latency_median_s,
+            latency_p99=latency_p99_s,
+            render="fast",
+            seed=1,
+            keep_outputs=200,
+        )
+        with emulator:
+            emulator.configure(arrival_jitter_s=jitter_s, burst_guard=True)
+            log(f"{len(models)} jobs ({plus} plus, {edit} edit, {max_jobs} max) against {emulator.base_url}")
+            wall = time.time()
+            outcomes, pacer_stats, window_stats, start, end, maybe_billed = asyncio.run(
+                _drive(emulator.base_url, models, log)
+            )
+            arrivals = emulator.arrivals()
+            stats = emulator.stats()
+            wall = time.time() - wall
+    table = builtin_models()
+    limits = {m: table.rate_limit(m) for m in (MAX, PLUS, EDIT) if m in models}
+    # The arrival log uses the emulator process's monotonic clock; on one machine it is this one's.
+    per_model = summarize(arrivals, limits, start, end)
+    fast = sorted(a["time"] for a in arrivals if a["model"] in (PLUS, EDIT) and a["status"] != 429)
+    combined = steady_state(fast)
+    combined_ratio = combined.rate / 4.0 if combined.count else 0.0
+    # Attempts the client made that the server never logged; a possibly-billed report can only be
+    # true for an attempt the server received, so at most this many reports were false.
+    attempts = sum(n for k, n in outcomes.items() if k != "gave_up")
+    never_received = max(0, attempts - stats["requests"])
+    false_billed = min(maybe_billed, never_received)
+    doc = {
+        "what": "library pieces driven directly: PacerPool(limits=model table) + Window + DashScopeClient; "
+        "no output copy; emulator in its own process",
+        "config": {
+            "jobs": {"plus": plus, "edit": edit, "max": max_jobs},
+            "latency_median_s": latency_median_s,
+            "latency_p99_s": latency_p99_s,
+            "arrival_jitter_s": [0.0, jitter_s],
+            "burst_guard": True,
+            "tuning_flags": "none (limits from the model table, window from Little's law)",
+        },
+        "wall_s": round(wall, 1),
+        "outcomes": dict(outcomes),
+        "per_model": per_model,
+        "plus_plus_edit": {
+            "steady_rate": round(combined.rate, 4),
+            "steady_ratio_of_4": round(combined_ratio, 4),
+        },
+        "pacers": pacer_stats,
+        "window": window_stats,
+        "emulator": {k: stats[k] for k in ("requests", "by_status", "by_code", "faults", "billed_requests")},
+        "attempts": attempts,
+        "attempts_never_received": never_received,
+        "possibly_billed_reported": maybe_billed,
+        "possibly_billed_never_received": false_billed,
+    }
+    doc["verdicts"] = [v.to_dict() for v in verdicts(per_model, combined_ratio, false_billed)]
+    return doc
+
+
+def main(argv: list[str], results: Path) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench models", description=__doc__.split("\n\n")[0])
+    p.add_argument("--plus", type=int, default=400, help="qwen-image-edit-plus rows")
+    p.add_argument("--edit", type=int, default=400, help="qwen-image-edit rows")
+    p.add_argument("--max", type=int, default=8, help="qwen-image-edit-max rows (one per ~30 s)")
+    p.add_argument("--latency", type=float, default=25.0, help="median latency, s (p99 = 1.2 ×)")
+    p.add_argument("--jitter", type=float, default=0.04, help="max arrival jitter, s")
+    p.add_argument("--results", type=Path, default=results)
+    args = p.parse_args(argv)
+    doc = run_models_bench(
+        args.plus, args.edit, args.max, args.latency, args.latency * 1.2, args.jitter, log=print
+    )
+    for v in doc["verdicts"]:
+        print(f"{v['result']:4}  {v['target']}: {v['measured']} (wanted {v['wanted']})")
+    path = args.results / "models.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"saved {path}")
+    return 0

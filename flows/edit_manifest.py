@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 from typing import Any
 from uuid import UUID
 
@@ -29,11 +30,18 @@ from prefect.states import Completed, State
 from qwenedit.options import RunOptions
 from qwenedit.report import markdown_summary, results_frame
 from qwenedit.run import ChunkSpec, Run, current_run, open_run, outcome_text
+from qwenedit.stopping import default_grace, graceful_stop
 
 log = logging.getLogger("qwenedit.flow")
 
 ARTIFACT_ROW_LIMIT = 1000  # the results table artifact; the full table is in results.csv
 PROGRESS_EVERY_S = 10.0
+# A cancelled flow run (UI, `prefect flow-run cancel`, a worker shutting down): Prefect 3.8.8's runner sends
+# SIGTERM to the flow-run process group and SIGKILL 30 s later (hard-coded in runner/_cancellation_manager.py
+# and _process_manager.py). The run gives its calls in flight this much of it; the rest is for reports.
+PREFECT_KILL_AFTER_S = 30.0
+PREFECT_DRAIN_S = 22.0
+PREFECT_CALL_LIMIT_S = 5.0  # a Prefect API call while stopping (the ephemeral server may be gone)
 
 
 @task(name="edit-chunk", cache_policy=NO_CACHE, persist_result=False, task_run_name="{spec.name}")
@@ -47,17 +55,31 @@ async def edit_chunk(spec: ChunkSpec) -> State[Any]:
 async def edit_manifest(options: RunOptions) -> dict[str, Any]:
     """Run every job of ``options.manifest`` into ``options.dest``; returns the run summary."""
     async with open_run(options) as run:
-        with run.activate():
+        # Installed here, inside the flow run: Prefect's engine replaces the SIGTERM handler when it starts.
+        with run.activate(), graceful_stop(run, stop_grace(options)):
             progress = asyncio.create_task(_publish_progress(run))
             try:
                 await run.execute(edit_chunk)
             finally:
                 progress.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await progress
-        summary = await run.finish()
-        await _publish_artifacts(run, summary)
+                await asyncio.wait({progress}, timeout=PREFECT_CALL_LIMIT_S if run.stopping else None)
+            summary = await run.finish()
+            publish = _publish_artifacts(run, summary)
+            if run.stopping:  # a Ctrl-C also stops an ephemeral Prefect server: never wait a minute on it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(publish, PREFECT_CALL_LIMIT_S)
+            else:
+                await publish
     return summary
+
+
+def stop_grace(options: RunOptions) -> float:
+    """Seconds a stop gives the calls in flight: the option (default: the client timeout + 15 s), and in a
+    flow-run process started by a Prefect worker or runner, no more than its SIGKILL leaves."""
+    grace = options.stop_grace_s or default_grace(options.timeout_s)
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):  # set by Prefect's runner for the flow-run process
+        grace = min(grace, PREFECT_DRAIN_S)
+    return grace
 
 
 def _artifact_key(kind: str, run_id: str) -> str:

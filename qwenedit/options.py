@@ -53,6 +53,12 @@ class RunOptions(BaseModel):
     backoff_cap: float = Field(30.0, ge=0, description="no retry waits longer than this")
     throttle_penalty: float = Field(1.0, ge=0, description="seconds every pacer waits after a 429")
     timeout_s: float = Field(120.0, gt=0, description="seconds to wait for one API answer")
+    stop_grace_s: float | None = Field(
+        None,
+        gt=0,
+        description="after SIGINT/SIGTERM, seconds the calls in flight get before the run stops at once "
+        "(default: timeout_s + 15)",
+    )
     recall_expired: bool = Field(False, description="pay again for jobs whose outputs expired unstored")
     allowed_output_hosts: tuple[str, ...] = Field((), description="extra hosts allowed to serve outputs")
     report_dir: str = Field("runs", description="local folder for run reports")

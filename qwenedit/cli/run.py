@@ -1,7 +1,8 @@
 """`qwenedit run`: run a manifest through the Prefect flow with a live progress bar.
 
 Exit codes: 0 every job succeeded or was skipped · 1 some jobs failed · 2 bad options or manifest ·
-3 stopped by the run breaker (account error) or the budget.
+3 stopped by the run breaker (account error), the budget or a signal (Ctrl-C, SIGTERM: the calls in
+flight finish first; see ``qwenedit.stopping``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def progress_line(run: Any) -> Text:
     line.append(
         f"| img {totals.images} | {spend} | {stats.request_rate():.2f} req/s | 429 {stats.throttled} | ETA {eta}"
     )
+    if getattr(run, "stopping", False):
+        line.append(f" | stopping: {stats.in_flight} calls in flight", style="bold yellow")
     return line
 
 
@@ -90,9 +93,21 @@ def print_summary(summary: dict[str, Any], out: Console) -> None:
     if stopped:
         if stopped["cause"] == "breaker":
             out.print(f"[red]stopped: account error {stopped['code']}: {stopped['message']}[/]")
+        elif stopped["cause"] == "stop":
+            out.print(f"[red]{stop_message(summary)}[/]")
         else:
             out.print(f"[red]stopped: budget {stopped['limit']} reached; remaining jobs not attempted[/]")
     out.print(f"reports: {summary['report_dir']}/  (results.csv, summary.json, failed.jsonl)")
+
+
+def stop_message(summary: dict[str, Any]) -> str:
+    """The one line a stopped run ends with: how many jobs are left and how to resume."""
+    by_status = summary["by_status"]
+    left = summary["jobs"] - by_status.get("succeeded", 0) - by_status.get("skipped", 0)
+    return (
+        f"stopped ({summary['stopped_by']['reason']}): {left} of {summary['jobs']} jobs left; "
+        "run the same command again to resume"
+    )
 
 
 @app.command()
@@ -123,6 +138,13 @@ def run(
         int, typer.Option("--max-attempts", help="tries per job for retryable errors")
     ] = 6,
     timeout: Annotated[float, typer.Option(help="seconds to wait for one API answer")] = 120.0,
+    stop_grace: Annotated[
+        float | None,
+        typer.Option(
+            "--stop-grace",
+            help="after Ctrl-C/SIGTERM, seconds the calls in flight get to finish (default: --timeout + 15)",
+        ),
+    ] = None,
     recall_expired: Annotated[
         bool, typer.Option("--recall-expired", help="pay again for jobs whose outputs expired unstored")
     ] = False,
@@ -157,6 +179,7 @@ def run(
             prices=prices,
             max_attempts=max_attempts,
             timeout_s=timeout,
+            stop_grace_s=stop_grace,
             recall_expired=recall_expired,
             allowed_output_hosts=tuple(allow_output_host or ()),
             run_id=new_run_id(),
@@ -180,6 +203,7 @@ def exit_code(summary: dict[str, Any]) -> int:
 async def _run(options: Any, progress: bool) -> dict[str, Any]:
     """Open the run here (every check before Prefect starts), then hand it to the flow."""
     from flows.edit_manifest import edit_manifest
+    from flows.ephemeral_server import start_detached
     from qwenedit.cli.validate import print_problems
     from qwenedit.errors import ManifestInvalid
     from qwenedit.run import Run
@@ -195,6 +219,11 @@ async def _run(options: Any, progress: bool) -> dict[str, Any]:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
     try:
+        try:
+            start_detached()  # a Ctrl-C must not stop Prefect's temporary API server while the run drains
+        except Exception as err:
+            console.print(f"[red]run failed:[/] Prefect API server: {type(err).__name__}: {err}")
+            raise typer.Exit(2) from None
         with run.hand_over():
             flow_run = asyncio.ensure_future(edit_manifest(options))
             if progress:

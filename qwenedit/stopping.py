@@ -94,7 +94,7 @@ class StoppableClient(DashScopeClient):
         super().__init__(*args, **kwargs)
         self._abandon = abandon
 
-    async def edit(self, req: EditRequest, *, on_send: OnSend | None = None) -> EditResult:
+    async def edit(self, req: EditRequest, *, on_send: OnSend | None = None, **hooks: Any) -> EditResult:
         sent = False
 
         def note_send() -> None:
@@ -103,7 +103,7 @@ class StoppableClient(DashScopeClient):
             if on_send is not None:
                 on_send()
 
-        won, answer = await _first(super().edit(req, on_send=note_send), self._abandon)
+        won, answer = await _first(super().edit(req, on_send=note_send, **hooks), self._abandon)
         if won and answer is not None:
             return answer
         if sent:

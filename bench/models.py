@@ -162,7 +162,9 @@ async def _drive(
                     await pacer.acquire()  # every attempt takes a permit
                     started = time.monotonic()
                     try:
-                        await client.edit(EditRequest(model, (image,), f"job {i}"), on_send=pacer.mark_sent)
+                        await client.edit(
+                            EditRequest(model, (image,), f"job {i}"), before_send=pacer.before_send
+                        )
                     except errors.Throttled as exc:
                         outcomes[f"429 {exc.code}"] += 1
                         pacer.throttled()

@@ -40,7 +40,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import MappingProxyType
@@ -79,6 +79,7 @@ MAX_RESPONSE_BYTES = 1 << 20  # a success body is < 2 KiB; anything near 1 MiB i
 MAX_MESSAGE_CHARS = 300
 
 OnSend = Callable[[], None]
+BeforeSend = Callable[[], Awaitable[None]]
 
 
 class MissingApiKey(errors.QwenEditError):
@@ -384,8 +385,9 @@ class _Send:
     went out *completely*, and of the response status and x-request-id once headers arrive; fed by
     httpcore's trace hook."""
 
-    def __init__(self, hooks: Sequence[OnSend]) -> None:
+    def __init__(self, hooks: Sequence[OnSend], gates: Sequence[BeforeSend] = ()) -> None:
         self._hooks = hooks
+        self._gates = gates
         self.sent = False
         self.traced = False  # the transport reports its steps (httpcore); False: assume the worst
         self.body_sent = False  # every byte of the request was handed to the socket
@@ -397,6 +399,9 @@ class _Send:
         # "http11.send_request_headers.started" (or http2.*): the pool gave us a live connection
         # and the first request byte is about to be written. This is the moment a pacer cares about.
         if event.endswith("send_request_headers.started"):
+            if not self.sent:
+                for gate in self._gates:
+                    await gate()  # httpcore awaits this before the first byte is written
             self.mark_sent()
         elif event.endswith("send_request_body.complete"):
             self.body_sent = True
@@ -490,11 +495,20 @@ class DashScopeClient:
         if self._owns_http:
             await self._http.aclose()
 
-    async def edit(self, req: EditRequest, *, on_send: OnSend | None = None) -> EditResult:
-        """One HTTP attempt for ``req``: the result, or the taxonomy error it failed with."""
+    async def edit(
+        self, req: EditRequest, *, on_send: OnSend | None = None, before_send: BeforeSend | None = None
+    ) -> EditResult:
+        """One HTTP attempt for ``req``: the result, or the taxonomy error it failed with.
+
+        ``before_send`` is awaited just before the first byte is written (after pool wait and
+        connect), e.g. ``Pacer.before_send`` to space the sends themselves; transports without
+        httpcore's trace hook never call it."""
         body = json.dumps(build_body(req), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         headers = build_headers(self._api_key, req)
-        send = _Send([hook for hook in (self._on_send, on_send) if hook is not None])
+        send = _Send(
+            [hook for hook in (self._on_send, on_send) if hook is not None],
+            [] if before_send is None else [before_send],
+        )
         started = time.monotonic()
         failure: errors.DashScopeError | None = None
         try:

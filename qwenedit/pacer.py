@@ -31,7 +31,9 @@ Behaviour at the edges:
 - **Push-back**: ``penalize(seconds)`` delays every later permit by that much; it is what the pipeline
   calls on a 429, so it also counts as ``throttled()``.
 - **Send-time accounting**: ``mark_sent()`` (called when the request's first byte leaves) spaces the
-  next permit from the real send time when a request left later than its permit.
+  next permit from the real send time when a request left later than its permit; ``before_send()``
+  (awaited just before the first byte leaves) also holds a request that would leave less than one
+  interval after the previous one, so sends stay spaced even when requests overtake each other.
 
 Every attempt of every job takes a permit, retries included: the pacer is the only way to the API.
 
@@ -92,6 +94,8 @@ class Pacer:
         self._lock = asyncio.Lock()
         self._next = float("-inf")  # earliest time the next permit may be granted
         self._last = float("-inf")  # when the last permit was granted
+        self._last_sent = float("-inf")  # when the last request left (mark_sent / before_send)
+        self._send_lock = asyncio.Lock()
         self._hold_until = float("-inf")  # throttles before this belong to the last backoff
         self._calm = 0  # permits since the last throttle or recovery step
         self.granted = 0
@@ -135,7 +139,25 @@ class Pacer:
         closer than one interval to the next one; spacing the next permit from the real send time
         keeps the gap where the requests are counted.
         """
-        self._next = max(self._next, self._clock() + self.interval)
+        now = self._clock()
+        self._last_sent = max(self._last_sent, now)
+        self._next = max(self._next, now + self.interval)
+
+    async def before_send(self) -> None:
+        """Send gate: await it as the request's first byte is about to leave (``DashScopeClient``'s
+        ``before_send`` hook). It waits, first come first served, until one interval after the
+        previous send, then records this send like ``mark_sent``.
+
+        Permits are spaced, but what happens between a permit and the send (a new connection, a
+        busy event loop) differs per request: a slow connect can let the next request overtake and
+        leave right behind it. The gate spaces the sends themselves."""
+        async with self._send_lock:
+            while True:
+                wait = self._last_sent + self.interval - self._clock()
+                if wait <= 0:
+                    break
+                await self._sleep(wait)
+            self.mark_sent()
 
     def throttled(self) -> bool:
         """A request was refused for its rate (429): widen the spacing; True if it did.

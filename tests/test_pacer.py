@@ -326,3 +326,32 @@ def test_a_pools_per_minute_pacer_starts_with_one_percent_of_the_period_as_guard
     assert max_pacer.guard_s == pytest.approx(0.6)
     assert max_pacer.interval == pytest.approx(30.3)  # ~1 % under the limit, never two together
     assert pool.get("http://x", "sk-1", PLUS).guard_s == pytest.approx(DEFAULT_GUARD_S)
+
+
+async def test_the_send_gate_keeps_sends_spaced_when_a_request_overtakes_another() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    t0 = await p.acquire()
+    t1 = await p.acquire()  # request 0 is still connecting...
+    vc.now = t1 + 0.01
+    await p.before_send()  # ...request 1 leaves first
+    first_send = vc.now
+    vc.now += 0.01
+    await p.before_send()  # request 0 leaves right behind it: held one interval
+    assert vc.now - first_send == pytest.approx(p.interval)
+    assert t1 - t0 == pytest.approx(p.interval)
+
+
+async def test_concurrent_send_gates_pass_one_interval_apart_in_order() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    sends: list[tuple[int, float]] = []
+
+    async def send(i: int) -> None:
+        await p.before_send()
+        sends.append((i, vc.now))
+
+    await asyncio.gather(*(send(i) for i in range(5)))
+    assert [i for i, _ in sends] == list(range(5))
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(sends)]
+    assert all(g == pytest.approx(p.interval) for g in gaps)

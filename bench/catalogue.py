@@ -360,6 +360,7 @@ class RunOutcome:
     report_dir: Path
     calls: int
     billed_request_ids: list[str] = field(default_factory=list)
+    load_avg_1m: tuple[float, float] = (0.0, 0.0)  # the machine's load at start and end (it is shared)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -369,6 +370,7 @@ class RunOutcome:
             **self.db,
             "calls": self.calls,
             "by_status": self.summary.get("by_status", {}),
+            "load_avg_1m_start_end": list(self.load_avg_1m),
             "notes": self.notes,
         }
 
@@ -400,6 +402,7 @@ def qwenedit_run(
         cmd += ["--chunk-size", str(chunk_size)]
     emulator.reset()
     before = DbState.of(home)
+    load_before = os.getloadavg()[0]
     measured = run_tree(
         cmd, env=child_env(home, extra_env), log_path=workdir / f"{name}.log", timeout_s=timeout_s, cwd=REPO
     )
@@ -415,6 +418,7 @@ def qwenedit_run(
         report_dir=summaries[-1].parent if summaries else report_dir,
         calls=int(stats.get("requests", 0)),
         billed_request_ids=[str(e["request_id"]) for e in emulator.ledger()],
+        load_avg_1m=(round(load_before, 2), round(os.getloadavg()[0], 2)),
     )
     if measured.returncode != 0:
         outcome.notes.append(f"qwenedit run exited {measured.returncode}; see {workdir / (name + '.log')}")

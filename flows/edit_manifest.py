@@ -25,11 +25,15 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import apause_flow_run
+from prefect.input import RunInput
 from prefect.states import Completed, State
 
+from qwenedit.canary import CanaryOutcome
 from qwenedit.options import RunOptions
 from qwenedit.report import markdown_summary, results_frame
-from qwenedit.run import ChunkSpec, Run, current_run, open_run, outcome_text
+from qwenedit.run import Approver, ChunkSpec, Run, current_run, open_run, outcome_text
 from qwenedit.stopping import default_grace, graceful_stop
 
 log = logging.getLogger("qwenedit.flow")
@@ -59,7 +63,7 @@ async def edit_manifest(options: RunOptions) -> dict[str, Any]:
         with run.activate(), graceful_stop(run, stop_grace(options)):
             progress = asyncio.create_task(_publish_progress(run))
             try:
-                await run.execute(edit_chunk)
+                await run.execute(edit_chunk, approve=run.approver or approval_in_ui(options))
             finally:
                 progress.cancel()
                 await asyncio.wait({progress}, timeout=PREFECT_CALL_LIMIT_S if run.stopping else None)
@@ -80,6 +84,32 @@ def stop_grace(options: RunOptions) -> float:
     if os.environ.get("PREFECT__FLOW_RUN_ID"):  # set by Prefect's runner for the flow-run process
         grace = min(grace, PREFECT_DRAIN_S)
     return grace
+
+
+class CanaryApproval(RunInput):
+    """The form a deployment run's canary shows in the Prefect UI."""
+
+    approve: bool = False
+
+
+def approval_in_ui(options: RunOptions) -> Approver:
+    """Pause the flow run after the canary until someone approves or declines in the Prefect UI; a
+    pause that times out (``approval_timeout_s``) declines: nothing more is spent."""
+
+    async def approve(outcome: CanaryOutcome) -> bool:
+        form = CanaryApproval.with_initial_data(description=outcome.markdown(), approve=False)
+        try:
+            answer = await apause_flow_run(
+                wait_for_input=form, timeout=int(options.approval_timeout_s), key="canary"
+            )
+        except FlowPauseTimeout:
+            log.warning(
+                "no approval within %.0f s: the rest of the run is not started", options.approval_timeout_s
+            )
+            return False
+        return bool(answer.approve)
+
+    return approve
 
 
 def _artifact_key(kind: str, run_id: str) -> str:

@@ -91,6 +91,7 @@ def write_shards(
             model=options.model,
             prices=prices,
             input_root=options.input_root,
+            prompt_template=options.prompt_template,
         )
         for position, job in enumerate(jobs):
             index = shard_index_of(position, sizes)
@@ -157,6 +158,8 @@ async def edit_manifest_sharded(
             budget=None if plan.budget is None or budget is None else f"{plan.budget} {budget[1]}",
             run_id=shard_run_id(run_id, plan.index),
             api_key_env=plan.account,
+            prompt_template=None,  # the shard manifests carry the filled prompts
+            canary=0,  # a canary belongs to a whole run, not to each shard
         )
 
     async def launch(plan: ShardPlan) -> FlowRun | str:

@@ -20,6 +20,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qwenedit.pricing import parse_money
+from qwenedit.rollups import parse_group_by
+from qwenedit.templates import parse_template
 
 # A chunk is Prefect's unit of work: big enough that a million-row manifest is a few hundred task
 # runs, small enough that a chunk's task run shows progress every few minutes at 2 req/s.
@@ -61,6 +63,20 @@ class RunOptions(BaseModel):
     )
     recall_expired: bool = Field(False, description="pay again for jobs whose outputs expired unstored")
     allowed_output_hosts: tuple[str, ...] = Field((), description="extra hosts allowed to serve outputs")
+    prompt_template: str | None = Field(
+        None, description='fill each row\'s prompt from its columns, e.g. "Put the {product} on white"'
+    )
+    group_by: tuple[str, ...] = Field(
+        (), description="roll up jobs, images and cost per value of these columns"
+    )
+    qa: bool = Field(True, description="check every stored output: decodes, size as reported, not blank")
+    qa_retries: int = Field(
+        0, ge=0, description="regenerate a job whose outputs QA flagged, up to this many times"
+    )
+    canary: int = Field(0, ge=0, description="run this many jobs first, report them, and ask before the rest")
+    approval_timeout_s: float = Field(
+        3600.0, gt=0, description="how long a deployment run waits for approval"
+    )
     report_dir: str = Field("runs", description="local folder for run reports")
     run_id: str | None = Field(None, description="the run's id (default: time + random suffix)")
     api_key_env: str = Field("DASHSCOPE_API_KEY", description="environment variable holding the API key")
@@ -72,6 +88,22 @@ class RunOptions(BaseModel):
             return None
         parse_money(str(value))  # raises ValueError with a readable reason
         return str(value).strip()
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_template(value)  # TemplateError (a ValueError) names what is wrong with it
+        return value
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _group_by_specs(cls, value: Any) -> Any:
+        specs = () if value is None else ((value,) if isinstance(value, str) else tuple(value))
+        for spec in specs:
+            parse_group_by(spec)
+        return specs
 
     @field_validator("allowed_output_hosts", mode="before")
     @classmethod

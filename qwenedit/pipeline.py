@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from qwenedit import errors
+from qwenedit import errors, qa
 from qwenedit.api import DashScopeClient, EditRequest, EditResult
 from qwenedit.budget import Budget
 from qwenedit.errors import JobCode, is_transient_storage_error
@@ -49,11 +49,14 @@ from qwenedit.pricing import Price, PriceTable, cost
 from qwenedit.redact import scrub_urls
 from qwenedit.report import JobResult, ResultSpool, RunTotals
 from qwenedit.retry import RetryPolicy
+from qwenedit.rollups import Rollups
 from qwenedit.storage import CopyError, Destination, copy_url
 
 log = logging.getLogger("qwenedit.pipeline")
 
 T = TypeVar("T")
+
+DESCRIBED_ROWS = 300  # skipped rows that still carry prompt and inputs (the report's first contact rows)
 
 # Result buckets the API serves outputs from; the base URL's host is added per run.
 DEFAULT_OUTPUT_HOSTS = ("dashscope-result-*.aliyuncs.com", "*.oss-*.aliyuncs.com")
@@ -144,6 +147,10 @@ class RunContext:
     budget: Budget
     throttle_penalty: float = 1.0
     recall_expired: bool = False
+    qa: bool = True  # inspect every stored output (qwenedit.qa)
+    qa_retries: int = 0  # regenerations allowed for a job whose outputs QA flagged
+    rollups: Rollups | None = None  # per-group totals (--group-by), added to like ``stats.totals``
+    described: int = 0  # results given their prompt and inputs (all executed ones, the first few others)
     breaker: Breaker = field(default_factory=Breaker)
     stop_reason: str | None = None  # set by a graceful stop: no new call starts, calls in flight finish
     stats: RunStats = field(default_factory=RunStats)
@@ -213,8 +220,14 @@ def record(ctx: RunContext, job: Job, result: JobResult) -> JobResult:
     result.finished_at = result.finished_at or utcnow_iso()
     if result.status in ("failed", "not_attempted"):
         result.manifest_row = _rerunnable_row(ctx, job)
+    if result.status != "skipped" or ctx.described < DESCRIBED_ROWS:  # what report.html shows of a job
+        ctx.described += 1
+        result.prompt = job.prompt
+        result.inputs = list(result.manifest_row["images"]) if result.manifest_row else _anchored(ctx, job)
     ctx.spool.add(result)
     ctx.stats.totals.add(result)
+    if ctx.rollups is not None:
+        ctx.rollups.add(result)
     ctx.stats.finished += 1
     ctx.unrecorded.discard(job.row)
     return result
@@ -242,14 +255,18 @@ async def run_job(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[st
 def _rerunnable_row(ctx: RunContext, job: Job) -> dict[str, Any]:
     """The job in manifest form with image paths anchored, so failed.jsonl reruns from anywhere."""
     row = job.to_manifest_row()
+    row["images"] = _anchored(ctx, job)
+    return row
+
+
+def _anchored(ctx: RunContext, job: Job) -> list[str]:
     images = []
     for ref in job.images:
         try:
             images.append(ctx.locate_input(ref))
         except Exception:
             images.append(ref)
-    row["images"] = images
-    return row
+    return images
 
 
 def _safe_text(exc: BaseException, limit: int = 300) -> str:
@@ -273,24 +290,47 @@ async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str],
     stale = {c.request_id for c in records.charges if c.fingerprint != fp}
     if stale_markers:  # this row is no longer done at its old version: never skip it at that one again
         await ctx.store(ctx.ledger.remove, list(stale_markers))
+    charge: Charge | None = None
+    fresh = True
     if pending:
-        charge = pending[-1]
-        if not charge.expired(datetime.now(UTC)):
-            await _store_outputs(ctx, job, fp, charge, result, stale, fresh=False)  # paid earlier: copy only
-            return
-        if not ctx.recall_expired:
-            result.request_id, result.image_count = charge.request_id, charge.image_count
-            result.billed_not_stored = charge.image_count
-            raise _JobFailed(
-                JobCode.OUTPUTS_EXPIRED,
-                f"outputs expired before they were stored (request {charge.request_id}, billed "
-                f"{charge.cost} {charge.currency} in run {charge.run_id}); rerun with --recall-expired to pay again",
-            )
+        charge, fresh = pending[-1], False
+        if charge.expired(datetime.now(UTC)):
+            if not ctx.recall_expired:
+                result.request_id, result.image_count = charge.request_id, charge.image_count
+                result.billed_not_stored = charge.image_count
+                raise _JobFailed(
+                    JobCode.OUTPUTS_EXPIRED,
+                    f"outputs expired before they were stored (request {charge.request_id}, billed "
+                    f"{charge.cost} {charge.currency} in run {charge.run_id}); rerun with --recall-expired to pay again",
+                )
+            charge, fresh = None, True
+    while True:
+        if charge is None:
+            charge = await _paid_call(ctx, job, fp, price, result)
+        await _store_outputs(ctx, job, charge, result, stale, fresh=fresh)  # copy only when paid earlier
+        if not result.qa or result.qa_retries >= ctx.qa_retries:
+            break
+        # QA flagged the outputs: regenerate (a new, billed call). The flagged images stay where they are
+        # until the new call has answered; then they are moved aside (paid for: kept, never replaced).
+        flagged = charge
+        try:
+            charge = await _paid_call(ctx, job, fp, price, result)
+        except _JobFailed as failure:  # no regeneration (budget, API, stop): the flagged outputs stand
+            result.error_message = f"QA regeneration not done: {failure.code}: {failure.message}"[:300]
+            charge = flagged
+            break
+        result.qa_retries += 1
+        stale, fresh = {flagged.request_id}, True
+    await _commit(ctx, job, fp, charge, result)
 
+
+async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: JobResult) -> Charge:
+    """Reserve the budget, call (paced, retried), and write the charge record before anything else."""
     _stop_if_tripped(ctx, result)
     worst_case = cost(job.n, price)
     if not ctx.budget.try_reserve(worst_case, price.currency):
-        result.status = "not_attempted"
+        if result.attempts == 0:
+            result.status = "not_attempted"
         raise _JobFailed(
             JobCode.BUDGET_EXCEEDED,
             f"not started: it could take the spend over the budget {ctx.budget.describe()}",
@@ -302,14 +342,14 @@ async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str],
         ctx.budget.release(worst_case)
     charge = _charge_for(ctx, job, fp, answer, price)
     ctx.budget.charge(charge.cost_decimal, charge.currency)
-    result.cost = charge.cost
+    result.cost = str(Decimal(result.cost or "0") + charge.cost_decimal)
     # Until the charge record is written this paid call is known only to this row: if the write fails,
     # the row must say its images are billed and not stored.
     result.request_id, result.image_count = charge.request_id, charge.image_count
     result.billed_not_stored = charge.image_count
     await ctx.store(ctx.ledger.write_charge, charge)
     result.billed_not_stored = 0
-    await _store_outputs(ctx, job, fp, charge, result, stale, fresh=True)
+    return charge
 
 
 async def _call(
@@ -419,11 +459,13 @@ def _charge_for(ctx: RunContext, job: Job, fp: str, answer: EditResult, price: P
 
 
 async def _store_outputs(
-    ctx: RunContext, job: Job, fp: str, charge: Charge, result: JobResult, stale: set[str], fresh: bool
+    ctx: RunContext, job: Job, charge: Charge, result: JobResult, stale: set[str], fresh: bool
 ) -> None:
+    """Copy a paid call's outputs to their keys (moving an earlier version's aside), then QA them."""
     result.request_id, result.image_count = charge.request_id, charge.image_count
     result.width, result.height = charge.width, charge.height
     stored: list[str] = []
+    keys: list[str] = []
     if stale:
         await ctx.store(_supersede, ctx.dest, job.job_id, charge.request_id)
     try:
@@ -436,21 +478,39 @@ async def _store_outputs(
                 )
             await _copy(ctx, job, charge, url, key, k, fresh)
             stored.append(ctx.dest.uri(key))
+            keys.append(key)
     except _JobFailed:
         result.outputs = stored
         result.billed_not_stored = charge.image_count - len(stored)
         raise
     result.outputs = stored
+    result.qa = await _inspect(ctx, job, charge, keys) if ctx.qa else ""
+
+
+async def _inspect(ctx: RunContext, job: Job, charge: Charge, keys: Sequence[str]) -> str:
+    """QA of the stored outputs, read back from the destination: the ``qa`` cell of results.csv."""
+    expected = (charge.width, charge.height) if charge.width and charge.height else None
+    flags = []
+    for key in keys:
+        data = await ctx.store(ctx.dest.get_bytes, key)
+        check = partial(qa.check_output, data or b"", expected=expected, requested=job.size)
+        flags.append(await ctx.blocking(check))
+    return qa.qa_cell(flags)
+
+
+async def _commit(ctx: RunContext, job: Job, fp: str, charge: Charge, result: JobResult) -> None:
+    """Write the done record: the job's commit marker (a rerun's listing finds it and skips the row)."""
     done = Done(
         job_id=job.job_id,
         fingerprint=fp,
         request_id=charge.request_id,
         image_count=charge.image_count,
-        outputs=tuple(stored),
+        outputs=tuple(result.outputs),
         cost=charge.cost,
         currency=charge.currency,
         finished_at=utcnow_iso(),
         run_id=ctx.run_id,
+        extra={"qa": result.qa} if result.qa else {},
     )
     await ctx.store(ctx.ledger.write_done, done)
     result.status = "succeeded"

@@ -27,7 +27,12 @@ import pandas as pd
 
 log = logging.getLogger("qwenedit.report")
 
-REPORT_TYPES = {".csv": "text/csv", ".json": "application/json", ".jsonl": "application/x-ndjson"}
+REPORT_TYPES = {
+    ".csv": "text/csv",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".html": "text/html; charset=utf-8",
+}
 
 STATUSES = ("succeeded", "failed", "skipped", "not_attempted")
 
@@ -46,6 +51,8 @@ RESULT_COLUMNS = [
     "request_id",
     "attempts",
     "outputs",
+    "qa",
+    "qa_retries",
     "error_code",
     "error_message",
     "started_at",
@@ -84,6 +91,11 @@ class JobResult:
     possibly_billed: bool = False  # a timed-out or dropped call may have been charged
     possibly_billed_images: int = 0  # worst case of those calls: n images per call whose answer was lost
     billed_not_stored: int = 0  # images paid for (now or earlier) that are not at dest
+    qa: str = ""  # output QA: empty when every check passed, else "1.png=blank; 2.png=size_mismatch"
+    qa_retries: int = 0  # regenerations because QA flagged the outputs (each billed, in ``cost``)
+    canary: bool = False  # run in the canary phase of the run
+    prompt: str = ""  # the prompt sent (for the report's contact sheet; set on executed and early rows)
+    inputs: list[str] = field(default_factory=list)  # the input references, anchored (same)
     extra: dict[str, str] = field(default_factory=dict)
     manifest_row: dict[str, Any] | None = None  # for failed.jsonl
 
@@ -126,6 +138,10 @@ class ResultSpool:
             self._in_order = False
         self._last_row = result.row
 
+    def flush(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+
     def close(self) -> None:
         if not self._fh.closed:
             self._fh.close()
@@ -144,7 +160,7 @@ class ResultSpool:
     def records_in_manifest_order(self) -> tuple[Iterator[dict[str, Any]], list[str]]:
         """Result records (dicts) sorted by manifest row, read back one at a time, and the pass-through
         column names. At most (row, file offset) pairs are held in memory: bounded for any length."""
-        self.close()
+        self.flush()
         if self._known and self._in_order:
             return self._records(), list(self._extra_keys)
         index: list[tuple[int, int]] = []
@@ -228,6 +244,9 @@ class RunTotals:
     possibly_billed_images: int = 0
     possibly_billed_cost: dict[str, Decimal] = field(default_factory=dict)  # by currency, worst case
     billed_not_stored: int = 0
+    qa_flagged_jobs: int = 0
+    qa_flagged_images: int = 0
+    qa_retries: int = 0
 
     def add(self, r: JobResult) -> None:
         self.counts[r.status] += 1
@@ -245,6 +264,10 @@ class RunTotals:
             cost_so_far = self.possibly_billed_cost.get(r.currency, Decimal(0))
             self.possibly_billed_cost[r.currency] = cost_so_far + worst
         self.billed_not_stored += r.billed_not_stored
+        if r.qa:
+            self.qa_flagged_jobs += 1
+            self.qa_flagged_images += r.qa.count("=")
+        self.qa_retries += r.qa_retries
 
     def total_cost(self) -> dict[str, str]:
         by_currency: dict[str, Decimal] = {}
@@ -262,6 +285,9 @@ class RunTotals:
             "possibly_billed_images": self.possibly_billed_images,
             "possibly_billed_cost": {c: str(a) for c, a in sorted(self.possibly_billed_cost.items())},
             "billed_not_stored_images": self.billed_not_stored,
+            "qa_flagged_jobs": self.qa_flagged_jobs,
+            "qa_flagged_images": self.qa_flagged_images,
+            "qa_retries": self.qa_retries,
             "cost_by_region_model": [
                 {"region": region, "model": model, "currency": currency, "cost": str(amount)}
                 for (region, model, currency), amount in sorted(self.cost.items())
@@ -331,9 +357,14 @@ def markdown_summary(summary: dict[str, Any]) -> str:
     for key, label in (
         ("possibly_billed_jobs", "jobs possibly billed (timed out or dropped)"),
         ("billed_not_stored_images", "images billed but not stored"),
+        ("qa_flagged_images", "output images flagged by QA (kept: see the qa column)"),
     ):
         if summary.get(key):
             lines.append(f"\n⚠ {summary[key]} {label}.")
+    if summary.get("rollups"):
+        from qwenedit.rollups import markdown_rollups
+
+        lines.append("\n" + markdown_rollups(summary["rollups"]))
     if "wall_time_s" in summary:
         lines.append(
             f"\nWall time {summary['wall_time_s']:.1f} s · {summary.get('requests_sent', 0)} requests · "

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,8 +43,11 @@ import httpx
 
 from qwenedit.api import api_key_from_env, resolve_base_url
 from qwenedit.budget import Budget, check_currencies
+from qwenedit.canary import CanaryOutcome, CanaryPlan
+from qwenedit.canary import choose as choose_canary
 from qwenedit.errors import DestinationUnusable, JobCode, ManifestInvalid
-from qwenedit.inputs import InputError, InputResolver
+from qwenedit.htmlreport import write_html_report
+from qwenedit.inputs import InputError, InputResolver, data_uri_bytes
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex, Ledger
 from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
@@ -58,10 +62,11 @@ from qwenedit.pipeline import (
     run_job,
     skipped_result,
 )
-from qwenedit.pricing import PriceTable, load_prices
+from qwenedit.pricing import PriceTable, cost, load_prices
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool, save_reports, write_reports
 from qwenedit.retry import RetryPolicy
+from qwenedit.rollups import Rollups
 from qwenedit.stopping import StoppableClient
 from qwenedit.storage import Destination, make_s3_client, open_destination
 
@@ -146,6 +151,7 @@ def prepare(options: RunOptions) -> Prepared:
         model=options.model,
         prices=prices,
         input_root=options.input_root,
+        prompt_template=options.prompt_template,
     )
     if not validation.ok:
         raise ManifestInvalid(validation)
@@ -180,6 +186,7 @@ class Chunk:
 
 
 ChunkRunner = Callable[[ChunkSpec], Awaitable[object]]
+Approver = Callable[[CanaryOutcome], Awaitable[bool]]
 
 
 def outcome_text(counts: dict[str, int]) -> str:
@@ -198,6 +205,9 @@ class Run:
         self.chunks_done = 0
         self.chunks_started = 0
         self._chunks: dict[int, Chunk] = {}
+        self.canary_rows: set[int] = set()
+        self.declined: str | None = None  # why the rest of the run was not approved
+        self.approver: Approver | None = None  # who approves a canary (the CLI sets one; flows ask the UI)
         self._stack = contextlib.AsyncExitStack()
         self._ctx: RunContext | None = None
         self._abandon = asyncio.Event()  # set by stop_now: open calls end, reported possibly billed
@@ -290,6 +300,9 @@ class Run:
             budget=Budget(*budget) if budget is not None else Budget(None),
             throttle_penalty=o.throttle_penalty,
             recall_expired=o.recall_expired,
+            qa=o.qa,
+            qa_retries=o.qa_retries,
+            rollups=Rollups(o.group_by) if o.group_by else None,
             stats=self.stats,
         )
 
@@ -301,20 +314,53 @@ class Run:
 
     # -- executing: skip in bulk, chunks through one window ------------------------------------------
 
-    async def execute(self, runner: ChunkRunner | None = None) -> None:
-        """Run every pending row of the manifest; ``runner`` wraps each chunk (default: run it here)."""
+    async def execute(self, runner: ChunkRunner | None = None, approve: Approver | None = None) -> None:
+        """Run every pending row of the manifest; ``runner`` wraps each chunk (default: run it here).
+
+        With ``options.canary``, the canary jobs run first; ``approve`` (or ``self.approver``) then sees
+        their outcome and the projected spend, and the rest runs only if it returns True.
+        """
         ctx = self.ctx
         run_chunk: ChunkRunner = runner or self.run_chunk
         index = await ctx.store(ctx.ledger.done_index)
         log.info("run %s: %d done markers listed at the destination", self.run_id, len(index))
         self._window = asyncio.Semaphore(self.options.max_in_flight)
+        if self.options.canary <= 0:
+            await self._pass(index, run_chunk, None)
+            return
+        plan = await asyncio.to_thread(self._plan_canary, index)
+        self.canary_rows = plan.rows
+        if plan.rows:
+            await self._pass(index, run_chunk, plan.rows.__contains__)
+            outcome = await self._canary_outcome(plan)
+            decide = approve or self.approver
+            approved = await decide(outcome) if decide is not None else False
+            if not approved:
+                self.declined = "the canary was not approved"
+                log.warning(
+                    "run %s: %s; the remaining %d jobs are not run",
+                    self.run_id,
+                    self.declined,
+                    plan.remaining_jobs,
+                )
+        await self._pass(index, run_chunk, lambda row: row not in plan.rows)
+
+    async def _pass(
+        self, index: DoneIndex, run_chunk: ChunkRunner, select: Callable[[int], bool] | None
+    ) -> None:
+        """One pass over the manifest: rows ``select`` accepts (all if None) are recorded or run in chunks."""
+        ctx = self.ctx
         size = self.options.chunk_size_for(self.stats.total_jobs)
         running: set[asyncio.Task[None]] = set()
         pending: list[tuple[Job, str, tuple[str, ...]]] = []
         async for batch in self._plan(index):
             for kind, job, payload in batch:
+                if select is not None and not select(job.row):
+                    continue
                 if kind == "skip" or kind == "fail":
                     record(ctx, job, payload)
+                elif self.declined is not None:
+                    record(ctx, job, self._declined_result(job))
                 else:
                     pending.append((job, *payload))
                     if len(pending) >= size:
@@ -324,6 +370,45 @@ class Run:
             await self._launch(pending, run_chunk, running)
         if running:
             await asyncio.wait(running)
+
+    def _plan_canary(self, index: DoneIndex) -> CanaryPlan:
+        """Read the manifest once: the pending rows by (model, region), the canary, the rest's worst case."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        worst: dict[int, tuple[str, Decimal]] = {}
+        for kind, job, _ in self._classify(index):
+            if kind == "run":
+                groups.setdefault((job.model, job.region), []).append(job.row)
+                price = self.prices.unit_price(job.region, job.model)
+                worst[job.row] = (price.currency, cost(job.n, price))
+        plan = CanaryPlan(rows=choose_canary(groups, self.options.canary))
+        for row, (currency, amount) in worst.items():
+            if row not in plan.rows:
+                plan.remaining_jobs += 1
+                plan.projected[currency] = plan.projected.get(currency, Decimal(0)) + amount
+        return plan
+
+    async def _canary_outcome(self, plan: CanaryPlan) -> CanaryOutcome:
+        """The canary's summary, and report.html written for it with the projected spend of the rest."""
+        summary = self.summary()
+        outcome = CanaryOutcome(
+            jobs=len(plan.rows),
+            summary=summary,
+            remaining_jobs=plan.remaining_jobs,
+            projected=plan.projected_text(),
+            report=str(self.out_dir / "report.html"),
+        )
+        headline = (
+            f"Canary of {outcome.jobs} jobs. The rest: {outcome.remaining_jobs} jobs, "
+            f"projected spend at most {outcome.projected}."
+        )
+        self.ctx.spool.flush()
+        await asyncio.to_thread(self._write_html, summary, headline)
+        return outcome
+
+    def _declined_result(self, job: Job) -> Any:
+        return failed_result(
+            job, JobCode.NOT_APPROVED, f"not started: {self.declined}", status="not_attempted"
+        )
 
     async def _launch(
         self,
@@ -482,7 +567,12 @@ class Run:
         """Each manifest row: done at its fingerprint (skip), bad input (fail) or pending."""
         o, ctx = self.options, self.ctx
         jobs = iter_jobs(
-            o.manifest, region=o.region, model=o.model, prices=self.prices, input_root=o.input_root
+            o.manifest,
+            region=o.region,
+            model=o.model,
+            prices=self.prices,
+            input_root=o.input_root,
+            prompt_template=o.prompt_template,
         )
         known: dict[str, str] = {}  # the same image on many rows is identified once per run (bounded)
         for job in jobs:
@@ -528,6 +618,8 @@ class Run:
             }
         elif ctx.budget.exhausted:
             stopped_by = {"cause": "budget", "limit": ctx.budget.describe()}
+        elif self.declined is not None:
+            stopped_by = {"cause": "declined", "reason": self.declined}
         elif ctx.stop_reason is not None:
             stopped_by = {"cause": "stop", "reason": ctx.stop_reason}
         summary.update(
@@ -540,6 +632,7 @@ class Run:
                 "rps_limit": o.rps,
                 "throttled_429": stats.throttled,
                 "chunks": self.chunks_started,
+                "canary_jobs": len(self.canary_rows),
                 "report_dir": str(self.out_dir),
             }
         )
@@ -549,9 +642,51 @@ class Run:
         """Write the reports (local and at the destination) and return the summary."""
         self.ctx.spool.close()
         summary = self.summary()
+        if self.ctx.rollups is not None:
+            summary["rollups"] = self.ctx.rollups.to_dict()
         paths = await asyncio.to_thread(write_reports, self.ctx.spool, summary, self.out_dir)
+        paths["report.html"] = await asyncio.to_thread(self._write_html, summary, None)
         await asyncio.to_thread(save_reports, self.destination, self.run_id, paths)
         return summary
+
+    def _read_input(self, ref: str) -> bytes | None:
+        """An input image for the contact sheet: local files and S3 objects (URLs are not fetched)."""
+        located = self.resolver.locate(ref)
+        if located.kind not in ("local", "s3"):
+            return None
+        resolved = self.resolver.resolve(ref)  # a data URI (local) or a presigned URL (S3)
+        if resolved.startswith("data:"):
+            return data_uri_bytes(resolved)
+        answer = self.ctx.http.get(resolved)
+        return answer.content if answer.status_code == 200 else None
+
+    def _write_html(self, summary: dict[str, Any], headline: str | None) -> Path:
+        """report.html: totals, costs, roll-ups, QA flags, failures and a bounded contact sheet."""
+        results, _ = self.ctx.spool.in_manifest_order()
+        canary = {r for r in self.canary_rows}
+        ids: list[str] = []  # filled while reading: the canary's job ids
+        base = self.destination.uri("")
+
+        def read_output(uri: str) -> bytes | None:
+            return self.destination.get_bytes(uri[len(base) :].lstrip("/")) if uri.startswith(base) else None
+
+        def tagged() -> Iterator[Any]:
+            for result in results:
+                if result.row in canary:
+                    ids.append(result.job_id)
+                yield result
+
+        if "rollups" not in summary and self.ctx.rollups is not None:
+            summary = {**summary, "rollups": self.ctx.rollups.to_dict()}
+        return write_html_report(
+            self.out_dir / "report.html",
+            summary,
+            tagged(),
+            read_output=read_output,
+            read_input=self._read_input,
+            canary=ids,
+            headline=headline,
+        )
 
 
 def _image_column(job: Job, err: InputError) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from typing import Annotated, Any
 
@@ -89,15 +90,28 @@ def print_summary(summary: dict[str, Any], out: Console) -> None:
         out.print(
             f"[yellow]{summary['billed_not_stored_images']} billed image(s) not stored: see results.csv[/]"
         )
+    if summary.get("qa_flagged_images"):
+        out.print(
+            f"[yellow]QA flagged {summary['qa_flagged_images']} image(s) of {summary['qa_flagged_jobs']} job(s) "
+            f"(kept; see the qa column of results.csv); {summary.get('qa_retries', 0)} regeneration(s)[/]"
+        )
+    if summary.get("rollups"):
+        from qwenedit.rollups import text_rollups
+
+        out.print(text_rollups(summary["rollups"]), markup=False, highlight=False)
     stopped = summary.get("stopped_by")
     if stopped:
         if stopped["cause"] == "breaker":
             out.print(f"[red]stopped: account error {stopped['code']}: {stopped['message']}[/]")
+        elif stopped["cause"] == "declined":
+            left = summary["by_status"].get("not_attempted", 0)
+            out.print(f"[red]stopped: {stopped['reason']}; {left} job(s) not run, nothing more spent[/]")
         elif stopped["cause"] == "stop":
             out.print(f"[red]{stop_message(summary)}[/]")
         else:
             out.print(f"[red]stopped: budget {stopped['limit']} reached; remaining jobs not attempted[/]")
-    out.print(f"reports: {summary['report_dir']}/  (results.csv, summary.json, failed.jsonl)")
+    out.print(f"reports: {summary['report_dir']}/  (results.csv, summary.json, failed.jsonl, report.html)")
+    out.print(f"report.html: {summary['report_dir']}/report.html")
 
 
 def stop_message(summary: dict[str, Any]) -> str:
@@ -151,6 +165,24 @@ def run(
     allow_output_host: Annotated[
         list[str] | None, typer.Option("--allow-output-host", help="extra host allowed to serve outputs")
     ] = None,
+    prompt_template: Annotated[
+        str | None,
+        typer.Option("--prompt-template", help='fill prompts from columns: "Put the {product} on white"'),
+    ] = None,
+    group_by: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group-by", help="roll up jobs, images and cost per value of COLUMN (repeatable; a+b)"
+        ),
+    ] = None,
+    qa: Annotated[bool, typer.Option("--qa/--no-qa", help="check every stored output image")] = True,
+    qa_retries: Annotated[
+        int, typer.Option("--qa-retries", help="regenerate a job QA flagged up to K times (each billed)")
+    ] = 0,
+    canary: Annotated[
+        int, typer.Option("--canary", help="run N jobs first, report them, then ask before the rest")
+    ] = 0,
+    yes: Annotated[bool, typer.Option("--yes", help="approve the canary in advance")] = False,
     progress: Annotated[bool, typer.Option(help="live progress bar")] = True,
 ) -> None:
     """Run MANIFEST: edit every row's images and store the outputs and a cost report at --dest."""
@@ -182,6 +214,11 @@ def run(
             stop_grace_s=stop_grace,
             recall_expired=recall_expired,
             allowed_output_hosts=tuple(allow_output_host or ()),
+            prompt_template=prompt_template,
+            group_by=tuple(group_by or ()),
+            qa=qa,
+            qa_retries=qa_retries,
+            canary=canary,
             run_id=new_run_id(),
         )
     except ValidationError as err:
@@ -189,7 +226,7 @@ def run(
             field = "--" + "-".join(str(p) for p in problem["loc"]).replace("_", "-")
             console.print(f"[red]error:[/] {field}: {problem['msg']}")
         raise typer.Exit(2) from None
-    summary = asyncio.run(_run(options, progress))
+    summary = asyncio.run(_run(options, progress, yes))
     print_summary(summary, Console())
     raise typer.Exit(exit_code(summary))
 
@@ -200,7 +237,36 @@ def exit_code(summary: dict[str, Any]) -> int:
     return code(summary)
 
 
-async def _run(options: Any, progress: bool) -> dict[str, Any]:
+def terminal_approver(yes: bool, live: list[Live]) -> Any:
+    """Ask on the terminal whether to go on after the canary, as ``terraform apply`` does: only ``y`` or
+    ``yes`` continues; anything else, or end of input, stops. ``--yes`` approves in advance."""
+    from qwenedit.canary import CanaryOutcome, answer_means_yes
+
+    async def approve(outcome: CanaryOutcome) -> bool:
+        for display in live:
+            display.stop()
+        try:
+            console.print(outcome.markdown().replace("**", ""))
+            if yes:
+                console.print("[green]approved in advance (--yes)[/]")
+                return True
+            console.print(
+                f"Run the remaining {outcome.remaining_jobs} jobs (at most {outcome.projected})? "
+                "Only 'yes' or 'y' continues: ",
+                end="",
+            )
+            answer = await asyncio.to_thread(sys.stdin.readline)
+            approved = answer_means_yes(answer if answer else None)
+            console.print("[green]approved[/]" if approved else "[red]not approved: stopping[/]")
+            return approved
+        finally:
+            for display in live:
+                display.start()
+
+    return approve
+
+
+async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any]:
     """Open the run here (every check before Prefect starts), then hand it to the flow."""
     from flows.edit_manifest import edit_manifest
     from flows.ephemeral_server import start_detached
@@ -224,10 +290,13 @@ async def _run(options: Any, progress: bool) -> dict[str, Any]:
         except Exception as err:
             console.print(f"[red]run failed:[/] Prefect API server: {type(err).__name__}: {err}")
             raise typer.Exit(2) from None
+        shown: list[Live] = []
+        run.approver = terminal_approver(yes, shown)
         with run.hand_over():
             flow_run = asyncio.ensure_future(edit_manifest(options))
             if progress:
                 with Live(console=console, refresh_per_second=4, transient=False) as live:
+                    shown.append(live)
                     while not flow_run.done():
                         live.update(progress_line(run))
                         await asyncio.wait({flow_run}, timeout=0.25)

@@ -13,6 +13,7 @@ from prefect.client.schemas.sorting import TaskRunSort
 
 import qwenedit.run as run_module
 from flows.edit_manifest import edit_manifest
+from qwenedit.htmlreport import CONTACT_LIMIT, FLAGGED_LIMIT
 from qwenedit.options import RunOptions
 from qwenedit.storage import open_destination
 from tests.pipeline.conftest import simple_rows
@@ -27,6 +28,7 @@ class CountingDestination:
         self._inner = inner
         self.calls: Counter[str] = Counter()
         self.listed: list[str] = []
+        self.read: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -37,6 +39,8 @@ class CountingDestination:
             self.calls[name] += 1
             if name == "list_keys":
                 self.listed.append(str(args[0] if args else kwargs.get("prefix", "")))
+            if name == "get_bytes":
+                self.read.append(str(args[0]))
             return attr(*args, **kwargs)
 
         return counted
@@ -96,8 +100,13 @@ async def test_jobs_run_in_chunks_named_by_row_range_and_an_unchanged_rerun_crea
     store = destinations[-1]
     # Per run, not per row: the destination check, one listing of the done markers, the report uploads.
     assert store.listed == ["_ledger/", "_ledger/_done/"]
-    assert store.calls["get_bytes"] == 0 and store.calls["head"] == 0
-    assert store.calls["put_bytes"] == 1 + 3  # the write check, then results.csv, summary.json, failed.jsonl
+    assert store.calls["head"] == 0
+    # The only reads are report.html's contact-sheet thumbnails: output images, bounded, never the ledger.
+    assert sorted(store.read) == [f"job-{i:04d}/1.png" for i in range(5)]
+    assert CONTACT_LIMIT + FLAGGED_LIMIT < 1000
+    assert (
+        store.calls["put_bytes"] == 1 + 4
+    )  # the write check, then results.csv, summary.json, failed.jsonl, report.html
 
 
 async def test_a_failed_chunk_does_not_fail_its_siblings_and_its_rows_are_reported(

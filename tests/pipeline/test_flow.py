@@ -89,7 +89,12 @@ async def test_every_job_succeeds_outputs_exist_with_the_api_size_and_cost_match
     assert sum(Decimal(c) for c in table["cost"]) == billed * Decimal("0.03")
     assert summary["total_cost"] == {"USD": str(billed * Decimal("0.03"))}
     stored = client.list_objects_v2(Bucket=bucket, Prefix="out/_runs/")["Contents"]
-    assert {o["Key"].rsplit("/", 1)[1] for o in stored} == {"results.csv", "summary.json", "failed.jsonl"}
+    assert {o["Key"].rsplit("/", 1)[1] for o in stored} == {
+        "results.csv",
+        "summary.json",
+        "failed.jsonl",
+        "report.html",
+    }
 
 
 async def test_rerun_of_the_same_command_makes_no_api_call(
@@ -147,7 +152,9 @@ async def test_charged_but_not_copied_job_is_copied_without_a_new_call(
 async def test_outputs_that_expired_before_being_stored_fail_with_a_clear_reason_and_stay_billed(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:
-    emulator = emulator_factory(rps=20.0, url_ttl_s=1.0)
+    # A 60 s TTL: the first run stores the outputs with time to spare; the rerun treats them as expired,
+    # since a copy is only started while the links live for 5 more minutes (``Charge.expired``).
+    emulator = emulator_factory(rps=20.0, url_ttl_s=60.0)
     manifest = write_manifest(simple_rows(1))
     await run(manifest, pipeline_env, emulator, tmp_path)
     client, bucket = pipeline_env.client, pipeline_env.bucket

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from qwenedit.jobs import Job
 
-# The API's limit on one inline image: the whole ``data:`` URI, in bytes (reference §1).
+# The API's limit on one inline image: the whole ``data:`` URI, in bytes (docs/dashscope-api.md §1).
 MAX_DATA_URI_BYTES = 10 * 1024 * 1024
 # The API's limit on an image it downloads (URLs, presigned S3).
 MAX_IMAGE_BYTES = 10 * 1024 * 1024

@@ -54,7 +54,7 @@ ROW_NUMBERS = (
 )
 
 MAX_IMAGES = 3
-PROMPT_LIMIT = 800  # characters the API reads; the rest is silently dropped (reference §1)
+PROMPT_LIMIT = 800  # characters the API reads; the rest is silently dropped (docs/dashscope-api.md §1)
 NEGATIVE_PROMPT_LIMIT = 500
 SIZE_MIN, SIZE_MAX = SizeRule().min_side, SizeRule().max_side  # the plus family (models.py)
 SEED_MAX = 2_147_483_647

@@ -11,7 +11,7 @@ Per model id (dated snapshots are rows of their own):
 - ``rate_limit``: a ``RateLimit`` — a count per period (``2/s``, ``2/min``) per account and model;
 - unit prices per region (``Price``: a ``Decimal`` with its currency).
 
-Where the built-in figures come from (``../shared/reference/dashscope-api.md``): n, size and
+Where the built-in figures come from (``docs/dashscope-api.md``): n, size and
 prompt_extend from §0/§1; limits from §4 "Rate limit" (identical in Beijing and Singapore); prices from
 §6 and the seed document. Beijing is natively priced in CNY; like the seed, the table states it in USD
 converted at the seed's own rate (CNY / 6.976): plus 0.2 CNY → $0.028671, edit 0.3 CNY → $0.043,
@@ -43,7 +43,7 @@ from typing import Any
 
 from qwenedit.errors import QwenEditError
 
-# The regions the API serves these models from (reference §0), and the names people also write for
+# The regions the API serves these models from (docs/dashscope-api.md §0), and the names people also write for
 # them. Matching is case-insensitive.
 REGION_ALIASES: dict[str, str] = {
     "singapore": "singapore",
@@ -212,7 +212,7 @@ _MAX_SIZE = SizeRule(only_with_n1=False)
 _PER_SECOND = RateLimit(2, 1.0)
 _PER_MINUTE = RateLimit(2, 60.0)
 
-# (model, max_n, size rule, prompt_extend, limit, {region: (unit price, currency)}). Reference §0, §4, §6.
+# (model, max_n, size rule, prompt_extend, limit, {region: (unit price, currency)}). docs/dashscope-api.md §0, §4, §6.
 _PLUS_PRICES = {"singapore": ("0.03", USD), "beijing": ("0.028671", USD)}
 _EDIT_PRICES = {"singapore": ("0.045", USD), "beijing": ("0.043", USD)}
 _MAX_PRICES = {"singapore": ("0.075", USD), "beijing": ("0.071674", USD)}

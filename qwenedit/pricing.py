@@ -5,7 +5,7 @@ amounts in different currencies are never added together (a quote keeps one tota
 
 The unit prices live in the one model table (``qwenedit/models.py``, which also holds each model's
 rules and rate limit); ``PriceTable`` is that table. The built-in prices are the seed document's list
-prices (Max from the reference, §6). Prices change, so a user price file (JSON or CSV with ``region,
+prices (Max from docs/dashscope-api.md §6). Prices change, so a user price file (JSON or CSV with ``region,
 model, unit_price, currency``, optionally ``rate_limit`` and ``like``) can override or extend it; a
 model with no price is refused (``UnknownPrice``), never guessed.
 

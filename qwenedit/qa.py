@@ -10,7 +10,7 @@ fails, empty when it passes them all:
   decompression-bomb guard: memory stays below ~4 bytes × ``max_pixels``).
 - ``size_mismatch``: its pixel size is not the ``width``×``height`` that ``usage`` reported.
 - ``size_not_requested``: a ``size`` "W*H" was asked and the image is not W×H with each side rounded to
-  the nearest multiple of 16, as the API does (``1033*1032`` → 1040×1024; reference §3).
+  the nearest multiple of 16, as the API does (``1033*1032`` → 1040×1024; docs/dashscope-api.md §3).
 - ``blank``: near-uniform: after compositing on white and downscaling to at most ``BLANK_SIDE`` px, no
   RGB channel has a standard deviation of ``blank_stddev`` or more (0–255 scale).
 
@@ -38,7 +38,7 @@ SIZE_NOT_REQUESTED = "size_not_requested"
 BLANK = "blank"
 CHECKS = (UNDECODABLE, TOO_LARGE, SIZE_MISMATCH, SIZE_NOT_REQUESTED, BLANK)
 
-# Outputs are at most 2048×2048 (reference §1); 4× that is headroom, not a size anyone should see.
+# Outputs are at most 2048×2048 (docs/dashscope-api.md §1); 4× that is headroom, not a size anyone should see.
 MAX_PIXELS = 4096 * 4096
 # Inputs are whatever the catalogue holds (recommended up to 3072 px a side; 10 MB files).
 MAX_THUMBNAIL_PIXELS = 8192 * 8192

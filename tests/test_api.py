@@ -1,5 +1,5 @@
 """Pure tests of the DashScope client's core: base URLs, request body and headers, response parsing
-and error classification for every code family of reference §4. No network."""
+and error classification for every code family of docs/dashscope-api.md §4. No network."""
 
 from __future__ import annotations
 
@@ -324,7 +324,7 @@ def test_a_200_carrying_an_error_code_is_classified_by_the_code() -> None:
     assert info.value.code == "Throttling.RateQuota" and info.value.request_id == "rid-err"
 
 
-# --- error classification: every family of reference §4 ------------------------------------------
+# --- error classification: every family of docs/dashscope-api.md §4 ------------------------------------------
 
 INVALID = "InvalidParameter"
 ERROR_CASES: list[tuple[int, str, str, type[errors.DashScopeError]]] = [

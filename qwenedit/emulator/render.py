@@ -1,4 +1,4 @@
-"""Output images: the real size rules (reference §3) and cheap PNG rendering to disk.
+"""Output images: the real size rules (docs/dashscope-api.md §3) and cheap PNG rendering to disk.
 
 The "edit" is a stand-in that still proves the plumbing: the LAST input image scaled/cropped to the
 output size, the instruction as a caption, an "EMULATED" mark and, with ``watermark``, a "Qwen-Image"

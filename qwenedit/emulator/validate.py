@@ -1,4 +1,4 @@
-"""Pure request validation with the real API's codes and messages (reference §1, §2, §4, §7).
+"""Pure request validation with the real API's codes and messages (docs/dashscope-api.md §1, §2, §4, §7).
 
 Nothing here does I/O: the app feeds in the header and the parsed body and gets back either a
 ``ValidRequest`` or a ``Rejection`` carrying ``(status, code, message)`` exactly as DashScope sends them.

@@ -1,6 +1,6 @@
 """Chaos test kit: a billing spy on the emulator, run records, and THE invariant check every chaos test ends with.
 
-The invariant (DESIGN.md §3, 2–5), checked against the emulator's billing ledger, the run ledger and
+The invariant (ARCHITECTURE.md, invariants 2–5), checked against the emulator's billing ledger, the run ledger and
 outputs at the destination, and every report the runs wrote:
 
 - every image the emulator billed is stored at dest, or listed in a report as billed-but-not-stored,

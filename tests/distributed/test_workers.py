@@ -98,7 +98,7 @@ class Procs:
 
 
 def stop(proc: subprocess.Popen[bytes], interrupts: int) -> None:
-    """SIGINT ``interrupts`` times (a process worker needs two, reference/prefect.md §4.4), then kill the
+    """SIGINT ``interrupts`` times (a process worker needs two, docs/prefect.md §4.4), then kill the
     process group this test created for it (its flow-run subprocesses included)."""
     for _ in range(interrupts):
         if proc.poll() is None:
@@ -199,6 +199,7 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
     from prefect.deployments import arun_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows.scheduled import run_option
     from flows.sharded import edit_manifest_sharded
 
     bucket = s3_env
@@ -380,7 +381,7 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
             )
         states = sorted(r.state.type.value for r in second if r.state is not None)
         assert states == ["CANCELLED", "COMPLETED"], states
-        assert [r.parameters["manifest"] for r in edit_runs].count(drop_uri) == 1
+        assert [run_option(r, "manifest") for r in edit_runs].count(drop_uri) == 1
         assert len(emulator.ledger()) == calls_after_first
         assert s3_json(bucket, "incoming/drop-2.csv.processed.json")["run_id"] == marker["run_id"]
 

@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import logging
-import socket
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +26,7 @@ from PIL import Image
 from qwenedit import errors
 from qwenedit.api import GENERATION_PATH, USER_AGENT, DashScopeClient, EditRequest, EditResult, build_body
 from qwenedit.emulator import ACCOUNT_FAILURES, EmulatorServer
+from qwenedit.testing.procs import free_port
 
 FAKE_KEY = "sk-LEAKCANARY0123456789abcdef"
 
@@ -587,9 +587,7 @@ async def test_waiting_too_long_for_a_pooled_connection_is_not_sent(raw_server: 
 
 
 async def test_refused_connection_is_connect_failed_and_never_sent() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again on exit: nothing listens there
+    port = free_port()  # nothing listens there
     sends: list[bool] = []
     async with DashScopeClient(
         FAKE_KEY, f"http://127.0.0.1:{port}", on_send=lambda: sends.append(True)

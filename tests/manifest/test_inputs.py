@@ -23,6 +23,7 @@ from qwenedit.inputs import (
     sniff_image_format,
 )
 from qwenedit.jobs import Job
+from qwenedit.testing.procs import free_port
 from tests.manifest.conftest import FakeWeb, Route, bomb_png, image_bytes
 
 FORMATS = [
@@ -275,11 +276,7 @@ def test_url_that_refuses_head_is_tried_with_a_one_byte_get(fake_web: FakeWeb) -
 
 
 def test_unreachable_url_is_an_error_not_a_crash() -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     with InputResolver(http_timeout_s=1) as resolver:
         errors = resolver.check(f"http://127.0.0.1:{port}/a.png").errors
     assert len(errors) == 1 and errors[0].startswith(

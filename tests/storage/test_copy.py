@@ -27,6 +27,7 @@ from qwenedit.storage import (
     S3Settings,
     copy_url,
 )
+from qwenedit.testing.procs import free_port
 from tests.fixtures.s3 import S3Bucket
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -259,9 +260,7 @@ def test_server_errors_are_retryable(tmp_path: Path, source: str, http: httpx.Cl
 
 
 def test_unreachable_source_is_retryable(tmp_path: Path, http: httpx.Client) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens here
+    port = free_port()  # nothing listens here
     with pytest.raises(CopyError) as info:
         copy_url(http, f"http://127.0.0.1:{port}/x.png?{SECRET_QUERY}", LocalDestination(tmp_path), "a.png")
     assert info.value.retryable and not info.value.expired
@@ -339,9 +338,7 @@ def test_store_refusing_the_write_is_a_destination_error(
 def test_unreachable_store_is_a_retryable_destination_error(
     tmp_path: Path, source: str, http: httpx.Client
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens here
     settings = S3Settings(endpoint_url=f"http://127.0.0.1:{port}", addressing_style="path", max_attempts=1)
     session = boto3.Session(aws_access_key_id="a", aws_secret_access_key="b", region_name="us-east-1")
     dest = S3Destination("bucket", settings=settings, session=session)

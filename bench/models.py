@@ -162,9 +162,7 @@ async def _drive(
                     await pacer.acquire()  # every attempt takes a permit
                     started = time.monotonic()
                     try:
-                        await client.edit(
-                            EditRequest(model, (image,), f"job {i}"), before_send=pacer.before_send
-                        )
+                        await client.edit(EditRequest(model, (image,), f"job {i}"), gate=pacer)
                     except errors.Throttled as exc:
                         outcomes[f"429 {exc.code}"] += 1
                         pacer.throttled()

@@ -40,11 +40,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -79,7 +79,16 @@ MAX_RESPONSE_BYTES = 1 << 20  # a success body is < 2 KiB; anything near 1 MiB i
 MAX_MESSAGE_CHARS = 300
 
 OnSend = Callable[[], None]
-BeforeSend = Callable[[], Awaitable[None]]
+
+
+class SendGate(Protocol):
+    """Paces the sends themselves (``qwenedit.pacer.Pacer`` is one): ``before_send`` is awaited just
+    before the request's first byte is written; ``after_send`` is called once its headers are written
+    (or failed to be)."""
+
+    async def before_send(self) -> None: ...
+
+    def after_send(self) -> None: ...
 
 
 class MissingApiKey(errors.QwenEditError):
@@ -385,9 +394,10 @@ class _Send:
     went out *completely*, and of the response status and x-request-id once headers arrive; fed by
     httpcore's trace hook."""
 
-    def __init__(self, hooks: Sequence[OnSend], gates: Sequence[BeforeSend] = ()) -> None:
+    def __init__(self, hooks: Sequence[OnSend], gate: SendGate | None = None) -> None:
         self._hooks = hooks
-        self._gates = gates
+        self._gate = gate
+        self._gate_open = False
         self.sent = False
         self.traced = False  # the transport reports its steps (httpcore); False: assume the worst
         self.body_sent = False  # every byte of the request was handed to the socket
@@ -399,10 +409,12 @@ class _Send:
         # "http11.send_request_headers.started" (or http2.*): the pool gave us a live connection
         # and the first request byte is about to be written. This is the moment a pacer cares about.
         if event.endswith("send_request_headers.started"):
-            if not self.sent:
-                for gate in self._gates:
-                    await gate()  # httpcore awaits this before the first byte is written
+            if not self.sent and self._gate is not None:
+                await self._gate.before_send()  # httpcore awaits this before the first byte is written
+                self._gate_open = True
             self.mark_sent()
+        elif event.endswith(("send_request_headers.complete", "send_request_headers.failed")):
+            self.close_gate()
         elif event.endswith("send_request_body.complete"):
             self.body_sent = True
 
@@ -412,6 +424,15 @@ class _Send:
         going out: the server cannot hold a whole request (its length is declared), so the model
         cannot have run it or billed it. Unknown (no trace) is never "unsent"."""
         return self.traced and not self.body_sent and self.status is None
+
+    def close_gate(self) -> None:
+        """Tell the gate this request's headers are written (or never will be); once."""
+        if self._gate_open and self._gate is not None:
+            self._gate_open = False
+            try:
+                self._gate.after_send()
+            except Exception:
+                logger.exception("after_send hook failed")
 
     def mark_sent(self) -> None:
         if self.sent:
@@ -496,19 +517,17 @@ class DashScopeClient:
             await self._http.aclose()
 
     async def edit(
-        self, req: EditRequest, *, on_send: OnSend | None = None, before_send: BeforeSend | None = None
+        self, req: EditRequest, *, on_send: OnSend | None = None, gate: SendGate | None = None
     ) -> EditResult:
         """One HTTP attempt for ``req``: the result, or the taxonomy error it failed with.
 
-        ``before_send`` is awaited just before the first byte is written (after pool wait and
-        connect), e.g. ``Pacer.before_send`` to space the sends themselves; transports without
-        httpcore's trace hook never call it."""
+        ``gate`` (e.g. the call's ``Pacer``) spaces the sends themselves: its ``before_send`` is
+        awaited just before the first byte is written (after pool wait and connect) and its
+        ``after_send`` called once the headers are out. Transports without httpcore's trace hook
+        never call it."""
         body = json.dumps(build_body(req), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         headers = build_headers(self._api_key, req)
-        send = _Send(
-            [hook for hook in (self._on_send, on_send) if hook is not None],
-            [] if before_send is None else [before_send],
-        )
+        send = _Send([hook for hook in (self._on_send, on_send) if hook is not None], gate)
         started = time.monotonic()
         failure: errors.DashScopeError | None = None
         try:
@@ -518,6 +537,8 @@ class DashScopeClient:
             failure = self._deadline_failure(send)
         except httpx.HTTPError as exc:
             failure = self._transport_failure(exc, send)
+        finally:
+            send.close_gate()
         # Raised here, outside the except blocks, so the httpx exception (which holds the request
         # and its Authorization header) is not even chained as __context__.
         if failure is not None:

@@ -31,9 +31,10 @@ Behaviour at the edges:
 - **Push-back**: ``penalize(seconds)`` delays every later permit by that much; it is what the pipeline
   calls on a 429, so it also counts as ``throttled()``.
 - **Send-time accounting**: ``mark_sent()`` (called when the request's first byte leaves) spaces the
-  next permit from the real send time when a request left later than its permit; ``before_send()``
-  (awaited just before the first byte leaves) also holds a request that would leave less than one
-  interval after the previous one, so sends stay spaced even when requests overtake each other.
+  next permit from the real send time when a request left later than its permit. As a send gate
+  (``before_send()`` awaited just before the first byte leaves, ``after_send()`` once the headers are
+  written) it also holds a request that would leave less than one interval after the previous one's
+  write, so sends stay spaced even when requests overtake each other or a stall delays a write.
 
 Every attempt of every job takes a permit, retries included: the pacer is the only way to the API.
 
@@ -96,6 +97,7 @@ class Pacer:
         self._last = float("-inf")  # when the last permit was granted
         self._last_sent = float("-inf")  # when the last request left (mark_sent / before_send)
         self._send_lock = asyncio.Lock()
+        self._writing: asyncio.Event | None = None  # set when the gated request's headers are out
         self._hold_until = float("-inf")  # throttles before this belong to the last backoff
         self._calm = 0  # permits since the last throttle or recovery step
         self.granted = 0
@@ -144,20 +146,42 @@ class Pacer:
         self._next = max(self._next, now + self.interval)
 
     async def before_send(self) -> None:
-        """Send gate: await it as the request's first byte is about to leave (``DashScopeClient``'s
-        ``before_send`` hook). It waits, first come first served, until one interval after the
-        previous send, then records this send like ``mark_sent``.
+        """Send gate, first half: await it as the request's first byte is about to leave
+        (``DashScopeClient.edit(..., gate=pacer)``). It waits, first come first served, until the
+        previous gated request's headers are written (at most one interval) and one interval has
+        passed since the previous send, then records this send like ``mark_sent``.
 
-        Permits are spaced, but what happens between a permit and the send (a new connection, a
-        busy event loop) differs per request: a slow connect can let the next request overtake and
-        leave right behind it. The gate spaces the sends themselves."""
+        Permits are spaced, but what happens between a permit and the write (a new connection, a
+        busy or starved event loop) differs per request: a request can overtake another, or be held
+        after its gate while the next one passes. The gate spaces the writes themselves."""
         async with self._send_lock:
+            writing = self._writing
+            if writing is not None and not writing.is_set():
+                await self._wait_at_most(writing, self.interval)  # a lost after_send costs one interval
             while True:
                 wait = self._last_sent + self.interval - self._clock()
                 if wait <= 0:
                     break
                 await self._sleep(wait)
+            self._writing = asyncio.Event()
             self.mark_sent()
+
+    async def _wait_at_most(self, event: asyncio.Event, seconds: float) -> None:
+        waiter = asyncio.ensure_future(event.wait())
+        timer = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+
+    def after_send(self) -> None:
+        """Send gate, second half: the gated request's headers are written (or failed) now; the next
+        send is spaced from this moment if it is later than the gate's."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.set()
+        self.mark_sent()
 
     def throttled(self) -> bool:
         """A request was refused for its rate (429): widen the spacing; True if it did.

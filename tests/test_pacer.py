@@ -335,11 +335,34 @@ async def test_the_send_gate_keeps_sends_spaced_when_a_request_overtakes_another
     t1 = await p.acquire()  # request 0 is still connecting...
     vc.now = t1 + 0.01
     await p.before_send()  # ...request 1 leaves first
+    p.after_send()
     first_send = vc.now
     vc.now += 0.01
     await p.before_send()  # request 0 leaves right behind it: held one interval
+    p.after_send()
     assert vc.now - first_send == pytest.approx(p.interval)
     assert t1 - t0 == pytest.approx(p.interval)
+
+
+async def test_a_write_stalled_after_its_gate_spaces_the_next_send_from_the_write() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    await p.before_send()  # request 0 passes its gate...
+    passed: list[float] = []
+
+    async def next_request() -> None:
+        await p.before_send()
+        passed.append(vc.now)
+
+    nxt = asyncio.create_task(next_request())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not passed  # ...and request 1 waits for request 0's write, not just for its gate
+    stalled_until = vc.now + 0.3
+    vc.now = stalled_until  # the process stalled 300 ms before request 0's headers went out
+    p.after_send()
+    await nxt
+    assert passed[0] - stalled_until == pytest.approx(p.interval)
 
 
 async def test_concurrent_send_gates_pass_one_interval_apart_in_order() -> None:
@@ -350,6 +373,7 @@ async def test_concurrent_send_gates_pass_one_interval_apart_in_order() -> None:
     async def send(i: int) -> None:
         await p.before_send()
         sends.append((i, vc.now))
+        p.after_send()
 
     await asyncio.gather(*(send(i) for i in range(5)))
     assert [i for i, _ in sends] == list(range(5))

@@ -16,19 +16,26 @@ the Ctrl-C reaches the whole group, and ``flows/ephemeral_server.py`` keeps that
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flows.edit_manifest import PREFECT_KILL_AFTER_S
+from qwenedit.testing.procs import free_port, wait_for_http
 from tests.chaos.conftest import RunRecord, chaos_rows, check_invariants
+from tests.distributed.test_workers import POOL, ROOT, VENV_BIN, Procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400), pytest.mark.usefixtures("prefect_server")]
 
@@ -91,6 +98,12 @@ def subprocess_env(stop: Stop, tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def mid_run(spy: Any, jobs: int = JOBS) -> bool:
+    """A fifth of the jobs billed and calls open at the emulator: the moment to stop."""
+    billed = sum(1 for call in spy.calls if call.request_id)
+    return billed >= jobs // 5 and spy.in_flight() >= 3
+
+
 def summaries(report_dir: Path) -> dict[Path, dict[str, Any]]:
     found = {}
     for folder in report_dir.iterdir():
@@ -129,7 +142,7 @@ def test_a_signal_mid_run_starts_no_call_exits_within_the_grace_period_and_the_r
     )
     try:
         deadline = time.monotonic() + 150
-        while spy.in_flight() < 4:  # calls are open at the emulator
+        while not mid_run(spy):
             assert proc.poll() is None, proc.communicate()[0].decode(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "the run never had calls in flight"
             time.sleep(0.02)
@@ -187,3 +200,182 @@ def test_a_signal_mid_run_starts_no_call_exits_within_the_grace_period_and_the_r
         assert found.billed_requests == JOBS
     else:  # stopped at once: only the abandoned calls may have been paid twice, and each was reported
         assert found.jobs_billed_twice <= abandoned
+
+
+# --- a cancelled deployment run on a real Prefect server and process worker ----------------------------
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+DEPLOYMENT_JOBS = 60  # the cancel reaches the flow run 1–4 s after it is asked for: a longer run
+# A job that passed its stop check just before the signal was handled sends within milliseconds.
+SEND_RACE_S = 0.2
+
+
+def stop_logged_at(log: str, run_id: str) -> float:
+    """The wall-clock time (epoch s) of the flow run's "run RUN_ID stopping (...)" log line."""
+    found = re.search(
+        rf"^(\d\d:\d\d:\d\d\.\d+) \| WARNING \| qwenedit\.run - run {run_id} stopping", log, re.M
+    )
+    assert found is not None, log[-3000:]
+    clock = datetime.strptime(found.group(1), "%H:%M:%S.%f").time()
+    return datetime.combine(datetime.now().date(), clock).timestamp()
+
+
+async def wait_for_state(flow_run_id: Any, done: Callable[[Any], bool], timeout_s: float) -> Any:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    async with get_client() as client:
+        while True:
+            run = await client.read_flow_run(flow_run_id)
+            if (run.state is not None and done(run.state)) or time.monotonic() > deadline:
+                return run
+            await asyncio.sleep(0.5)
+
+
+async def test_a_cancelled_deployment_run_drains_its_calls_and_a_new_run_of_the_manifest_pays_nothing_twice(
+    procs: Procs,
+    pipeline_env: Any,
+    emulator_factory: Any,
+    spy_on: Any,
+    write_manifest: Any,
+    tmp_path: Path,
+) -> None:
+    from prefect.deployments import arun_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    bucket = pipeline_env
+    emulator = emulator_factory(latency_median_s=3.0, latency_p99_s=5.0, seed=9)
+    spy = spy_on(emulator)
+    rows = chaos_rows(DEPLOYMENT_JOBS, prefix="d")
+    manifest = write_manifest(rows)
+    reports = tmp_path / "reports"
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        {
+            "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PREFECT_API_URL": api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+        }
+    )  # the API key and the S3 variables are in os.environ (pipeline_env): the worker passes them on
+    prefect = str(VENV_BIN / "prefect")
+    server = procs.start(
+        "server",
+        [
+            prefect,
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+        env,
+    )
+    wait_for_http(
+        f"{api_url}/health", what="prefect server", timeout_s=120, proc=server, log=procs.log_path("server")
+    )
+    deploy = subprocess.run(
+        [sys.executable, "-m", "flows.deploy", "--pool", POOL, "--only", "edit"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert deploy.returncode == 0, deploy.stderr[-3000:]
+    procs.start("worker", [prefect, "worker", "start", "--pool", POOL, "--limit", "1"], env, 2)
+
+    def parameters(run_id: str) -> dict[str, Any]:
+        return {
+            "options": {
+                "manifest": str(manifest),
+                "dest": bucket.uri("out"),
+                "base_url": emulator.base_url,
+                "rps": 8,
+                "max_in_flight": MAX_IN_FLIGHT,
+                "report_dir": str(reports),
+                "run_id": run_id,
+            }
+        }
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        started = time.monotonic()
+        flow_run = await arun_deployment(
+            "edit-manifest/edit", parameters=parameters("cancelled-run"), timeout=0, as_subflow=False
+        )
+        deadline = time.monotonic() + 180
+        while not mid_run(spy, DEPLOYMENT_JOBS):
+            assert time.monotonic() < deadline, procs.log("worker")[-3000:]
+            await asyncio.sleep(0.02)
+        in_flight_at_cancel = spy.in_flight()
+        cancelled_at, cancelled_wall = time.monotonic(), time.time()
+        cancel = subprocess.run(
+            [prefect, "flow-run", "cancel", str(flow_run.id)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        ended = await wait_for_state(flow_run.id, lambda s: s.is_final(), timeout_s=90)
+        first_ended = time.monotonic()
+        # The worker sends SIGTERM once it sees the cancel (about a second later): calls sent until then
+        # are the run's to finish. The flow run logs the moment it stopped (worker.log, wall clock).
+        stopped = stop_logged_at(procs.log("worker"), "cancelled-run") + (time.monotonic() - time.time())
+        late = [a["time"] - stopped for a in emulator.arrivals() if a["time"] > stopped + SEND_RACE_S]
+        summary_path = reports / "cancelled-run" / "summary.json"
+        assert summary_path.exists(), procs.log("worker")[-4000:]
+        first_summary = json.loads(summary_path.read_text())
+        first_summary["report_dir"] = str(summary_path.parent)
+        reports_after = summary_path.stat().st_mtime - cancelled_wall
+        print(
+            f"\n[deployment cancel] {in_flight_at_cancel} call(s) in the model at the cancel; SIGTERM handled "
+            f"{stopped - cancelled_at:.1f} s after it; reports written "
+            f"{reports_after:.1f} s after it; final state {ended.state.type.value if ended.state else None} "
+            f"{first_ended - cancelled_at:.1f} s after it; {len(late)} arrival(s) after it; "
+            f"{first_summary['by_status']}, stopped by {first_summary['stopped_by']}"
+        )
+        assert late == [], f"calls arrived after the flow run stopped, at +{late} s"
+        assert first_summary["stopped_by"] == {"cause": "stop", "reason": "SIGTERM"}
+        assert first_summary["by_status"]["not_attempted"] > 0
+        assert first_summary.get("possibly_billed_jobs", 0) == 0
+        assert reports_after < PREFECT_KILL_AFTER_S
+        assert ended.state is not None and ended.state.is_cancelled(), ended.state
+        first = RunRecord(started=started, ended=first_ended, summary=first_summary)
+
+        second_started = time.monotonic()
+        again = await arun_deployment(
+            "edit-manifest/edit",
+            parameters=parameters("new-run"),
+            timeout=240,
+            poll_interval=1,
+            as_subflow=False,
+        )
+        second_ended = time.monotonic()
+        assert again.state is not None and again.state.is_completed(), procs.log("worker")[-4000:]
+    second_summary = json.loads((reports / "new-run" / "summary.json").read_text())
+    second_summary["report_dir"] = str(reports / "new-run")
+    second = RunRecord(started=second_started, ended=second_ended, summary=second_summary)
+    assert (
+        second_summary["by_status"]["succeeded"] + second_summary["by_status"]["skipped"] == DEPLOYMENT_JOBS
+    )
+
+    found = check_invariants(spy=spy, bucket=bucket, prefix="out", rows=rows, runs=[first, second])
+    print(
+        f"[deployment cancel] new run: {second_summary['by_status']}; jobs billed twice {found.jobs_billed_twice}"
+    )
+    assert found.stored_images == DEPLOYMENT_JOBS
+    assert found.jobs_billed_twice == 0
+    assert found.billed_requests == DEPLOYMENT_JOBS

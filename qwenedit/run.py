@@ -332,6 +332,7 @@ class Run:
         self.canary_rows = plan.rows
         if plan.rows:
             await self._pass(index, run_chunk, plan.rows.__contains__)
+        if plan.rows and plan.remaining_jobs:  # a canary that is the whole run leaves nothing to approve
             outcome = await self._canary_outcome(plan)
             decide = approve or self.approver
             approved = await decide(outcome) if decide is not None else False

@@ -69,6 +69,7 @@ async def test_odd_job_ids_and_a_unicode_prefix_with_spaces_store_at_the_exact_k
         "results.csv",
         "summary.json",
         "failed.jsonl",
+        "report.html",
     }
     assert all(k.startswith(f"{ODD_PREFIX}/") for k in keys)  # nothing outside the prefix
 

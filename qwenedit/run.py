@@ -271,6 +271,7 @@ class Run:
                 timeout=o.timeout_s,
                 max_connections=o.max_in_flight + 8,
                 abandon=self._abandon,
+                stopping=lambda: self.stopping,
             )
         )
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)

@@ -87,12 +87,38 @@ async def _first(main: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | Non
     return True, task.result()
 
 
-class StoppableClient(DashScopeClient):
-    """A ``DashScopeClient`` whose open calls end at once when ``abandon`` is set (a hard stop)."""
+class StopAwareGate:
+    """A send gate (``gate=`` of ``DashScopeClient.edit``) that lets no request out once the run stops:
+    a request held at the gate when the signal comes is refused before its first byte is written."""
 
-    def __init__(self, *args: Any, abandon: asyncio.Event, **kwargs: Any) -> None:
+    def __init__(self, gate: Any, stopping: Callable[[], bool]) -> None:
+        self._gate = gate
+        self._stopping = stopping
+
+    async def before_send(self) -> None:
+        await self._gate.before_send()
+        if self._stopping():
+            self._gate.after_send()  # the next request does not wait for these headers
+            raise UnsentCallAbandoned("RunStopped", "run stopped before this call was sent")
+
+    def after_send(self) -> None:
+        self._gate.after_send()
+
+
+class StoppableClient(DashScopeClient):
+    """A ``DashScopeClient`` whose open calls end at once when ``abandon`` is set (a hard stop), and
+    whose send gate, if a call has one, lets nothing out once ``stopping()`` is true."""
+
+    def __init__(
+        self,
+        *args: Any,
+        abandon: asyncio.Event,
+        stopping: Callable[[], bool] = lambda: False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._abandon = abandon
+        self._stopping = stopping
 
     async def edit(self, req: EditRequest, *, on_send: OnSend | None = None, **hooks: Any) -> EditResult:
         sent = False
@@ -103,6 +129,8 @@ class StoppableClient(DashScopeClient):
             if on_send is not None:
                 on_send()
 
+        if hooks.get("gate") is not None:
+            hooks["gate"] = StopAwareGate(hooks["gate"], self._stopping)
         won, answer = await _first(super().edit(req, on_send=note_send, **hooks), self._abandon)
         if won and answer is not None:
             return answer
@@ -224,6 +252,7 @@ __all__ = [
     "STOP_SIGNALS",
     "CallAbandoned",
     "GracefulStop",
+    "StopAwareGate",
     "StoppableClient",
     "UnsentCallAbandoned",
     "default_grace",

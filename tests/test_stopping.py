@@ -15,6 +15,7 @@ from qwenedit.api import EditRequest
 from qwenedit.stopping import (
     CallAbandoned,
     GracefulStop,
+    StopAwareGate,
     StoppableClient,
     UnsentCallAbandoned,
     default_grace,
@@ -198,3 +199,26 @@ async def test_an_answer_that_arrives_before_a_hard_stop_is_returned() -> None:
         client = StoppableClient(KEY, "http://emulator.test", abandon=abandon, http=http)
         answer = await client.edit(request())
     assert answer.image_count == 1 and answer.request_id == "r-1"
+
+
+class RecordingGate:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def before_send(self) -> None:
+        self.events.append("before")
+
+    def after_send(self) -> None:
+        self.events.append("after")
+
+
+async def test_a_request_held_at_the_send_gate_when_the_run_stops_is_refused_before_its_first_byte() -> None:
+    gate = RecordingGate()
+    stopping = False
+    guarded = StopAwareGate(gate, lambda: stopping)
+    await guarded.before_send()  # running: the request goes out
+    guarded.after_send()
+    stopping = True
+    with pytest.raises(UnsentCallAbandoned):
+        await guarded.before_send()
+    assert gate.events == ["before", "after", "before", "after"]  # the next request is not held up

@@ -206,6 +206,7 @@ class Run:
         self.chunks_started = 0
         self._chunks: dict[int, Chunk] = {}
         self.canary_rows: set[int] = set()
+        self.canary_ids: list[str] = []  # their job ids (report.html tags them and shows them first)
         self.declined: str | None = None  # why the rest of the run was not approved
         self.approver: Approver | None = None  # who approves a canary (the CLI sets one; flows ask the UI)
         self._stack = contextlib.AsyncExitStack()
@@ -377,12 +378,15 @@ class Run:
         """Read the manifest once: the pending rows by (model, region), the canary, the rest's worst case."""
         groups: dict[tuple[str, str], list[int]] = {}
         worst: dict[int, tuple[str, Decimal]] = {}
+        job_ids: dict[int, str] = {}
         for kind, job, _ in self._classify(index):
             if kind == "run":
                 groups.setdefault((job.model, job.region), []).append(job.row)
+                job_ids[job.row] = job.job_id
                 price = self.prices.unit_price(job.region, job.model)
                 worst[job.row] = (price.currency, cost(job.n, price))
         plan = CanaryPlan(rows=choose_canary(groups, self.options.canary))
+        self.canary_ids = [job_ids[row] for row in sorted(plan.rows)]
         for row, (currency, amount) in worst.items():
             if row not in plan.rows:
                 plan.remaining_jobs += 1
@@ -665,28 +669,20 @@ class Run:
     def _write_html(self, summary: dict[str, Any], headline: str | None) -> Path:
         """report.html: totals, costs, roll-ups, QA flags, failures and a bounded contact sheet."""
         results, _ = self.ctx.spool.in_manifest_order()
-        canary = {r for r in self.canary_rows}
-        ids: list[str] = []  # filled while reading: the canary's job ids
         base = self.destination.uri("")
 
         def read_output(uri: str) -> bytes | None:
             return self.destination.get_bytes(uri[len(base) :].lstrip("/")) if uri.startswith(base) else None
-
-        def tagged() -> Iterator[Any]:
-            for result in results:
-                if result.row in canary:
-                    ids.append(result.job_id)
-                yield result
 
         if "rollups" not in summary and self.ctx.rollups is not None:
             summary = {**summary, "rollups": self.ctx.rollups.to_dict()}
         return write_html_report(
             self.out_dir / "report.html",
             summary,
-            tagged(),
+            results,
             read_output=read_output,
             read_input=self._read_input,
-            canary=ids,
+            canary=self.canary_ids,
             headline=headline,
         )
 

@@ -187,14 +187,33 @@ async def _drive(
                     + "; ".join(f"{m}: {s['granted']} sent, {s['throttles']} 429" for m, s in stats.items())
                 )
 
+        lags: list[float] = []
+
+        async def lag_probe() -> None:
+            # How late this loop wakes up: the machine's scheduling noise, which adds to the jitter.
+            while True:
+                t = time.monotonic()
+                await asyncio.sleep(0.05)
+                lags.append(time.monotonic() - t - 0.05)
+
         reporter = asyncio.create_task(progress())
+        prober = asyncio.create_task(lag_probe())
         start = time.monotonic()
         try:
             await asyncio.gather(*(job(i, m) for i, m in enumerate(models)))
         finally:
             reporter.cancel()
+            prober.cancel()
         end = time.monotonic()
-    return outcomes, pacers.stats(), {**window.snapshot(), "peak": peak_window}, start, end, possibly_billed
+    lags.sort()
+    lag = {
+        "samples": len(lags),
+        "p50_ms": round(1000 * lags[len(lags) // 2], 1) if lags else None,
+        "p99_ms": round(1000 * lags[int(len(lags) * 0.99)], 1) if lags else None,
+        "max_ms": round(1000 * lags[-1], 1) if lags else None,
+    }
+    window_doc = {**window.snapshot(), "peak": peak_window, "client_loop_lag": lag}
+    return outcomes, pacers.stats(), window_doc, start, end, possibly_billed
 
 
 def run_models_bench(

@@ -226,23 +226,13 @@ class Run:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    @contextlib.contextmanager
-    def hand_over(self) -> Iterator[Run]:
+    def hand_over(self) -> contextlib.AbstractContextManager[Run]:
         """Let ``open_run`` inside the block (the flow) use this already-open run."""
-        token = _HANDED.set(self)
-        try:
-            yield self
-        finally:
-            _HANDED.reset(token)
+        return _set(_HANDED, self)
 
-    @contextlib.contextmanager
-    def activate(self) -> Iterator[Run]:
+    def activate(self) -> contextlib.AbstractContextManager[Run]:
         """Make this the ``current_run()`` of the code (tasks) started inside the block."""
-        token = _CURRENT.set(self)
-        try:
-            yield self
-        finally:
-            _CURRENT.reset(token)
+        return _set(_CURRENT, self)
 
     async def _open(self) -> None:
         o = self.options
@@ -685,6 +675,15 @@ class Run:
             canary=self.canary_ids,
             headline=headline,
         )
+
+
+@contextlib.contextmanager
+def _set(var: ContextVar[Run | None], run: Run) -> Iterator[Run]:
+    token = var.set(run)
+    try:
+        yield run
+    finally:
+        var.reset(token)
 
 
 def _image_column(job: Job, err: InputError) -> str:

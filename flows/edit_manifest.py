@@ -32,13 +32,26 @@ from prefect.states import Completed, State
 
 from qwenedit.canary import CanaryOutcome
 from qwenedit.options import RunOptions
-from qwenedit.report import markdown_summary, results_frame
+from qwenedit.report import markdown_summary
 from qwenedit.run import Approver, ChunkSpec, Run, current_run, open_run, outcome_text
 from qwenedit.stopping import default_grace, graceful_stop
 
 log = logging.getLogger("qwenedit.flow")
 
 ARTIFACT_ROW_LIMIT = 1000  # the results table artifact; the full table is in results.csv
+ARTIFACT_COLUMNS = (
+    "job_id",
+    "status",
+    "model",
+    "region",
+    "image_count",
+    "cost",
+    "currency",
+    "attempts",
+    "qa",
+    "error_code",
+    "error_message",
+)
 PROGRESS_EVERY_S = 10.0
 # A cancelled flow run (UI, `prefect flow-run cancel`, a worker shutting down): Prefect 3.8.8's runner sends
 # SIGTERM to the flow-run process group and SIGKILL 30 s later (hard-coded in runner/_cancellation_manager.py
@@ -154,13 +167,20 @@ async def _publish_progress(run: Run) -> None:
 
 async def _publish_artifacts(run: Run, summary: dict[str, Any]) -> None:
     try:
-        results, extra_keys = run.ctx.spool.in_manifest_order()
-        frame = results_frame(itertools.islice(results, ARTIFACT_ROW_LIMIT), extra_keys)
-        frame = frame.drop(columns=["outputs"]).astype(str)
+        # The rows that did something (an unchanged rerun of a million rows publishes an empty table).
+        results, _ = run.ctx.spool.in_manifest_order(skipped_after=0)
+        rows = [
+            {col: str(getattr(r, col)) for col in ARTIFACT_COLUMNS}
+            for r in itertools.islice(results, ARTIFACT_ROW_LIMIT)
+        ]
+        skipped = run.stats.totals.counts.get("skipped", 0)
         await acreate_table_artifact(
             key=_artifact_key("results", run.run_id),
-            table=[{str(k): v for k, v in rec.items()} for rec in frame.to_dict(orient="records")],
-            description=f"Per-job results of run {run.run_id} (first {ARTIFACT_ROW_LIMIT} rows)",
+            table=rows or [dict.fromkeys(ARTIFACT_COLUMNS, "")],
+            description=(
+                f"Jobs of run {run.run_id} that ran or failed (first {ARTIFACT_ROW_LIMIT}); "
+                f"{skipped} unchanged rows skipped; every row is in results.csv"
+            ),
         )
         await acreate_markdown_artifact(
             key=_artifact_key("summary", run.run_id),

@@ -17,7 +17,7 @@ import csv
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
@@ -151,18 +151,24 @@ class ResultSpool:
         for record in self._records():
             yield JobResult(**record)
 
-    def _records(self) -> Iterator[dict[str, Any]]:
-        with self.path.open(encoding="utf-8") as fh:
+    def _records(self, keep: Callable[[bytes], bool] | None = None) -> Iterator[dict[str, Any]]:
+        with self.path.open("rb") as fh:
             for line in fh:
-                if line.strip():
+                if line.strip() and (keep is None or keep(line)):
                     yield json.loads(line)
 
-    def records_in_manifest_order(self) -> tuple[Iterator[dict[str, Any]], list[str]]:
+    def records_in_manifest_order(
+        self, skipped_after: int | None = None
+    ) -> tuple[Iterator[dict[str, Any]], list[str]]:
         """Result records (dicts) sorted by manifest row, read back one at a time, and the pass-through
-        column names. At most (row, file offset) pairs are held in memory: bounded for any length."""
+        column names. At most (row, file offset) pairs are held in memory: bounded for any length.
+
+        ``skipped_after``: leave out ``skipped`` rows after the first that many lines (a report that
+        shows what happened need not decode a million unchanged rows)."""
         self.flush()
+        keep = None if skipped_after is None else _skipped_filter(skipped_after)
         if self._known and self._in_order:
-            return self._records(), list(self._extra_keys)
+            return self._records(keep), list(self._extra_keys)
         index: list[tuple[int, int]] = []
         extra_keys: dict[str, None] = {}
         with self.path.open("rb") as fh:
@@ -177,14 +183,28 @@ class ResultSpool:
             with self.path.open("rb") as fh:
                 for _, offset in index:
                     fh.seek(offset)
-                    yield json.loads(fh.readline())
+                    line = fh.readline()
+                    if keep is None or keep(line):
+                        yield json.loads(line)
 
         return read(), list(extra_keys)
 
-    def in_manifest_order(self) -> tuple[Iterator[JobResult], list[str]]:
+    def in_manifest_order(self, skipped_after: int | None = None) -> tuple[Iterator[JobResult], list[str]]:
         """``records_in_manifest_order`` as ``JobResult`` objects."""
-        records, extra_keys = self.records_in_manifest_order()
+        records, extra_keys = self.records_in_manifest_order(skipped_after)
         return (JobResult(**r) for r in records), extra_keys
+
+
+def _skipped_filter(first: int) -> Callable[[bytes], bool]:
+    """Keep every line until ``first`` lines were seen, then only lines that are not ``skipped``."""
+    seen = [0]
+    marker = b'"status": "skipped"'
+
+    def keep(line: bytes) -> bool:
+        seen[0] += 1
+        return seen[0] <= first or marker not in line
+
+    return keep
 
 
 def csv_header(extra_keys: Sequence[str]) -> list[str]:

@@ -46,7 +46,7 @@ from qwenedit.budget import Budget, check_currencies
 from qwenedit.canary import CanaryOutcome, CanaryPlan
 from qwenedit.canary import choose as choose_canary
 from qwenedit.errors import DestinationUnusable, JobCode, ManifestInvalid
-from qwenedit.htmlreport import write_html_report
+from qwenedit.htmlreport import CONTACT_LIMIT, write_html_report
 from qwenedit.inputs import InputError, InputResolver, data_uri_bytes
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex, Ledger
@@ -658,7 +658,8 @@ class Run:
 
     def _write_html(self, summary: dict[str, Any], headline: str | None) -> Path:
         """report.html: totals, costs, roll-ups, QA flags, failures and a bounded contact sheet."""
-        results, _ = self.ctx.spool.in_manifest_order()
+        # Totals come from the summary; the page lists executed rows and the first rows of the manifest.
+        results, _ = self.ctx.spool.in_manifest_order(skipped_after=CONTACT_LIMIT)
         base = self.destination.uri("")
 
         def read_output(uri: str) -> bytes | None:

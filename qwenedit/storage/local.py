@@ -164,6 +164,13 @@ class LocalDestination:
         base = self.root.joinpath(*base_rel.split("/")) if base_rel else self.root
         if not base.is_dir():
             return
+        if base_rel and not any(e.is_dir(follow_symlinks=False) for e in os.scandir(base)):
+            # A flat folder (the ledger's million done records): names sorted in place and yielded one
+            # at a time, without a second list of full keys.
+            names = [n for n in os.listdir(base) if not n.startswith(self.TMP_PREFIX)]
+            names.sort()
+            yield from (key for n in names if (key := f"{base_rel}/{n}").startswith(prefix))
+            return
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()

@@ -1,14 +1,18 @@
 """`make demo`: the whole product on one machine, offline, in well under two minutes.
 
 Starts a SeaweedFS S3 server and the DashScope emulator on loopback, runs ``jobs.example.csv``
-through ``qwenedit run`` into a bucket, then prints the results table, the total cost (checked
-against the emulator's billing ledger) and the stored objects, writes an HTML contact sheet
-(inputs → outputs, prompt, cost per job) and stops its servers.
+through ``qwenedit run`` into a bucket with the gates on, then prints the results table, the total
+cost (checked against the emulator's billing ledger) and the stored objects, and stops its servers.
+
+The gates it shows: a canary of 3 jobs (one per model of the manifest) approved in advance with
+``--yes``; output QA flagging one output (the emulator is told to make the first output after the
+canary blank: its ``qa`` cell reads ``2.png=blank``, the image is kept); a roll-up of jobs, images and
+cost by the manifest's ``sku`` column (``--group-by sku``); and the run's self-contained report.html,
+whose path it prints last.
 """
 
 from __future__ import annotations
 
-import html
 import os
 import shutil
 import subprocess
@@ -27,6 +31,9 @@ from qwenedit.testing.seaweed import SeaweedServer, ensure_bucket
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "qwenedit-demo"
 DEMO_KEY = "sk-demo-0000000000000000"
+# The gates of a run: a 3-job canary approved in advance, a roll-up by the manifest's sku column. One
+# call at a time, so the emulator's scripted blank output lands on a known job (fusion-dress-pose).
+GATES = ["--canary", "3", "--yes", "--group-by", "sku", "--max-in-flight", "1"]
 
 console = Console(width=None if sys.stdout.isatty() else 132)  # a log file gets full tables
 
@@ -38,9 +45,21 @@ def main(out: Path = ROOT / "demo-out") -> int:
     console.rule("[bold]qwenedit demo: emulator + SeaweedFS on loopback")
     with (
         SeaweedServer(out / "seaweed") as s3,
-        EmulatorServer(EmulatorConfig(rps=2.0, latency_median_s=1.5, latency_p99_s=4.0, seed=7)) as emulator,
+        EmulatorServer(
+            EmulatorConfig(
+                rps=2.0,
+                latency_median_s=1.5,
+                latency_p99_s=4.0,
+                seed=7,
+                # The canary's 3 calls come first; the 4th call (the first after it) answers with a
+                # blank image, which output QA flags.
+                next_faults=["ok", "ok", "ok", "blank_output"],
+            )
+        ) as emulator,
     ):
         env = {**os.environ, **s3.env(), "DASHSCOPE_API_KEY": os.environ.get("DASHSCOPE_API_KEY", DEMO_KEY)}
+        if not sys.stdout.isatty():  # a log file gets the run's tables as wide as the demo's own
+            env.setdefault("COLUMNS", "132")
         os.environ.update(s3.env())
         client = make_s3_client(S3Settings.from_env())
         ensure_bucket(client, BUCKET)
@@ -49,8 +68,12 @@ def main(out: Path = ROOT / "demo-out") -> int:
             sys.executable, "-m", "qwenedit", "run", str(manifest),
             "--dest", f"s3://{BUCKET}/demo", "--base-url", emulator.base_url,
             "--report-dir", str(out / "runs"),
+            *GATES,
         ]  # fmt: skip
-        console.print("$ qwenedit run jobs.example.csv --dest s3://qwenedit-demo/demo --base-url <emulator>")
+        console.print(
+            "$ qwenedit run jobs.example.csv --dest s3://qwenedit-demo/demo --base-url <emulator> "
+            + " ".join(GATES)
+        )
         code = subprocess.run(cmd, env=env, check=False).returncode
         runs = list((out / "runs").glob("*/results.csv"))
         if not runs:
@@ -74,9 +97,13 @@ def main(out: Path = ROOT / "demo-out") -> int:
         console.print(
             f"  + {bookkeeping} bookkeeping objects (ledger under demo/_ledger/, reports under demo/_runs/)"
         )
-        sheet = _contact_sheet(out, manifest, results, client)
-        console.print(f"\ncontact sheet: {sheet}")
-        console.print(f"reports:       {run_dir}")
+        flagged = results[results["qa"] != ""]
+        console.print(
+            f"\n[bold]output QA[/]: {len(flagged)} job(s) flagged (kept, see the qa column): "
+            + ", ".join(f"{r.job_id} {r.qa}" for r in flagged.itertuples())
+        )
+        console.print(f"reports:     {run_dir}")
+        console.print(f"[bold]report.html: {run_dir / 'report.html'}[/]  (open it in a browser)")
     console.rule(f"demo finished (qwenedit run exit code {code})")
     return code
 
@@ -91,6 +118,7 @@ def _print_results(results: pd.DataFrame) -> None:
         "height",
         "cost",
         "attempts",
+        "qa",
         "error_code",
     )
     t = Table(title="results.csv")
@@ -107,46 +135,6 @@ def _list(client: object, bucket: str, prefix: str) -> list[tuple[str, int]]:
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         found.extend((o["Key"], o["Size"]) for o in page.get("Contents", []))
     return found
-
-
-def _contact_sheet(out: Path, manifest: Path, results: pd.DataFrame, client: object) -> Path:
-    """inputs → outputs, prompt and cost per job, with the images copied next to the page."""
-    img_dir = out / "sheet"
-    img_dir.mkdir(exist_ok=True)
-    rows = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("job_id")
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>qwenedit contact sheet</title>",
-        "<style>body{font-family:sans-serif}td{vertical-align:top;padding:6px;border-bottom:1px solid #ccc}"
-        "img{max-height:160px;margin:2px;border:1px solid #999}</style>",
-        "<h1>qwenedit demo — contact sheet</h1><table><tr><th>job</th><th>inputs</th><th>outputs</th>"
-        "<th>prompt</th><th>cost</th></tr>",
-    ]
-    for _, r in results.iterrows():
-        job_id = r["job_id"]
-        src = rows.loc[job_id] if job_id in rows.index else None
-        inputs = []
-        for col in ("image_1", "image_2", "image_3"):
-            ref = "" if src is None else str(src.get(col, ""))
-            if ref and "://" not in ref and not ref.startswith("data:"):
-                name = f"in-{job_id}-{col}{Path(ref).suffix}"
-                shutil.copy(manifest.parent / ref, img_dir / name)
-                inputs.append(f"<img src='sheet/{html.escape(name)}'>")
-        outputs = []
-        for uri in str(r["outputs"]).split():
-            bucket, _, key = uri.removeprefix("s3://").partition("/")
-            name = "out-" + key.replace("/", "-")
-            client.download_file(bucket, key, str(img_dir / name))  # type: ignore[attr-defined]
-            outputs.append(f"<img src='sheet/{html.escape(name)}'>")
-        prompt = "" if src is None else str(src.get("prompt", ""))
-        parts.append(
-            f"<tr><td><b>{html.escape(job_id)}</b><br>{html.escape(r['status'])}</td><td>{''.join(inputs)}</td>"
-            f"<td>{''.join(outputs)}</td><td>{html.escape(prompt)}</td>"
-            f"<td>{html.escape(r['cost'])} {html.escape(r['currency'])}</td></tr>"
-        )
-    parts.append("</table>")
-    page = out / "contact-sheet.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
-    return page
 
 
 if __name__ == "__main__":

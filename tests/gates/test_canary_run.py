@@ -68,6 +68,8 @@ async def test_the_canary_takes_a_job_of_every_model_and_region_before_asking(
     projected = sum(3 * price for price in WORST.values())  # 3 more rows of each group, n = 1
     assert outcome.projected == f"{projected} USD"
     assert summary["canary_jobs"] == 4
+    page = (Path(summary["report_dir"]) / "report.html").read_text(encoding="utf-8")
+    assert page.count('<span class="tag canary">') == 4  # the canary is marked on the contact sheet
     assert summary["by_status"]["succeeded"] == 16 and summary["stopped_by"] is None
     assert billed_calls(emulator) == 16
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.models import EDIT, MAX, PLUS, mixed_jobs, summarize, verdicts
+from bench.models import EDIT, MAX, PLUS, mixed_jobs, summarize, travel_spread, verdicts
 from qwenedit.models import RateLimit
 
 
@@ -39,3 +39,12 @@ def test_verdicts_miss_when_a_target_is_missed() -> None:
     assert not by_name["plus + edit steady rate ÷ 4 req/s"].met
     assert not by_name["possibly billed but never received"].met
     assert by_name["429s in the run"].met
+
+
+def test_travel_spread_is_how_much_send_to_count_time_varied() -> None:
+    sends = [i * 0.5 for i in range(100)]
+    arrivals = [s + 0.010 + (0.030 if i % 10 == 0 else 0.0) for i, s in enumerate(sends)]
+    spread = travel_spread(sends, arrivals)
+    assert spread is not None
+    assert (spread["p50_ms"], spread["max_ms"]) == (0.0, 30.0)
+    assert travel_spread(sends, arrivals[:-1]) is None

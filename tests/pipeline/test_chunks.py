@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,21 @@ class CountingDestination:
         return counted
 
 
-async def task_runs_of(state: Any) -> list[Any]:
+async def task_runs_of(state: Any, expect: int = 0, timeout_s: float = 60.0) -> list[Any]:
+    """The flow run's task runs; waits (bounded) until ``expect`` of them are recorded in a final state:
+    the server records task-run states from events, a little after the flow returns."""
     flow_run_id = state.state_details.flow_run_id
+    deadline = asyncio.get_running_loop().time() + timeout_s
     async with get_client() as client:
-        return await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-        )
+        while True:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            )
+            final = [r for r in runs if r.state is not None and r.state.is_final()]
+            if len(final) >= expect or asyncio.get_running_loop().time() > deadline:
+                return runs
+            await asyncio.sleep(0.2)
 
 
 async def test_jobs_run_in_chunks_named_by_row_range_and_an_unchanged_rerun_creates_no_task_run(
@@ -85,7 +94,7 @@ async def test_jobs_run_in_chunks_named_by_row_range_and_an_unchanged_rerun_crea
     first = await edit_manifest(options(), return_state=True)
     summary = await first.result()
     assert summary["by_status"]["succeeded"] == 5 and summary["chunks"] == 3
-    runs = await task_runs_of(first)
+    runs = await task_runs_of(first, expect=3)
     assert sorted(r.name for r in runs) == ["rows 1-2", "rows 3-4", "rows 5-5"]
     assert all(r.state is not None and r.state.is_completed() for r in runs)
     messages = sorted(r.state.message for r in runs if r.state is not None)

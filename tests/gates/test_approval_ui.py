@@ -75,6 +75,21 @@ async def test_a_canary_flow_run_pauses_for_approval_and_resumes_when_approved(
     assert billed_calls(emulator) == 6
 
 
+async def test_resuming_without_approve_declines(
+    pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
+) -> None:
+    emulator = emulator_factory()
+    options = options_for(write_manifest(simple_rows(4)), pipeline_env, emulator, tmp_path, canary=1)
+    flow = asyncio.create_task(edit_manifest(options))
+    flow_run = await paused_flow_run(str(options.run_id), flow)
+    await aresume_flow_run(UUID(str(flow_run.id)), run_input={"approve": False})
+    summary = await asyncio.wait_for(flow, timeout=120)
+
+    assert summary["stopped_by"]["cause"] == "declined" and exit_code(summary) == 3
+    assert summary["by_status"]["not_attempted"] == 3
+    assert billed_calls(emulator) == 1
+
+
 async def test_a_flow_run_nobody_approves_in_time_stops_without_spending_more(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:

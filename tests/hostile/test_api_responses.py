@@ -131,6 +131,7 @@ async def test_a_huge_answer_is_cut_at_the_size_cap_without_reading_it_and_is_po
     assert api.bytes_sent < 64 * (1 << 20)  # the client hung up long before the end
 
 
+@pytest.mark.slow
 async def test_output_urls_on_a_foreign_host_are_refused_not_fetched_and_stay_billed(
     pipeline_env: Any,
     emulator_factory: Any,
@@ -160,6 +161,7 @@ async def test_output_urls_on_a_foreign_host_are_refused_not_fetched_and_stay_bi
     check_invariants(spy=spy, bucket=pipeline_env, prefix="out", rows=rows, runs=[run])
 
 
+@pytest.mark.slow
 async def test_a_redirect_from_an_allowed_output_host_to_a_foreign_one_is_not_followed(
     pipeline_env: Any, http_server: Any, write_manifest: Any, tmp_path: Path
 ) -> None:

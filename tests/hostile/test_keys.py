@@ -41,6 +41,7 @@ def odd_rows() -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.slow
 async def test_odd_job_ids_and_a_unicode_prefix_with_spaces_store_at_the_exact_keys_and_rerun_skips(
     pipeline_env: Any, emulator_factory: Any, spy_on: Any, write_manifest: Any, tmp_path: Path
 ) -> None:

@@ -176,6 +176,7 @@ def test_an_unexpected_failure_is_a_sentence_not_a_traceback(monkeypatch: pytest
     )
 
 
+@pytest.mark.slow
 def test_installed_command_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     """The real entry point in a subprocess: 0 valid, 1 invalid, 2 unreadable; never a traceback."""
     (tmp_path / "a.png").write_bytes(image_bytes())

@@ -64,6 +64,7 @@ async def task_runs_of(state: Any, expect: int = 0, timeout_s: float = 60.0) -> 
             await asyncio.sleep(0.2)
 
 
+@pytest.mark.slow
 async def test_jobs_run_in_chunks_named_by_row_range_and_an_unchanged_rerun_creates_no_task_run(
     pipeline_env: Any,
     emulator_factory: Any,
@@ -118,6 +119,7 @@ async def test_jobs_run_in_chunks_named_by_row_range_and_an_unchanged_rerun_crea
     )  # the write check, then results.csv, summary.json, failed.jsonl, report.html
 
 
+@pytest.mark.slow
 async def test_a_failed_chunk_does_not_fail_its_siblings_and_its_rows_are_reported(
     pipeline_env: Any,
     emulator_factory: Any,

@@ -97,6 +97,7 @@ async def test_every_job_succeeds_outputs_exist_with_the_api_size_and_cost_match
     }
 
 
+@pytest.mark.slow
 async def test_rerun_of_the_same_command_makes_no_api_call(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:
@@ -112,6 +113,7 @@ async def test_rerun_of_the_same_command_makes_no_api_call(
     assert exit_code(second) == 0
 
 
+@pytest.mark.slow
 async def test_a_changed_row_runs_again_and_its_outputs_are_replaced(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:
@@ -130,6 +132,7 @@ async def test_a_changed_row_runs_again_and_its_outputs_are_replaced(
     client.head_object(Bucket=bucket, Key=f"out/job-0001/superseded/{first_request}/1.png")
 
 
+@pytest.mark.slow
 async def test_charged_but_not_copied_job_is_copied_without_a_new_call(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:

@@ -222,3 +222,34 @@ async def test_a_request_held_at_the_send_gate_when_the_run_stops_is_refused_bef
     with pytest.raises(UnsentCallAbandoned):
         await guarded.before_send()
     assert gate.events == ["before", "after", "before", "after"]  # the next request is not held up
+
+
+# --- what the terminal shows -------------------------------------------------------------------------
+
+
+class ProgressRun:
+    def __init__(self, stopping: bool) -> None:
+        from qwenedit.pipeline import RunStats
+
+        self.stats = RunStats(total_jobs=40, finished=14, in_flight=6)
+        self.stopping = stopping
+
+
+def test_the_progress_line_says_how_many_calls_are_in_flight_while_the_run_drains() -> None:
+    from qwenedit.cli.run import progress_line
+
+    assert "stopping: 6 calls in flight" in progress_line(ProgressRun(stopping=True)).plain
+    assert "stopping" not in progress_line(ProgressRun(stopping=False)).plain
+
+
+def test_a_stopped_run_ends_with_one_line_saying_how_many_jobs_are_left_and_how_to_resume() -> None:
+    from qwenedit.cli.run import stop_message
+
+    summary = {
+        "jobs": 40,
+        "by_status": {"succeeded": 12, "skipped": 2, "failed": 1, "not_attempted": 25},
+        "stopped_by": {"cause": "stop", "reason": "SIGINT"},
+    }
+    assert (
+        stop_message(summary) == "stopped (SIGINT): 26 of 40 jobs left; run the same command again to resume"
+    )

@@ -32,9 +32,16 @@ log = logging.getLogger("qwenedit.flow")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent_hook() -> Any:
+    """A preexec_fn asking the kernel for SIGTERM when the parent dies; resolved here, in the parent, so
+    the child (between fork and exec) only makes the call."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    term = int(signal.SIGTERM)
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, term)
+
+    return die_with_parent
 
 
 class _DetachedPopen:
@@ -47,7 +54,8 @@ class _DetachedPopen:
     def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
         kwargs.setdefault("process_group", 0)
         if sys.platform.startswith("linux"):
-            kwargs.setdefault("preexec_fn", _die_with_parent)
+            with contextlib.suppress(OSError, AttributeError):
+                kwargs.setdefault("preexec_fn", _die_with_parent_hook())
         return subprocess.Popen(*args, **kwargs)
 
 

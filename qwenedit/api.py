@@ -72,9 +72,10 @@ DEFAULT_TOTAL_TIMEOUT_S = 300.0  # whole call; stops a server that drips bytes u
 DEFAULT_MAX_CONNECTIONS = 100  # ~2 RPS x 5–30 s latency keeps 10–60 calls in flight
 # A pooled connection idle this long is not reused. It must stay below the server's own idle
 # timeout: a connection the server closes for idleness just as a request goes out on it fails with
-# no answer, which reads as "possibly billed" although the server never read the request. 4 s is
-# below the shortest common server idle timeout (5 s: uvicorn, and httpx's own default).
-DEFAULT_KEEPALIVE_EXPIRY_S = 4.0
+# no answer, which reads as "possibly billed" although the server never read the request. 3 s stays
+# below the shortest common server idle timeout (5 s: uvicorn, and httpx's own default) even when a
+# loaded client notices a response up to ~1 s after the server sent it (stalls measured on 2 cores).
+DEFAULT_KEEPALIVE_EXPIRY_S = 3.0
 MAX_RESPONSE_BYTES = 1 << 20  # a success body is < 2 KiB; anything near 1 MiB is not DashScope
 MAX_MESSAGE_CHARS = 300
 

@@ -5,21 +5,24 @@
 - :func:`wait_until`: poll ``ready()`` until it is true; fail fast if the process being waited for
   exits, and after ``timeout_s`` with a :class:`TimeoutError` naming what was awaited and its log.
 - :func:`wait_for_http`: :func:`wait_until` a URL answers 200.
+- :func:`wait_until_async`: the same loop for async tests; ``ready`` may be a coroutine function.
 
 ``clock`` and ``sleep`` are injectable so the loop itself is tested without waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 
-__all__ = ["free_port", "port_is_free", "wait_for_http", "wait_until"]
+__all__ = ["free_port", "port_is_free", "wait_for_http", "wait_until", "wait_until_async"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -102,3 +105,31 @@ def wait_for_http(
         interval_s=interval_s,
         retry_on=(httpx.HTTPError,),
     )
+
+
+async def wait_until_async(
+    ready: Callable[[], bool | Awaitable[bool]],
+    *,
+    what: str,
+    timeout_s: float,
+    interval_s: float = 0.1,
+    retry_on: tuple[type[Exception], ...] = (),
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """:func:`wait_until` for async tests: sleeps without blocking the loop; ``ready`` may be async."""
+    deadline = clock() + timeout_s
+    last: Exception | None = None
+    while True:
+        try:
+            answer = ready()
+            if inspect.isawaitable(answer):
+                answer = await answer
+            if answer:
+                return
+        except retry_on as exc:
+            last = exc
+        if clock() >= deadline:
+            because = f" ({type(last).__name__})" if last is not None else ""
+            raise TimeoutError(f"{what} not ready after {timeout_s:g} s{because}")
+        await sleep(interval_s)

@@ -21,7 +21,6 @@ Everything binds 127.0.0.1; every process started here is stopped in ``finally``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import io
@@ -44,7 +43,7 @@ from PIL import Image
 from qwenedit.options import RunOptions
 from qwenedit.shards import merge_summaries
 from qwenedit.testing.emulator import EmulatorProcess
-from qwenedit.testing.procs import free_port, wait_for_http
+from qwenedit.testing.procs import free_port, wait_for_http, wait_until_async
 from qwenedit.testing.rates import max_in_window
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -365,15 +364,13 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
             for _ in (1, 2)
         ]
         async with get_client() as client:
-            deadline = time.monotonic() + 120
-            while True:
-                second = [await client.read_flow_run(r.id) for r in second]
-                if (
-                    all(r.state is not None and r.state.is_final() for r in second)
-                    or time.monotonic() > deadline
-                ):
-                    break
-                await asyncio.sleep(1)
+
+            async def both_final() -> bool:
+                second[:] = [await client.read_flow_run(r.id) for r in second]
+                return all(r.state is not None and r.state.is_final() for r in second)
+
+            with contextlib.suppress(TimeoutError):  # their states are asserted below either way
+                await wait_until_async(both_final, what="the two ticks", timeout_s=120, interval_s=1)
             edit_runs = await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(
                     id=DeploymentFilterId(any_=[UUID(deployments["edit-manifest/edit"])])

@@ -11,7 +11,7 @@ import pytest
 
 from qwenedit.emulator import EmulatorServer
 from qwenedit.testing.clock import FakeClock
-from qwenedit.testing.procs import free_port, port_is_free, wait_for_http, wait_until
+from qwenedit.testing.procs import free_port, port_is_free, wait_for_http, wait_until, wait_until_async
 
 
 class Ticker:
@@ -27,6 +27,9 @@ class Ticker:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
 
 
 def test_a_free_port_is_on_loopback_and_can_be_bound_until_someone_listens() -> None:
@@ -127,3 +130,32 @@ def test_the_fake_clock_moves_both_readings_only_when_told() -> None:
     assert (clock.time(), clock.monotonic()) == (1_700_000_002.5, 7.5)
     with pytest.raises(ValueError):
         clock.advance(-1)
+
+
+async def test_the_async_loop_awaits_an_async_check_until_it_is_true() -> None:
+    ticker = Ticker()
+    answers = iter([False, True])
+
+    async def ready() -> bool:
+        return next(answers)
+
+    await wait_until_async(
+        ready, what="x", timeout_s=5, interval_s=0.5, clock=ticker.clock, sleep=ticker.asleep
+    )
+
+    assert ticker.sleeps == [0.5]
+
+
+async def test_the_async_loop_times_out_at_its_deadline() -> None:
+    ticker = Ticker()
+
+    with pytest.raises(TimeoutError, match=r"^the flow runs not ready after 1\.5 s$"):
+        await wait_until_async(
+            lambda: False,
+            what="the flow runs",
+            timeout_s=1.5,
+            interval_s=0.5,
+            clock=ticker.clock,
+            sleep=ticker.asleep,
+        )
+    assert ticker.now == 1.5

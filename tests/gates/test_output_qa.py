@@ -121,6 +121,7 @@ async def test_a_qa_retry_stays_within_the_budget(
     assert "BudgetExceeded" in row["error_message"]
 
 
+@pytest.mark.slow  # two runs
 async def test_report_html_is_written_and_uploaded_for_every_run(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:

@@ -97,6 +97,18 @@ def test_a_template_with_missing_fields_names_every_row_and_calls_nothing(
     assert emulator.ledger() == [] and emulator.stats()["requests"] == 0
 
 
+@pytest.mark.parametrize("template", ["Put the {} on white", "Put the {product.__class__} on white"])
+def test_a_malformed_template_is_a_bad_option(
+    template: str, run_cli: RunCli, emulator_factory: Any, write_manifest: Any
+) -> None:
+    emulator = emulator_factory()
+    done = run_cli(write_manifest(simple_rows(2)), emulator, "--prompt-template", template)
+    assert done.code == 2, done.stdout + done.stderr
+    assert "--prompt-template" in done.stderr
+    assert emulator.stats()["requests"] == 0
+    assert not done.report_dir.exists()  # refused before the run was opened
+
+
 def test_a_template_fills_prompts_and_a_roll_up_by_sku_is_in_the_summary_and_printed(
     run_cli: RunCli, emulator_factory: Any, write_manifest: Any, received_prompts: list[str]
 ) -> None:

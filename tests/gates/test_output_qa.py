@@ -46,6 +46,17 @@ async def test_a_bad_output_is_flagged_by_its_check_counted_and_kept(
     assert billed_calls(emulator) == 3  # no regeneration unless asked for
 
 
+async def test_a_mis_sized_output_of_a_job_that_asked_for_a_size_fails_both_size_checks(
+    pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
+) -> None:
+    emulator = emulator_factory(next_faults=["missized_output"])
+    manifest = write_manifest(simple_rows(1, model="qwen-image-edit-plus", size="1024*768"))
+    summary = await run_here(manifest, pipeline_env, emulator, tmp_path)
+    row = results(summary).iloc[0]
+    assert (row["width"], row["height"]) == ("1024", "768")  # what usage reported
+    assert row["qa"] == "1.png=size_mismatch+size_not_requested"
+
+
 async def test_only_the_bad_output_of_a_job_is_named(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:

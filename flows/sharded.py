@@ -68,6 +68,7 @@ from qwenedit.storage import open_destination
 log = logging.getLogger("qwenedit.sharded")
 
 SHARD_DEPLOYMENT = "edit-manifest/shard"
+PER_PERIOD = 2.0  # requests per period every model of the table allows (2/s; Max 2/min)
 
 
 def _is_local(uri: str) -> bool:
@@ -136,10 +137,13 @@ async def edit_manifest_sharded(
             key = shard_manifest_key(run_id, i)
             await asyncio.to_thread(destination.put_bytes, key, data, "application/x-ndjson")
     budget = options.budget_amount()
+    # Every model's limit is 2 per period (2/s, or 2/min for Max): the shards of one account split it the
+    # same way whatever the model; each shard then paces every model at its share of the model's limit.
+    base = options.rps or PER_PERIOD
     plans = plan_shards(
         sizes,
         accounts,
-        options.rps,
+        base,
         budget=None if budget is None else budget[0],
         weights=weights,
         shared_headroom=shared_headroom,
@@ -154,7 +158,7 @@ async def edit_manifest_sharded(
         return options.with_changes(
             manifest=destination.uri(shard_manifest_key(run_id, plan.index)),
             input_root=shard_root,
-            rps=plan.rps,
+            rate_share=options.rate_share * plan.rps / base,
             budget=None if plan.budget is None or budget is None else f"{plan.budget} {budget[1]}",
             run_id=shard_run_id(run_id, plan.index),
             api_key_env=plan.account,

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qwenedit.pacer import parse_rate_overrides
 from qwenedit.pricing import parse_money
 from qwenedit.rollups import parse_group_by
 from qwenedit.templates import parse_template
@@ -44,8 +45,21 @@ class RunOptions(BaseModel):
     budget: str | None = Field(
         None, description='stop before spend could exceed this, e.g. "50" or "350 CNY"'
     )
-    rps: float = Field(2.0, gt=0, description="requests per second per account and model")
-    max_in_flight: int = Field(64, ge=1, description="calls open at once (hard cap)")
+    rps: float | None = Field(
+        None, gt=0, description="requests per second for every model (default: each model's own limit)"
+    )
+    model_rps: tuple[str, ...] = Field(
+        (), description='per-model limits overriding the table, "MODEL=RATE" (RATE: 2, 2/s, 2/min)'
+    )
+    rate_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="fraction of each limit this run may use (shards of one account split it)",
+    )
+    max_in_flight: int | None = Field(
+        None, ge=1, description="hard cap on calls open at once (default: sized by Little's law)"
+    )
     chunk_size: int | None = Field(
         None, ge=1, description="jobs per Prefect task run (default: chosen by the run)"
     )
@@ -104,6 +118,16 @@ class RunOptions(BaseModel):
         for spec in specs:
             parse_group_by(spec)
         return specs
+
+    @field_validator("model_rps", mode="before")
+    @classmethod
+    def _model_rates(cls, value: Any) -> Any:
+        values = () if value is None else ((value,) if isinstance(value, str) else tuple(value))
+        for text in values:
+            if "=" not in str(text):
+                raise ValueError(f"{text!r}: give MODEL=RATE (a rate for every model is `rps`)")
+        parse_rate_overrides(values)  # ValueError naming the bad value
+        return values
 
     @field_validator("allowed_output_hosts", mode="before")
     @classmethod

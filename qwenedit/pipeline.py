@@ -110,12 +110,31 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     totals: RunTotals = field(default_factory=RunTotals)
 
-    def note_send(self) -> None:
+    by_model: dict[str, list[float]] = field(default_factory=dict)  # model → [sent, 429s, first, last]
+
+    def note_send(self, model: str | None = None) -> None:
         now = time.monotonic()
         self.requests_sent += 1
         if self.first_send is None:
             self.first_send = now
         self.last_send = now
+        if model is not None:
+            row = self.by_model.setdefault(model, [0, 0, now, now])
+            row[0] += 1
+            row[3] = now
+
+    def note_throttled(self, model: str) -> None:
+        self.throttled += 1
+        now = time.monotonic()
+        self.by_model.setdefault(model, [0, 0, now, now])[1] += 1
+
+    def model_rates(self) -> dict[str, tuple[float, int]]:
+        """Per model: requests per second achieved (between its first and last send) and its 429s."""
+        out = {}
+        for model, (sent, throttled, first, last) in sorted(self.by_model.items()):
+            rate = (sent - 1) / (last - first) if sent >= 2 and last > first else 0.0
+            out[model] = (rate, int(throttled))
+        return out
 
     def request_rate(self) -> float:
         if self.first_send is None or self.last_send is None or self.requests_sent < 2:
@@ -150,6 +169,7 @@ class RunContext:
     qa: bool = True  # inspect every stored output (qwenedit.qa)
     qa_retries: int = 0  # regenerations allowed for a job whose outputs QA flagged
     rollups: Rollups | None = None  # per-group totals (--group-by), added to like ``stats.totals``
+    on_latency: Callable[[str, float], None] | None = None  # (model, seconds a call took): sizes the window
     described: int = 0  # results given their prompt and inputs (all executed ones, the first few others)
     breaker: Breaker = field(default_factory=Breaker)
     stop_reason: str | None = None  # set by a graceful stop: no new call starts, calls in flight finish
@@ -380,10 +400,14 @@ async def _call(
 
 async def _send(ctx: RunContext, request: EditRequest, pacer: Pacer) -> EditResult:
     ctx.stats.in_flight += 1
+    started = time.monotonic()
     try:
-        return await ctx.client.edit(request, on_send=partial(_sent, ctx.stats, pacer))
+        answer = await ctx.client.edit(request, on_send=partial(_sent, ctx.stats, pacer, request.model))
     finally:
         ctx.stats.in_flight -= 1
+    if ctx.on_latency is not None:  # answered calls only: what one call holds its place for
+        ctx.on_latency(request.model, time.monotonic() - started)
+    return answer
 
 
 def _account_for(
@@ -401,7 +425,7 @@ def _account_for(
         result.possibly_billed_images += job.n  # worst case: this lost answer was billed n images
         ctx.budget.possibly_charge(worst_case, price.currency)
     if isinstance(err, errors.Throttled):
-        ctx.stats.throttled += 1
+        ctx.stats.note_throttled(job.model)
         pacer.penalize(ctx.throttle_penalty)
     if err.fatal_for_run:
         ctx.breaker.trip(err)
@@ -419,8 +443,8 @@ async def _resolve_inputs(ctx: RunContext, job: Job) -> list[str]:
     return images
 
 
-def _sent(stats: RunStats, pacer: Pacer) -> None:
-    stats.note_send()
+def _sent(stats: RunStats, pacer: Pacer, model: str) -> None:
+    stats.note_send(model)
     pacer.mark_sent()
 
 

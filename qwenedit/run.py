@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -51,8 +52,9 @@ from qwenedit.inputs import InputError, InputResolver, data_uri_bytes
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex, Ledger
 from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
+from qwenedit.models import RateLimit, normalize_model
 from qwenedit.options import RunOptions
-from qwenedit.pacer import PacerPool
+from qwenedit.pacer import PacerPool, parse_rate_overrides
 from qwenedit.pipeline import (
     DEFAULT_OUTPUT_HOSTS,
     RunContext,
@@ -69,6 +71,7 @@ from qwenedit.retry import RetryPolicy
 from qwenedit.rollups import Rollups
 from qwenedit.stopping import StoppableClient
 from qwenedit.storage import Destination, make_s3_client, open_destination
+from qwenedit.window import Window
 
 log = logging.getLogger("qwenedit.run")
 
@@ -255,12 +258,15 @@ class Run:
         self._stack.callback(self.resolver.close)
         io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="qwenedit-io")
         self._stack.callback(io.shutdown, wait=True)
+        pacers = pacer_pool(o, prices)
+        models = sorted({normalize_model(line.model) for line in prepared.validation.quote.lines})
+        self.window = Window(cap=o.max_in_flight, rates=pacers.rates(models))  # UnknownLimit: refused here
         client = await self._stack.enter_async_context(
             StoppableClient(
                 api_key,
                 endpoint,
                 timeout=o.timeout_s,
-                max_connections=o.max_in_flight + 8,
+                max_connections=self.window.bound + 8,
                 abandon=self._abandon,
                 stopping=lambda: self.stopping,
             )
@@ -280,7 +286,7 @@ class Run:
             dest=destination,
             ledger=Ledger(destination),
             prices=prices,
-            pacers=PacerPool(o.rps),
+            pacers=pacers,
             resolve_input=self.resolver.resolve,
             locate_input=lambda ref: self.resolver.locate(ref).location,
             http=http,
@@ -295,6 +301,7 @@ class Run:
             qa=o.qa,
             qa_retries=o.qa_retries,
             rollups=Rollups(o.group_by) if o.group_by else None,
+            on_latency=self.window.observe_latency,
             stats=self.stats,
         )
 
@@ -316,7 +323,7 @@ class Run:
         run_chunk: ChunkRunner = runner or self.run_chunk
         index = await ctx.store(ctx.ledger.done_index)
         log.info("run %s: %d done markers listed at the destination", self.run_id, len(index))
-        self._window = asyncio.Semaphore(self.options.max_in_flight)
+        self._window = self.window
         if self.options.canary <= 0:
             await self._pass(index, run_chunk, None)
             return
@@ -445,33 +452,61 @@ class Run:
             self.chunks_done += 1
 
     async def run_chunk(self, spec: ChunkSpec) -> dict[str, int]:
-        """Run the jobs of one chunk through the run's window; returns its outcome counts."""
-        chunk = self._chunks[spec.index]
-        ctx = self.ctx
-        counts: dict[str, int] = {}
+        """Run the jobs of one chunk through the run's window; returns its outcome counts.
 
-        async def one(job: Job, fp: str, stale: tuple[str, ...]) -> None:
+        Each model of the chunk is fed by its own coroutine into its own lane of the window, so a slow
+        model (Max, 2/min) never holds up the others. The chunk counts as *entered* (the next chunk may
+        start) once every model's jobs are in the window or wait only for their own model's full lane.
+        """
+        chunk = self._chunks[spec.index]
+        ctx, window = self.ctx, self._window
+        counts: dict[str, int] = {}
+        queues: dict[str, deque[tuple[Job, str, tuple[str, ...]]]] = {}
+        for item in chunk.items:
+            queues.setdefault(normalize_model(item[0].model), deque()).append(item)
+
+        async def one(model: str, job: Job, fp: str, stale: tuple[str, ...]) -> None:
             try:
                 result = await run_job(ctx, job, fp, stale)
                 counts[result.status] = counts.get(result.status, 0) + 1
             finally:
-                self._window.release()
+                window.release(model)
 
         jobs: list[asyncio.Task[None]] = []
-        try:
-            for job, fp, stale in chunk.items:
-                await self._window.acquire()
+
+        async def feed(model: str, queue: deque[tuple[Job, str, tuple[str, ...]]]) -> None:
+            while queue:
+                await window.acquire(model)
+                job, fp, stale = queue.popleft()
                 if ctx.stop_reason is not None:
-                    self._window.release()
+                    window.release(model)
                     result = record(ctx, job, self._stopped_result(job))
                     counts[result.status] = counts.get(result.status, 0) + 1
                     continue
-                jobs.append(asyncio.create_task(one(job, fp, stale)))
+                jobs.append(asyncio.create_task(one(model, job, fp, stale)))
+
+        feeders = {model: asyncio.create_task(feed(model, queue)) for model, queue in queues.items()}
+
+        def entered() -> bool:
+            return all(
+                task.done() or (not window.has_room(model) and window.in_flight < window.size)
+                for model, task in feeders.items()
+            )
+
+        try:
+            while not all(task.done() for task in feeders.values()):
+                if entered():
+                    chunk.entered.set()
+                await asyncio.wait(feeders.values(), timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+            for task in feeders.values():
+                task.result()  # a feeder's error is the chunk's
             chunk.entered.set()
             if jobs:
                 await asyncio.gather(*jobs)
         finally:
             chunk.entered.set()
+            for task in feeders.values():
+                task.cancel()
         chunk.counts = counts
         return counts
 
@@ -626,6 +661,15 @@ class Run:
                 "requests_sent": stats.requests_sent,
                 "request_rate": round(stats.request_rate(), 4),
                 "rps_limit": o.rps,
+                "models": {
+                    model: {
+                        **pacing,
+                        "request_rate": round(self.stats.model_rates().get(model, (0.0, 0))[0], 4),
+                        "throttled_429": self.stats.model_rates().get(model, (0.0, 0))[1],
+                    }
+                    for model, pacing in ctx.pacers.stats().items()
+                },
+                "window": self.window.snapshot(),
                 "throttled_429": stats.throttled,
                 "chunks": self.chunks_started,
                 "canary_jobs": len(self.canary_rows),
@@ -676,6 +720,30 @@ class Run:
             canary=self.canary_ids,
             headline=headline,
         )
+
+
+@dataclass(frozen=True)
+class _SharedLimits:
+    """A model table's limits scaled to the share of them this run may use."""
+
+    limits: PriceTable
+    share: float
+
+    def rate_limit(self, model: str) -> RateLimit:
+        limit = self.limits.rate_limit(model)
+        return RateLimit(limit.count * self.share, limit.period_s)
+
+
+def pacer_pool(options: RunOptions, table: PriceTable) -> PacerPool:
+    """Pacers at each model's limit (the table's, or the options' overrides), times ``rate_share``."""
+    share = options.rate_share
+    overrides = {
+        model: RateLimit(limit.count * share, limit.period_s)
+        for model, limit in parse_rate_overrides(options.model_rps).items()
+    }
+    if options.rps is not None:
+        overrides.setdefault(None, RateLimit.per_second(options.rps * share))
+    return PacerPool(limits=_SharedLimits(table, share), overrides=overrides)
 
 
 @contextlib.contextmanager

@@ -138,6 +138,15 @@ class Window:
         """Places taken now."""
         return self._in_flight
 
+    @property
+    def bound(self) -> int:
+        """The most places the window can ever have: ``memory_cap``, or ``cap`` if lower."""
+        return self.memory_cap if self.cap is None else min(self.cap, self.memory_cap)
+
+    def has_room(self, model: str = ANY) -> bool:
+        """True if ``acquire(model)`` would not wait now (its lane and the window have a free place)."""
+        return self._free(model) and not any(m == model for m, _ in self._waiters)
+
     def snapshot(self) -> dict[str, object]:
         """Size, places taken, and per model: rate, assumed latency, lane and places taken."""
         return {

@@ -56,12 +56,19 @@ def progress_line(run: Any) -> Text:
     line.append(
         f"fail {totals.counts.get('failed', 0) + totals.counts.get('not_attempted', 0)} ", style="red"
     )
-    line.append(
-        f"| img {totals.images} | {spend} | {stats.request_rate():.2f} req/s | 429 {stats.throttled} | ETA {eta}"
-    )
+    line.append(f"| img {totals.images} | {spend} | {per_model(stats)} | ETA {eta}")
     if getattr(run, "stopping", False):
         line.append(f" | stopping: {stats.in_flight} calls in flight", style="bold yellow")
     return line
+
+
+def per_model(stats: Any) -> str:
+    """Rate and 429s per model (``plus 1.96/s 0×429 · max 0.03/s 0×429``), or the overall figures."""
+    rates = stats.model_rates()
+    if not rates:
+        return f"{stats.request_rate():.2f} req/s | 429 {stats.throttled}"
+    short = {m: m.removeprefix("qwen-image-edit-") if m != "qwen-image-edit" else "edit" for m in rates}
+    return " · ".join(f"{short[m]} {rate:.2f}/s {n}×429" for m, (rate, n) in rates.items())
 
 
 def print_summary(summary: dict[str, Any], out: Console) -> None:
@@ -79,9 +86,13 @@ def print_summary(summary: dict[str, Any], out: Console) -> None:
     )
     out.print(
         f"wall {summary['wall_time_s']:.1f} s · {summary['requests_sent']} requests · "
-        f"{summary['request_rate']:.3f} req/s overall (limit {summary['rps_limit']} per account and model) · "
-        f"{summary['throttled_429']} × 429"
+        f"{summary['request_rate']:.3f} req/s overall · {summary['throttled_429']} × 429"
     )
+    for model, m in (summary.get("models") or {}).items():
+        out.print(
+            f"  {model:<34} limit {m['limit']:<7} {m['granted']:>6} requests  "
+            f"{m['request_rate']:.3f} req/s  {m['throttled_429']} × 429"
+        )
     if summary.get("possibly_billed_jobs"):
         out.print(
             f"[yellow]{summary['possibly_billed_jobs']} job(s) possibly billed (timed out or dropped)[/]"
@@ -133,8 +144,19 @@ def run(
         str | None,
         typer.Option("--base-url", envvar="DASHSCOPE_BASE_URL", help="API root, e.g. the emulator"),
     ] = None,
-    rps: Annotated[float, typer.Option(help="requests per second allowed per account and model")] = 2.0,
-    max_in_flight: Annotated[int, typer.Option("--max-in-flight", help="calls open at once")] = 64,
+    rps: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="override the model table's limits: RATE for every model (req/s) or MODEL=RATE "
+            "(RATE like 2, 2/s, 2/min); repeatable"
+        ),
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            "--max-in-flight", help="hard cap on calls open at once (default: sized from rates × latency)"
+        ),
+    ] = None,
     chunk_size: Annotated[
         int | None,
         typer.Option("--chunk-size", help="jobs per Prefect task run (default: chosen by the run)"),
@@ -195,13 +217,22 @@ def run(
     from qwenedit.options import RunOptions
     from qwenedit.run import new_run_id
 
+    bare = [v for v in rps or () if "=" not in v]
+    try:
+        global_rate = float(bare[-1].removesuffix("/s")) if bare else None
+    except ValueError:
+        console.print(
+            f"[red]error:[/] --rps: expected a number of requests per second or MODEL=RATE, got {bare[-1]!r}"
+        )
+        raise typer.Exit(2) from None
     try:
         options = RunOptions(
             manifest=manifest,
             dest=dest,
             region=region,
             base_url=base_url,
-            rps=rps,
+            rps=global_rate,
+            model_rps=tuple(v for v in rps or () if "=" in v),
             max_in_flight=max_in_flight,
             chunk_size=chunk_size,
             budget=budget,

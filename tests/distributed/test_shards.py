@@ -412,11 +412,12 @@ async def test_the_parent_gives_each_shard_its_share_and_reports_once(
     )  # fmt: skip
     summary = await edit_manifest_sharded.fn(options, shards=3, accounts=["KEY_A", "KEY_B"])
     calls = sorted(fake.calls, key=lambda c: str(c["run_id"]))
-    assert [(c["run_id"], c["api_key_env"], c["rps"]) for c in calls] == [
-        ("R-s00", "KEY_A", pytest.approx(0.9)),  # two shards share KEY_A: half its rate each, less headroom
-        ("R-s01", "KEY_B", 2.0),  # KEY_B's only shard: the full rate
-        ("R-s02", "KEY_A", pytest.approx(0.9)),
+    assert [(c["run_id"], c["api_key_env"], c["rate_share"]) for c in calls] == [
+        ("R-s00", "KEY_A", pytest.approx(0.45)),  # two shards share KEY_A: half its rate each, less headroom
+        ("R-s01", "KEY_B", 1.0),  # KEY_B's only shard: the full rate
+        ("R-s02", "KEY_A", pytest.approx(0.45)),
     ]
+    assert summary["shards"][0]["rps"] == pytest.approx(0.9)  # of a model limited to 2/s
     # 3/7, 2/7, 2/7 of the budget: each shard's share of the worst-case cost
     assert [parse_money(str(c["budget"])) for c in calls] == [
         (Decimal("0.09"), "USD"),

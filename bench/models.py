@@ -330,6 +330,101 @@ def run_models_bench(
     return doc
 
 
+def run_models_bench_via_run(
+    plus: int = 400,
+    edit: int = 400,
+    max_jobs: int = 8,
+    latency_median_s: float = 25.0,
+    latency_p99_s: float = 30.0,
+    jitter_s: float = 0.04,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The same manifest through ``qwenedit run`` (the Prefect flow, a real Prefect server, a local
+    destination folder) with no tuning flag: the run layer's own wiring of the pacers and the window."""
+    import csv
+    import os
+
+    from bench.procs import PYTHON, PrefectServer, run_measured
+
+    models = mixed_jobs(plus, edit, max_jobs)
+    with tempfile.TemporaryDirectory(prefix="bench-models-run-") as tmp:
+        work = Path(tmp)
+        image = work / "in" / "a.png"
+        image.parent.mkdir(parents=True)
+        Image.new("RGB", (64, 48), (40, 120, 200)).save(image, format="PNG")
+        manifest = work / "manifest.csv"
+        with manifest.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["job_id", "image_1", "prompt", "model"])
+            for i, model in enumerate(models):
+                w.writerow([f"job-{i:05d}", "in/a.png", f"job {i}", model])
+        emulator = EmulatorProcess(
+            work / "emulator",
+            rps=2,
+            latency_median=latency_median_s,
+            latency_p99=latency_p99_s,
+            render="fast",
+            seed=1,
+            keep_outputs=400,
+        )
+        with emulator, PrefectServer(work / "prefect-home") as prefect:
+            emulator.configure(arrival_jitter_s=jitter_s, burst_guard=True)
+            log(f"qwenedit run: {len(models)} jobs against {emulator.base_url}, Prefect {prefect.api_url}")
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DASHSCOPE_"))}
+            env.update({**prefect.env(), "DASHSCOPE_API_KEY": KEY, "PYTHONUNBUFFERED": "1"})
+            cmd = [
+                PYTHON, "-m", "qwenedit", "run", str(manifest),
+                "--dest", str(work / "out"),
+                "--base-url", emulator.base_url,
+                "--report-dir", str(work / "reports"),
+                "--no-progress",
+            ]  # fmt: skip
+            prefect.settle(max_wait_s=20)
+            wall = time.time()
+            measured = run_measured(
+                cmd, env=env, log_path=work / "run.log", timeout_s=1800, cwd=work, watch=prefect.pid
+            )
+            wall = time.time() - wall
+            arrivals = emulator.arrivals()
+            stats = emulator.stats()
+            summaries = sorted((work / "reports").glob("*/summary.json"))
+            summary = json.loads(summaries[-1].read_text()) if summaries else {}
+            log_tail = (work / "run.log").read_text(errors="replace")[-3000:]
+    table = builtin_models()
+    limits = {m: table.rate_limit(m) for m in (MAX, PLUS, EDIT) if m in models}
+    times = [a["time"] for a in arrivals]
+    start, end = (min(times), max(times)) if times else (0.0, 0.0)
+    per_model = summarize(arrivals, limits, start, end)
+    fast = sorted(a["time"] for a in arrivals if a["model"] in (PLUS, EDIT) and a["status"] != 429)
+    combined = steady_state(fast)
+    combined_ratio = combined.rate / 4.0 if combined.count else 0.0
+    maybe_billed = int(summary.get("possibly_billed_jobs", 0) or 0)
+    doc = {
+        "what": "qwenedit run (Prefect flow, real Prefect server, local destination), no tuning flag",
+        "config": {
+            "jobs": {"plus": plus, "edit": edit, "max": max_jobs},
+            "latency_median_s": latency_median_s,
+            "latency_p99_s": latency_p99_s,
+            "arrival_jitter_s": [0.0, jitter_s],
+            "burst_guard": True,
+            "command": " ".join(cmd[2:4]) + " --dest DIR --base-url EMULATOR --report-dir DIR --no-progress",
+        },
+        "wall_s": round(wall, 1),
+        "returncode": measured.returncode,
+        "summary": {k: summary.get(k) for k in ("by_status", "requests_sent", "throttled_429", "by_model")},
+        "per_model": per_model,
+        "plus_plus_edit": {
+            "steady_rate": round(combined.rate, 4),
+            "steady_ratio_of_4": round(combined_ratio, 4),
+        },
+        "emulator": {k: stats[k] for k in ("requests", "by_status", "by_code", "faults", "billed_requests")},
+        "possibly_billed_reported": maybe_billed,
+        "log_tail": log_tail if measured.returncode else "",
+    }
+    doc["verdicts"] = [v.to_dict() for v in verdicts(per_model, combined_ratio, 0)]
+    return doc
+
+
 def main(argv: list[str], results: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m bench models", description=__doc__.split("\n\n")[0])
     p.add_argument("--plus", type=int, default=400, help="qwen-image-edit-plus rows")
@@ -337,14 +432,16 @@ def main(argv: list[str], results: Path) -> int:
     p.add_argument("--max", type=int, default=8, help="qwen-image-edit-max rows (one per ~30 s)")
     p.add_argument("--latency", type=float, default=25.0, help="median latency, s (p99 = 1.2 ×)")
     p.add_argument("--jitter", type=float, default=0.04, help="max arrival jitter, s")
+    p.add_argument(
+        "--via", choices=("pieces", "run"), default="pieces", help="drive the pieces or qwenedit run"
+    )
     p.add_argument("--results", type=Path, default=results)
     args = p.parse_args(argv)
-    doc = run_models_bench(
-        args.plus, args.edit, args.max, args.latency, args.latency * 1.2, args.jitter, log=print
-    )
+    bench = run_models_bench if args.via == "pieces" else run_models_bench_via_run
+    doc = bench(args.plus, args.edit, args.max, args.latency, args.latency * 1.2, args.jitter, log=print)
     for v in doc["verdicts"]:
         print(f"{v['result']:4}  {v['target']}: {v['measured']} (wanted {v['wanted']})")
-    path = args.results / "models.json"
+    path = args.results / ("models.json" if args.via == "pieces" else "models-run.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"saved {path}")

@@ -215,6 +215,7 @@ class Run:
         self._stack = contextlib.AsyncExitStack()
         self._ctx: RunContext | None = None
         self._abandon = asyncio.Event()  # set by stop_now: open calls end, reported possibly billed
+        self._stop_asked = asyncio.Event()  # set by request_stop and stop_now: ends a pending approval
 
     # -- opening: every check, once ------------------------------------------------------------
 
@@ -334,8 +335,8 @@ class Run:
         if plan.rows and plan.remaining_jobs:  # a canary that is the whole run leaves nothing to approve
             outcome = await self._canary_outcome(plan)
             decide = approve or self.approver
-            approved = await decide(outcome) if decide is not None else False
-            if not approved:
+            approved = await self._ask(decide, outcome) if decide is not None else False
+            if not approved and not self.stopping:  # a stop at the question: the rest is RunStopped
                 self.declined = "the canary was not approved"
                 log.warning(
                     "run %s: %s; the remaining %d jobs are not run",
@@ -407,6 +408,19 @@ class Run:
         self.ctx.spool.flush()
         await asyncio.to_thread(self._write_html, summary, headline)
         return outcome
+
+    async def _ask(self, decide: Approver, outcome: CanaryOutcome) -> bool:
+        """The approver's answer; a stop (Ctrl-C at the question) ends the wait: not approved."""
+        asking = asyncio.ensure_future(decide(outcome))
+        stopped = asyncio.ensure_future(self._stop_asked.wait())
+        try:
+            await asyncio.wait({asking, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not asking.done():
+                asking.cancel()
+                await asyncio.wait({asking})
+        return False if asking.cancelled() else bool(asking.result())
 
     def _declined_result(self, job: Job) -> Any:
         return failed_result(
@@ -516,6 +530,7 @@ class Run:
         Rows not yet started are reported ``not_attempted`` (code ``RunStopped``) without a request to
         the store; the same command resumes them.
         """
+        self._stop_asked.set()
         if self.ctx.stop_reason is None:
             self.ctx.stop_reason = reason
             log.warning(
@@ -530,6 +545,7 @@ class Run:
         first = self.ctx.stop_reason
         self.ctx.stop_reason = reason if first is None else f"{first}; then at once: {reason}"
         self._abandon.set()
+        self._stop_asked.set()
         log.warning(
             "run %s stopping at once (%s): %d open call(s) abandoned",
             self.run_id,

@@ -8,9 +8,11 @@ flight finish first; see ``qwenedit.stopping``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Annotated, Any
 
@@ -286,7 +288,7 @@ def terminal_approver(yes: bool, live: list[Live]) -> Any:
                 "Only 'yes' or 'y' continues: ",
                 end="",
             )
-            answer = await asyncio.to_thread(sys.stdin.readline)
+            answer = await _read_line()
             approved = answer_means_yes(answer if answer else None)
             console.print("[green]approved[/]" if approved else "[red]not approved: stopping[/]")
             return approved
@@ -295,6 +297,28 @@ def terminal_approver(yes: bool, live: list[Live]) -> Any:
                 display.start()
 
     return approve
+
+
+def _read_line() -> asyncio.Future[str]:
+    """The next line of standard input ("" at its end), read in a daemon thread: a run stopped at the
+    question (Ctrl-C) stops waiting for it, and the process can exit while the read still blocks."""
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[str] = loop.create_future()
+
+    def deliver(text: str) -> None:
+        if not line.done():
+            line.set_result(text)
+
+    def read() -> None:
+        try:
+            text = sys.stdin.readline()
+        except (OSError, ValueError):  # no usable stdin: as at its end
+            text = ""
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(deliver, text)
+
+    threading.Thread(target=read, name="qwenedit-approval", daemon=True).start()
+    return line
 
 
 async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,22 +44,40 @@ class CliRun:
         return data
 
 
-@pytest.fixture
-def run_cli(pipeline_env: Any, prefect_server: None, tmp_path: Path) -> Callable[..., CliRun]:
-    """``run_cli(manifest, emulator, *flags, stdin=…, prefix=…)``: the real CLI in a subprocess, against
-    the session's Prefect API. ``stdin=None`` gives it a closed standard input (end of input)."""
-    from prefect.settings import PREFECT_API_URL
+class CliRunner:
+    """``runner(manifest, emulator, *flags, stdin=…, prefix=…)``: the real CLI in a subprocess, against the
+    session's Prefect API. ``stdin=None`` gives it a closed standard input (end of input). ``command`` and
+    ``env`` are for tests that drive the process themselves."""
 
-    env = dict(os.environ)
-    env.update(pipeline_env.env)
-    env.update(
-        DASHSCOPE_API_KEY=API_KEY,
-        PREFECT_API_URL=str(PREFECT_API_URL.value()),
-        COLUMNS="200",
-    )
-    counter = {"n": 0}
+    def __init__(self, bucket: Any, workdir: Path) -> None:
+        from prefect.settings import PREFECT_API_URL
 
-    def run(
+        self.bucket, self.workdir = bucket, workdir
+        self.env = dict(os.environ)
+        self.env.update(bucket.env)
+        self.env.update(
+            DASHSCOPE_API_KEY=API_KEY, PREFECT_API_URL=str(PREFECT_API_URL.value()), COLUMNS="200"
+        )
+        self.runs = 0
+
+    def command(
+        self, manifest: Path, emulator: Any, *flags: str, prefix: str = "out"
+    ) -> tuple[list[str], Path]:
+        """The command line of a run, and the report dir it gets (a new one each time)."""
+        self.runs += 1
+        report_dir = self.workdir / f"runs{self.runs}"
+        return [
+            sys.executable, "-m", "qwenedit", "run", str(manifest),
+            "--dest", self.bucket.uri(prefix),
+            "--base-url", emulator.base_url,
+            "--report-dir", str(report_dir),
+            "--rps", "20",
+            "--no-progress",
+            *flags,
+        ], report_dir  # fmt: skip
+
+    def __call__(
+        self,
         manifest: Path,
         emulator: Any,
         *flags: str,
@@ -68,21 +85,11 @@ def run_cli(pipeline_env: Any, prefect_server: None, tmp_path: Path) -> Callable
         prefix: str = "out",
         timeout: float = 240,
     ) -> CliRun:
-        counter["n"] += 1
-        report_dir = tmp_path / f"runs{counter['n']}"
-        command = [
-            sys.executable, "-m", "qwenedit", "run", str(manifest),
-            "--dest", pipeline_env.uri(prefix),
-            "--base-url", emulator.base_url,
-            "--report-dir", str(report_dir),
-            "--rps", "20",
-            "--no-progress",
-            *flags,
-        ]  # fmt: skip
+        args, report_dir = self.command(manifest, emulator, *flags, prefix=prefix)
         done = subprocess.run(
-            command,
-            env=env,
-            cwd=tmp_path,
+            args,
+            env=self.env,
+            cwd=self.workdir,
             input=stdin,
             stdin=subprocess.DEVNULL if stdin is None else None,
             capture_output=True,
@@ -91,4 +98,8 @@ def run_cli(pipeline_env: Any, prefect_server: None, tmp_path: Path) -> Callable
         )
         return CliRun(done.returncode, done.stdout, done.stderr, report_dir)
 
-    return run
+
+@pytest.fixture
+def run_cli(pipeline_env: Any, prefect_server: None, tmp_path: Path) -> CliRunner:
+    """A ``CliRunner`` on the test's bucket, in the test's temporary folder."""
+    return CliRunner(pipeline_env, tmp_path)

@@ -4,18 +4,23 @@ approval and exit codes, prompt templates, roll-ups by a pass-through column, re
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import qwenedit.emulator.app as emulator_app
-from tests.gates.conftest import CliRun
+from tests.gates.conftest import CliRun, CliRunner
 from tests.pipeline.conftest import simple_rows
 
 pytestmark = pytest.mark.slow
 
-RunCli = Callable[..., CliRun]
+RunCli = CliRunner
 
 
 def check_declined(done: CliRun, canary: int, jobs: int) -> None:
@@ -62,6 +67,54 @@ def test_answering_y_runs_the_rest(run_cli: RunCli, emulator_factory: Any, write
     summary = done.summary()
     assert summary["by_status"]["succeeded"] == 5 and summary["canary_jobs"] == 2
     assert len(emulator.ledger()) == 5
+
+
+def test_ctrl_c_at_the_question_stops_at_once_and_the_rest_resumes_later(
+    run_cli: RunCli, emulator_factory: Any, write_manifest: Any, tmp_path: Path
+) -> None:
+    emulator = emulator_factory()
+    manifest = write_manifest(simple_rows(5))
+    args, report_dir = run_cli.command(manifest, emulator, "--canary", "2")
+    proc = subprocess.Popen(
+        args,
+        env=run_cli.env,
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,  # open, and nobody answers
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    asked = threading.Event()
+    errors: list[bytes] = []
+
+    def watch_stderr() -> None:
+        assert proc.stderr is not None
+        while chunk := os.read(proc.stderr.fileno(), 4096):
+            errors.append(chunk)
+            if b"continues" in b"".join(errors):
+                asked.set()
+
+    watcher = threading.Thread(target=watch_stderr, daemon=True)
+    watcher.start()
+    try:
+        assert asked.wait(timeout=180), b"".join(errors).decode(errors="replace")
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)  # before: it waited for a line that never came
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    watcher.join(timeout=10)
+    assert proc.returncode == 3, b"".join(errors).decode(errors="replace")
+    done = CliRun(proc.returncode, stdout.decode(), b"".join(errors).decode(), report_dir)
+    table = done.results()
+    rest = table[table["status"] != "succeeded"]
+    assert len(rest) == 3
+    assert set(rest["status"]) == {"not_attempted"} and set(rest["error_code"]) == {"RunStopped"}
+    assert "run the same command again to resume" in done.stdout
+    assert len(emulator.ledger()) == 2
+
+    again = run_cli(manifest, emulator, "--yes", "--canary", "2")
+    assert again.code == 0 and len(emulator.ledger()) == 5
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ async def test_a_bad_output_is_flagged_by_its_check_counted_and_kept(
     assert stored_summary(summary)["qa_flagged_images"] == 1
     flagged = table.loc["job-0001"]
     kept = pipeline_env.client.get_object(
-        Bucket=pipeline_env.bucket, Key=key_of(pipeline_env, flagged["outputs"])
+        Bucket=pipeline_env.bucket, Key=key_of(pipeline_env, str(flagged["outputs"]))
     )
     assert kept["Metadata"]["request-id"] == flagged["request_id"]
     assert kept["ContentLength"] > 0

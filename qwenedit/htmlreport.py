@@ -242,40 +242,11 @@ class _Thumbs:
         return thumbnail_data_uri(data, self.side)
 
 
-def render_html_report(
-    summary: Mapping[str, Any],
-    results: Iterable[JobResult],
-    *,
-    read_output: ImageReader | None = None,
-    read_input: ImageReader | None = None,
-    canary: Collection[str] = (),
-    headline: str | None = None,
-    inputs_of: Callable[[JobResult], Sequence[str]] = default_inputs,
-    prompt_of: Callable[[JobResult], str] = default_prompt,
-    contact_limit: int = CONTACT_LIMIT,
-    flagged_limit: int = FLAGGED_LIMIT,
-    table_limit: int = TABLE_LIMIT,
-    thumb_side: int = THUMB_SIDE,
-    workers: int = 2,
-) -> str:
-    """The whole page as one string (``write_html_report`` streams it to a file instead)."""
-    return "".join(
-        _page(
-            summary,
-            results,
-            read_output=read_output,
-            read_input=read_input,
-            canary=canary,
-            headline=headline,
-            inputs_of=inputs_of,
-            prompt_of=prompt_of,
-            contact_limit=contact_limit,
-            flagged_limit=flagged_limit,
-            table_limit=table_limit,
-            thumb_side=thumb_side,
-            workers=workers,
-        )
-    )
+def render_html_report(summary: Mapping[str, Any], results: Iterable[JobResult], **options: Any) -> str:
+    """The whole page as one string (``write_html_report`` streams it to a file instead); ``options``
+    as for ``_page``: ``read_output``, ``read_input``, ``canary``, ``headline``, ``inputs_of``,
+    ``prompt_of``, ``contact_limit``, ``flagged_limit``, ``table_limit``, ``thumb_side``, ``workers``."""
+    return "".join(_page(summary, results, **options))
 
 
 def write_html_report(

@@ -278,6 +278,8 @@ def terminal_approver(yes: bool, live: list[Live]) -> Any:
     async def approve(outcome: CanaryOutcome) -> bool:
         for display in live:
             display.stop()
+        if live and not console.is_terminal:  # a log file: the stopped bar's last line has no newline
+            console.print()
         try:
             console.print(outcome.markdown().replace("**", ""))
             if yes:

@@ -402,7 +402,10 @@ async def _send(ctx: RunContext, request: EditRequest, pacer: Pacer) -> EditResu
     ctx.stats.in_flight += 1
     started = time.monotonic()
     try:
-        answer = await ctx.client.edit(request, on_send=partial(_sent, ctx.stats, pacer, request.model))
+        # The pacer is also the send gate: the first byte leaves only once the previous request is out.
+        answer = await ctx.client.edit(
+            request, on_send=partial(_sent, ctx.stats, pacer, request.model), gate=pacer
+        )
     finally:
         ctx.stats.in_flight -= 1
     if ctx.on_latency is not None:  # answered calls only: what one call holds its place for

@@ -117,6 +117,18 @@ def test_ctrl_c_at_the_question_stops_at_once_and_the_rest_resumes_later(
     assert again.code == 0 and len(emulator.ledger()) == 5
 
 
+def test_qa_retries_through_the_cli_regenerate_and_the_summary_prints_what_stayed_flagged(
+    run_cli: RunCli, emulator_factory: Any, write_manifest: Any
+) -> None:
+    emulator = emulator_factory(next_faults=["blank_output", "blank_output"])
+    done = run_cli(write_manifest(simple_rows(1)), emulator, "--qa-retries", "1")
+    assert done.code == 0, done.stdout + done.stderr
+    row = done.results().iloc[0]
+    assert (row["qa"], row["qa_retries"]) == ("1.png=blank", "1")
+    assert len(emulator.ledger()) == 2
+    assert "QA flagged 1 image(s) of 1 job(s)" in done.stdout and "1 regeneration(s)" in done.stdout
+
+
 @pytest.fixture
 def received_prompts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The prompts the (in-process) emulator rendered: what the API received."""

@@ -11,7 +11,13 @@ from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import aresume_flow_run
 
@@ -54,7 +60,10 @@ async def test_a_canary_flow_run_pauses_for_approval_and_resumes_when_approved(
     pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
 ) -> None:
     emulator = emulator_factory()
-    options = options_for(write_manifest(simple_rows(6)), pipeline_env, emulator, tmp_path, canary=2)
+    rows = simple_rows(6)
+    for i, row in enumerate(rows):
+        row["sku"] = f"SKU-{i % 2}"
+    options = options_for(write_manifest(rows), pipeline_env, emulator, tmp_path, canary=2, group_by=("sku",))
     flow = asyncio.create_task(edit_manifest(options))
     flow_run = await paused_flow_run(str(options.run_id), flow)
 
@@ -73,6 +82,14 @@ async def test_a_canary_flow_run_pauses_for_approval_and_resumes_when_approved(
     assert summary["by_status"]["succeeded"] == 6 and summary["stopped_by"] is None
     assert exit_code(summary) == 0
     assert billed_calls(emulator) == 6
+    async with get_client() as client:  # the roll-up is in the flow run's summary artifact
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"summary-{str(options.run_id).lower()}"])
+            )
+        )
+    (artifact,) = artifacts
+    assert "By sku" in str(artifact.data) and "SKU-1" in str(artifact.data)
 
 
 async def test_resuming_without_approve_declines(

@@ -70,6 +70,7 @@ DEFAULT_TIMEOUT_S = 120.0  # per read/write; calls take 5–30 s, the server its
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_TOTAL_TIMEOUT_S = 300.0  # whole call; stops a server that drips bytes under the read timeout
 DEFAULT_MAX_CONNECTIONS = 100  # ~2 RPS x 5–30 s latency keeps 10–60 calls in flight
+MAX_IDLE_CONNECTIONS = 16  # idle keep-alive connections kept for reuse
 # A pooled connection idle this long is not reused. It must stay below the server's own idle
 # timeout: a connection the server closes for idleness just as a request goes out on it fails with
 # no answer, which reads as "possibly billed" although the server never read the request. 3 s stays
@@ -497,7 +498,9 @@ class DashScopeClient:
         self._http = http or httpx.AsyncClient(
             limits=httpx.Limits(
                 max_connections=max_connections,
-                max_keepalive_connections=max_connections,
+                # httpcore checks every idle pooled connection (a syscall each) whenever it places a
+                # request: hundreds of idle connections cost more CPU than the calls themselves.
+                max_keepalive_connections=min(max_connections, MAX_IDLE_CONNECTIONS),
                 keepalive_expiry=keepalive_expiry,
             ),
             timeout=self._timeout,

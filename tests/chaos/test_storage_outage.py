@@ -78,7 +78,7 @@ async def test_s3_down_for_30_seconds_mid_run_then_back_every_job_finishes_paid_
     reports = outage_bucket.client.list_objects_v2(
         Bucket=outage_bucket.bucket, Prefix=f"out/_runs/{run.run_id}/"
     )
-    assert reports.get("KeyCount") == 3  # the report was uploaded after the outage
+    assert reports.get("KeyCount") == 4  # the reports (csv, json, jsonl, html) were uploaded after the outage
 
 
 @pytest.mark.slow

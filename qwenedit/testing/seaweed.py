@@ -183,6 +183,11 @@ class SeaweedServer(S3TestServer):
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             "-master.telemetry=false",
+            # Every bucket is a collection that takes volumes of its own: small volumes and an explicit
+            # count keep a test session's hundreds of buckets writable (the default, free disk / 128 MB,
+            # ran out after ~90 buckets: "No writable volumes").
+            "-master.volumeSizeLimitMB=16",
+            "-volume.max=4000",
             "-admin.ui=false",
             "-webdav=false",
             "-s3.port.iceberg=0",

@@ -110,9 +110,12 @@ def test_a_connection_idle_past_idle_close_s_is_closed_unread_and_unbilled(
         clock.advance(4.0)
         assert client.post(GENERATION_PATH, json=body(), headers=AUTH).status_code == 200  # not idle enough
         clock.advance(5.0)
-        # The server "closed" the idle connection just as the client reused it: no answer at all.
-        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+        # The server "closed" the idle connection just as the client reused it: no answer at all. The
+        # client sees the close (RemoteProtocolError) or, when the kernel answers the unread request
+        # with a reset (a loaded machine), ECONNRESET (ReadError).
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)) as lost:
             client.post(GENERATION_PATH, json=body(), headers=AUTH)
+        assert "without sending a response" in str(lost.value) or "reset" in str(lost.value).lower()
         assert client.post(GENERATION_PATH, json=body(), headers=AUTH).status_code == 200  # new connection
     stats = server.stats()
     assert (stats["arrivals"], stats["billed_requests"], stats["faults"]) == (3, 3, {"idle_close": 1})

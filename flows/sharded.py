@@ -47,7 +47,7 @@ from qwenedit.manifest import iter_jobs, manifest_base
 from qwenedit.options import RunOptions
 from qwenedit.pricing import PriceTable, cost
 from qwenedit.report import RESULT_COLUMNS, RunTotals, markdown_summary, results_frame, save_reports
-from qwenedit.run import new_run_id, prepare
+from qwenedit.run import manifest_reading, new_run_id, prepare
 from qwenedit.shards import (
     SHARED_HEADROOM,
     ShardPlan,
@@ -86,14 +86,7 @@ def write_shards(
     weights = [Decimal(0)] * len(sizes)
     files = [(out_dir / f"shard-{i:02d}.jsonl").open("w", encoding="utf-8") for i in range(len(sizes))]
     try:
-        jobs = iter_jobs(
-            options.manifest,
-            region=options.region,
-            model=options.model,
-            prices=prices,
-            input_root=options.input_root,
-            prompt_template=options.prompt_template,
-        )
+        jobs = iter_jobs(options.manifest, **manifest_reading(options, prices))
         for position, job in enumerate(jobs):
             index = shard_index_of(position, sizes)
             row = shard_row(job, lambda ref: resolver.locate(ref).location)

@@ -148,19 +148,23 @@ def prepare(options: RunOptions) -> Prepared:
     """
     prices = load_prices(options.prices)
     budget = options.budget_amount()
-    validation = validate_manifest(
-        options.manifest,
-        region=options.region,
-        model=options.model,
-        prices=prices,
-        input_root=options.input_root,
-        prompt_template=options.prompt_template,
-    )
+    validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
     if not validation.ok:
         raise ManifestInvalid(validation)
     if budget is not None:
         check_currencies(budget[1], validation.quote.currencies)
     return Prepared(validation, prices)
+
+
+def manifest_reading(options: RunOptions, prices: PriceTable) -> dict[str, Any]:
+    """How a run reads its manifest (the same for validating it and for iterating its jobs)."""
+    return {
+        "region": options.region,
+        "model": options.model,
+        "prices": prices,
+        "input_root": options.input_root,
+        "prompt_template": options.prompt_template,
+    }
 
 
 @dataclass(frozen=True)
@@ -613,14 +617,7 @@ class Run:
     def _classify(self, index: DoneIndex) -> Iterator[tuple[str, Job, Any]]:
         """Each manifest row: done at its fingerprint (skip), bad input (fail) or pending."""
         o, ctx = self.options, self.ctx
-        jobs = iter_jobs(
-            o.manifest,
-            region=o.region,
-            model=o.model,
-            prices=self.prices,
-            input_root=o.input_root,
-            prompt_template=o.prompt_template,
-        )
+        jobs = iter_jobs(o.manifest, **manifest_reading(o, self.prices))
         known: dict[str, str] = {}  # the same image on many rows is identified once per run (bounded)
         for job in jobs:
             try:

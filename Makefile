@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: venv demo check test lint bench bench-full clean
+.PHONY: venv browser demo check test lint bench bench-full clean
 
 venv: $(STAMP)
 
@@ -22,9 +22,12 @@ demo: $(STAMP)
 check: lint
 	$(BIN)/pytest -q -ra -m "not slow"
 
-# The whole suite (what CI runs).
-test: lint
+# The whole suite (what CI runs). Its report.html test drives Debian's chromium (installed if missing).
+test: lint browser
 	$(BIN)/pytest -q -ra
+
+browser: $(STAMP)
+	bash .ci/install-browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check qwenedit flows tests bench

@@ -189,7 +189,6 @@ class Chunk:
     spec: ChunkSpec
     items: list[tuple[Job, str, tuple[str, ...]]]  # job, fingerprint, stale done markers
     entered: asyncio.Event = field(default_factory=asyncio.Event)  # every job is in the window
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 ChunkRunner = Callable[[ChunkSpec], Awaitable[object]]
@@ -525,7 +524,6 @@ class Run:
             chunk.entered.set()
             for task in feeders.values():
                 task.cancel()
-        chunk.counts = counts
         return counts
 
     def request_stop(self, reason: str) -> None:
@@ -666,6 +664,7 @@ class Run:
             stopped_by = {"cause": "declined", "reason": self.declined}
         elif ctx.stop_reason is not None:
             stopped_by = {"cause": "stop", "reason": ctx.stop_reason}
+        rates = stats.model_rates()
         summary.update(
             {
                 "stopped_by": stopped_by,
@@ -677,8 +676,8 @@ class Run:
                 "models": {
                     model: {
                         **pacing,
-                        "request_rate": round(self.stats.model_rates().get(model, (0.0, 0))[0], 4),
-                        "throttled_429": self.stats.model_rates().get(model, (0.0, 0))[1],
+                        "request_rate": round(rates.get(model, (0.0, 0))[0], 4),
+                        "throttled_429": rates.get(model, (0.0, 0))[1],
                     }
                     for model, pacing in ctx.pacers.stats().items()
                 },
@@ -689,14 +688,14 @@ class Run:
                 "report_dir": str(self.out_dir),
             }
         )
+        if ctx.rollups is not None:
+            summary["rollups"] = ctx.rollups.to_dict()
         return summary
 
     async def finish(self) -> dict[str, Any]:
         """Write the reports (local and at the destination) and return the summary."""
         self.ctx.spool.close()
         summary = self.summary()
-        if self.ctx.rollups is not None:
-            summary["rollups"] = self.ctx.rollups.to_dict()
         paths = await asyncio.to_thread(write_reports, self.ctx.spool, summary, self.out_dir)
         paths["report.html"] = await asyncio.to_thread(self._write_html, summary, None)
         await asyncio.to_thread(save_reports, self.destination, self.run_id, paths)
@@ -722,8 +721,6 @@ class Run:
         def read_output(uri: str) -> bytes | None:
             return self.destination.get_bytes(uri[len(base) :].lstrip("/")) if uri.startswith(base) else None
 
-        if "rollups" not in summary and self.ctx.rollups is not None:
-            summary = {**summary, "rollups": self.ctx.rollups.to_dict()}
         return write_html_report(
             self.out_dir / "report.html",
             summary,
@@ -743,16 +740,18 @@ class _SharedLimits:
     share: float
 
     def rate_limit(self, model: str) -> RateLimit:
-        limit = self.limits.rate_limit(model)
-        return RateLimit(limit.count * self.share, limit.period_s)
+        return _scaled(self.limits.rate_limit(model), self.share)
+
+
+def _scaled(limit: RateLimit, share: float) -> RateLimit:
+    return RateLimit(limit.count * share, limit.period_s)
 
 
 def pacer_pool(options: RunOptions, table: PriceTable) -> PacerPool:
     """Pacers at each model's limit (the table's, or the options' overrides), times ``rate_share``."""
     share = options.rate_share
     overrides = {
-        model: RateLimit(limit.count * share, limit.period_s)
-        for model, limit in parse_rate_overrides(options.model_rps).items()
+        model: _scaled(limit, share) for model, limit in parse_rate_overrides(options.model_rps).items()
     }
     if options.rps is not None:
         overrides.setdefault(None, RateLimit.per_second(options.rps * share))
@@ -781,11 +780,13 @@ def _host_pattern(endpoint: str) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
-async def run_manifest(options: RunOptions, runner: ChunkRunner | None = None) -> dict[str, Any]:
+async def run_manifest(
+    options: RunOptions, runner: ChunkRunner | None = None, approve: Approver | None = None
+) -> dict[str, Any]:
     """Open, execute and finish a run without any orchestrator (the library entry point)."""
     async with Run(options) as run:
         with run.activate():
-            await run.execute(runner)
+            await run.execute(runner, approve=approve)
         return await run.finish()
 
 

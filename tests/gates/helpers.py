@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from qwenedit.options import RunOptions
-from qwenedit.run import Approver, Run
+from qwenedit.run import Approver, run_manifest
 
 
 async def run_here(
@@ -30,10 +30,7 @@ async def run_here(
         "rps": 20.0,
         **options,
     }
-    async with Run(RunOptions(**params)) as run:
-        with run.activate():
-            await run.execute(approve=approve)
-        return await run.finish()
+    return await run_manifest(RunOptions(**params), approve=approve)
 
 
 def results(summary: dict[str, Any]) -> pd.DataFrame:

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qwenedit.catalog import parse_money
 from qwenedit.pacer import parse_rate_overrides
-from qwenedit.pricing import parse_money
 from qwenedit.rollups import parse_group_by
 from qwenedit.templates import parse_template
 

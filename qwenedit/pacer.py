@@ -53,7 +53,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from qwenedit.models import RateLimit, UnknownLimit, normalize_model
+from qwenedit.catalog import RateLimit, normalize_model
+from qwenedit.errors import UnknownLimit
 
 # The old fixed spacing factor (permits 1/(0.98·rps) apart). ``shards.window_bound`` still reasons with
 # it; the guard below always spaces permits at least as wide.

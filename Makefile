@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m qwenedit.demo
+	$(BIN)/python -m devkit.demo
 
 # The inner loop: lint, types and every test not marked slow (under 3 minutes on 2 cores).
 check: lint
@@ -30,9 +30,9 @@ browser: $(STAMP)
 	bash .ci/install-browser
 
 lint: $(STAMP)
-	$(BIN)/ruff check qwenedit flows tests bench
-	$(BIN)/ruff format --check qwenedit flows tests bench
-	$(BIN)/mypy qwenedit flows
+	$(BIN)/ruff check qwenedit flows tests bench devkit
+	$(BIN)/ruff format --check qwenedit flows tests bench devkit
+	$(BIN)/mypy qwenedit flows devkit
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --scale 10

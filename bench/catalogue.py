@@ -718,7 +718,7 @@ def run_catalogue(
     """
     checkpoint = save or (lambda doc: None)
     from bench.side_by_side import machine_info
-    from qwenedit.testing.emulator import EmulatorProcess
+    from devkit.emulator import EmulatorProcess
 
     doc: dict[str, Any] = {
         "mode": "catalogue",
@@ -740,8 +740,8 @@ def run_catalogue(
                 doc["a"] = part_a(cfg, workdir, images, emulator, log)
                 checkpoint(doc)
             if {"b", "c"} & set(cfg.parts):
-                from qwenedit.testing.s3server import ensure_bucket
-                from qwenedit.testing.seaweed import SeaweedServer
+                from devkit.s3server import ensure_bucket
+                from devkit.seaweed import SeaweedServer
 
                 s3 = stack.enter_context(SeaweedServer(workdir / "seaweed"))
                 ensure_bucket(s3.client(), "bench")

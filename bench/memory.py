@@ -18,7 +18,7 @@ from typing import Any
 from bench.procs import PrefectServer
 from bench.side_by_side import contender_metrics, machine_info, run_pipeline, s3_server
 from bench.workload import make_images, write_manifest
-from qwenedit.testing.emulator import EmulatorProcess
+from devkit.emulator import EmulatorProcess
 
 FAST_RPS = 500.0
 TARGET_RATIO = 1.5

@@ -3,7 +3,7 @@
 Everything here works on plain lists of arrival times (seconds, any clock) so it can be tested on
 synthetic data. The conventions match the emulator's rate limiter (``qwenedit.emulator.ratelimit``):
 two arrivals share a window when they are *less than* ``window_s`` apart. The busiest-window count is
-the project's one implementation, ``qwenedit.testing.rates.max_in_window`` (re-exported here).
+the project's one implementation, ``devkit.rates.max_in_window`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from qwenedit.testing.rates import max_in_window
+from devkit.rates import max_in_window
 
 __all__ = [
     "STEADY_TRIM",

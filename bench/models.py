@@ -35,11 +35,11 @@ from typing import Any
 from PIL import Image
 
 from bench.metrics import Verdict, max_in_window, steady_state
+from devkit.emulator import EmulatorProcess
 from qwenedit import errors
 from qwenedit.api import DashScopeClient, EditRequest
 from qwenedit.catalog import RateLimit, builtin_models
 from qwenedit.pacer import Pacer, PacerPool
-from qwenedit.testing.emulator import EmulatorProcess
 from qwenedit.window import Window
 
 MAX = "qwen-image-edit-max"

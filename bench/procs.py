@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from qwenedit.testing.procs import free_port, wait_for_http
+from devkit.procs import free_port, wait_for_http
 
 PYTHON = sys.executable
 

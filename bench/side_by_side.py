@@ -30,8 +30,8 @@ import psutil
 from bench import metrics
 from bench.procs import PYTHON, Measured, PrefectServer, run_measured
 from bench.workload import make_images, write_manifest
+from devkit.emulator import EmulatorProcess
 from qwenedit.emulator.ratelimit import rule_for_rps
-from qwenedit.testing.emulator import EmulatorProcess
 
 REAL_RPS = 2.0
 REAL_LATENCY_MEDIAN_S = 12.0
@@ -118,8 +118,8 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 @contextmanager
 def s3_server(kind: str, workdir: Path) -> Iterator[Any]:
     """A local S3 server with a ``bench`` bucket: SeaweedFS (a real store) or moto (in this process)."""
-    from qwenedit.testing.moto import MotoServer
-    from qwenedit.testing.seaweed import SeaweedServer, ensure_bucket
+    from devkit.moto import MotoServer
+    from devkit.seaweed import SeaweedServer, ensure_bucket
 
     server: Any = SeaweedServer(workdir / "seaweed") if kind == "seaweed" else MotoServer()
     with server:

@@ -14,10 +14,6 @@ see the destination can resume the work:
   (``DoneIndex``), with no request per row. A job has at most one done record: the marker of an
   earlier version of a changed row is removed before the new version is called.
 
-Ledgers written before the done index keep their done record at ``_ledger/{job_id}/done.json``
-(``LEGACY_DONE``); it is still honoured, found by the per-job listing that a row not in the index
-gets anyway, and replaced by a marker when the job is next touched.
-
 Records never contain the API key or storage credentials. Output URLs are presigned by the API's
 result bucket, so they are stored (the copier needs them) but never printed or put in reports.
 """
@@ -35,7 +31,6 @@ from urllib.parse import parse_qs, urlsplit
 
 LEDGER_PREFIX = "_ledger"
 DONE_PREFIX = f"{LEDGER_PREFIX}/_done/"  # job ids start with a letter or digit: no job owns "_done"
-LEGACY_DONE = "done.json"
 _FP_HEX = re.compile(r"[0-9a-f]{64}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 OUTPUT_URL_TTL = timedelta(hours=24)  # the API keeps results 24 h
@@ -120,10 +115,6 @@ def charge_key(job_id: str, request_id: str) -> str:
     return f"{LEDGER_PREFIX}/{job_id}/charges/{request_id}.json"
 
 
-def legacy_done_key(job_id: str) -> str:
-    return f"{LEDGER_PREFIX}/{job_id}/{LEGACY_DONE}"
-
-
 def fingerprint_hex(fingerprint: str) -> str:
     """``sha256:<hex>`` → ``<hex>`` (the form a done marker's key carries)."""
     return fingerprint.split(":", 1)[-1]
@@ -200,14 +191,6 @@ class DoneIndex:
         return len(self._by_job)
 
 
-@dataclass(frozen=True)
-class JobRecords:
-    """What the ledger holds for one job besides the index: its charges and a legacy done record."""
-
-    charges: list[Charge]
-    legacy_done: Done | None
-
-
 class Ledger:
     """Reads and writes charge and done records in a destination."""
 
@@ -237,29 +220,20 @@ class Ledger:
         for key in keys:
             self.store.delete(key)
 
-    def job_records(self, job_id: str) -> JobRecords:
-        """The job's charges (oldest first) and legacy done record, from one listing of its prefix."""
-        charge_keys, legacy = [], None
-        for key in self.store.list_keys(f"{LEDGER_PREFIX}/{job_id}/"):
-            if key.startswith(f"{LEDGER_PREFIX}/{job_id}/charges/"):
-                charge_keys.append(key)
-            elif key == legacy_done_key(job_id):
-                legacy = self._read_done(key)
-        charges = [c for c in map(self._read_charge, charge_keys) if c is not None]
-        return JobRecords(sorted(charges, key=lambda c: c.charged_at), legacy)
-
     def charges(self, job_id: str) -> list[Charge]:
-        """Every charge recorded for a job, oldest first."""
-        return self.job_records(job_id).charges
+        """Every charge recorded for a job, oldest first (one listing of its charges prefix)."""
+        keys = self.store.list_keys(f"{LEDGER_PREFIX}/{job_id}/charges/")
+        charges = [c for c in map(self._read_charge, keys) if c is not None]
+        return sorted(charges, key=lambda c: c.charged_at)
 
     def done(self, job_id: str) -> Done | None:
-        """The job's done record (its newest marker's, else a legacy one), or None."""
+        """The job's done record (its newest marker's), or None."""
         markers = self.done_markers(job_id)
         for marker in reversed(markers):
             done = self._read_done(marker.key)
             if done is not None:
                 return done
-        return self._read_done(legacy_done_key(job_id))
+        return None
 
     def _read_charge(self, key: str) -> Charge | None:
         data = self.store.get_bytes(key)

@@ -6,8 +6,8 @@ one run; this module knows nothing of Prefect.
 
 The order of the steps is the contract:
 
-1. the job's own ledger prefix is listed once: a legacy done record with the same fingerprint →
-   ``skipped``; a charge with the same fingerprint and live output URLs → copy only (no call);
+1. the job's charges are listed once: a charge with the same fingerprint and live output URLs → copy
+   only (no call);
 2. otherwise the done markers of an earlier version of the row are removed, the worst-case cost is
    reserved against the budget, and the API is called — one pacer permit per attempt, retrying only
    what the error taxonomy calls retryable (``qwenedit.retry``);
@@ -295,18 +295,10 @@ def _safe_text(exc: BaseException, limit: int = 300) -> str:
 async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str], result: JobResult) -> None:
     price = ctx.prices.unit_price(job.region, job.model)
     result.unit_price, result.currency = str(price.amount), price.currency
-    records = await ctx.store(ctx.ledger.job_records, job.job_id)
-    legacy = records.legacy_done
-    if legacy is not None and legacy.fingerprint == fp:  # finished before the done index existed
-        result.status = "skipped"
-        result.request_id, result.image_count = legacy.request_id, legacy.image_count
-        result.outputs = list(legacy.outputs)
-        await ctx.store(ctx.ledger.write_done, legacy)  # its marker: the next rerun skips it in bulk
-        return
-
-    pending = [c for c in records.charges if c.fingerprint == fp]
+    charges = await ctx.store(ctx.ledger.charges, job.job_id)
+    pending = [c for c in charges if c.fingerprint == fp]
     # Outputs of an earlier, different version of this row may sit at the same keys.
-    stale = {c.request_id for c in records.charges if c.fingerprint != fp}
+    stale = {c.request_id for c in charges if c.fingerprint != fp}
     if stale_markers:  # this row is no longer done at its old version: never skip it at that one again
         await ctx.store(ctx.ledger.remove, list(stale_markers))
     charge: Charge | None = None

@@ -23,10 +23,9 @@ The sharded flow (``flows/sharded.py``) does the I/O; everything it decides is c
   Shards on different accounts (or regions: separate endpoints, separate quotas) each get the full rate.
   Shards that share an account also keep a headroom (``SHARED_HEADROOM``, 0.9 of their share): the
   proof above holds only while each request arrives within the pacer's 2 % margin (~20 ms at 1 req/s)
-  of its permit's schedule. On a loaded 2-core machine (load 6–14) two shards pacing at exactly 1 req/s
-  drifted 25–56 ms and drew 1–4 × 429s in each of four 60-job runs; at 0.9 (~130 ms of slack per shard)
-  none drew a 429 in five runs (load 4–6; at load 4, 1.0 also drew none). Sharding one account never
-  makes a run faster, so the headroom costs nothing that sharding could have gained.
+  of its permit's schedule, and a busy process drifts further (the measurements are in the README, under
+  the shards' headroom). Sharding one account never makes a run faster, so the headroom costs nothing
+  that sharding could have gained.
 - **Budget.** A budget cannot be shared live across processes, so it is split in proportion to each
   shard's worst-case cost (``split_budget``), rounded down so the parts never add up to more.
 - **Consolidation.** Each shard writes its own report under ``{dest}/_runs/{shard_run_id}/``.

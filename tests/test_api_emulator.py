@@ -23,10 +23,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from devkit.procs import free_port
 from qwenedit import errors
 from qwenedit.api import GENERATION_PATH, USER_AGENT, DashScopeClient, EditRequest, EditResult, build_body
 from qwenedit.emulator import ACCOUNT_FAILURES, EmulatorServer
-from qwenedit.testing.procs import free_port
 
 FAKE_KEY = "sk-LEAKCANARY0123456789abcdef"
 

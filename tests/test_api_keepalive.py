@@ -18,10 +18,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from devkit.clock import FakeClock
 from qwenedit import errors
 from qwenedit.api import DEFAULT_KEEPALIVE_EXPIRY_S, DashScopeClient, EditRequest, _Send
 from qwenedit.emulator import EmulatorServer
-from qwenedit.testing.clock import FakeClock
 
 SERVER_IDLE_S = 5.0  # the server's idle timeout, as the emulator's fault plays it
 

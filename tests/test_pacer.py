@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from devkit.rates import max_in_window
 from qwenedit.catalog import RateLimit, builtin_models
 from qwenedit.errors import UnknownLimit
 from qwenedit.pacer import (
@@ -21,7 +22,6 @@ from qwenedit.pacer import (
     pacer_key,
 )
 from qwenedit.rates import model_limits
-from qwenedit.testing.rates import max_in_window
 
 MAX = "qwen-image-edit-max"
 PLUS = "qwen-image-edit-plus"

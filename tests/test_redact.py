@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import qwenedit.storage
-from qwenedit import redact
 from qwenedit.redact import redact_url, redact_userinfo, scrub_urls
 
 SECRET_QUERY = "Expires=1999999999&OSSAccessKeyId=LTAIsecretkeyid&Signature=c2VjcmV0LXNpZ25hdHVyZQ%3D%3D"
@@ -25,8 +23,3 @@ def test_userinfo_is_removed_and_the_rest_of_the_endpoint_kept() -> None:
     )
     assert redact_userinfo("http://127.0.0.1:8333") == "http://127.0.0.1:8333"
     assert redact_userinfo(None) is None
-
-
-def test_storage_still_exports_the_url_helpers_until_callers_move() -> None:
-    assert qwenedit.storage.redact_url is redact.redact_url
-    assert qwenedit.storage.scrub_urls is redact.scrub_urls

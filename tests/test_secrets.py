@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 
 import qwenedit.run as run_module
+from devkit.seaweed import SeaweedServer, ensure_bucket
 from flows.edit_manifest import edit_manifest
 from qwenedit.options import RunOptions
 from qwenedit.storage import S3Settings, open_destination
-from qwenedit.testing.seaweed import SeaweedServer, ensure_bucket
 from tests.pipeline import conftest as pipeline_fixtures
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

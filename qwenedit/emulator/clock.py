@@ -1,7 +1,7 @@
 """The emulator's clock: where arrival times (rate windows) and wall time (link expiry) come from.
 
 :data:`SYSTEM_CLOCK` reads ``time.monotonic`` and ``time.time``. Tests inject another one through
-``EmulatorConfig(clock=...)`` (e.g. :class:`qwenedit.testing.clock.FakeClock`) to expire a signed link or
+``EmulatorConfig(clock=...)`` (e.g. :class:`devkit.clock.FakeClock`) to expire a signed link or
 slide a rate window without waiting for it.
 """
 

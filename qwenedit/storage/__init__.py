@@ -32,7 +32,6 @@ from urllib.parse import unquote, urlsplit
 import boto3
 
 from qwenedit.errors import ConditionalWritesUnsupported, CopyError, InvalidKey, StorageError
-from qwenedit.redact import redact_url, scrub_urls  # re-exported until callers import qwenedit.redact
 from qwenedit.storage.base import Destination, GiB, KiB, MiB, PutOutcome, Readable
 from qwenedit.storage.copy import copy_url
 from qwenedit.storage.keys import METADATA_BUDGET, decode_metadata, encode_metadata, validate_key
@@ -62,8 +61,6 @@ __all__ = [
     "make_s3_client",
     "open_destination",
     "parse_size",
-    "redact_url",
-    "scrub_urls",
     "validate_key",
 ]
 

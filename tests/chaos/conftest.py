@@ -35,11 +35,11 @@ import pandas as pd
 import pytest
 
 import qwenedit.emulator.app as emulator_app
+from devkit.procs import wait_until
+from devkit.seaweed import SeaweedServer
 from qwenedit.catalog import builtin_models
 from qwenedit.emulator import EmulatorServer
 from qwenedit.ledger import parse_done_key
-from qwenedit.testing.procs import wait_until
-from qwenedit.testing.seaweed import SeaweedServer
 from tests.fixtures.s3 import S3Bucket, new_bucket
 from tests.pipeline.conftest import API_KEY, images_dir, pipeline_env, write_manifest
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
+from devkit.procs import free_port, wait_for_http
 from flows.edit_manifest import PREFECT_KILL_AFTER_S
-from qwenedit.testing.procs import free_port, wait_for_http
 from tests.chaos.conftest import RunRecord, chaos_rows, check_invariants
 from tests.distributed.test_workers import POOL, ROOT, VENV_BIN, Procs
 

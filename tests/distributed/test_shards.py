@@ -20,6 +20,7 @@ from PIL import Image
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.states import Completed, Crashed
 
+from devkit.rates import max_in_window
 from flows.scheduled import (
     dest_for,
     idempotency_key,
@@ -55,7 +56,6 @@ from qwenedit.shards import (
     window_bound,
 )
 from qwenedit.storage import LocalDestination
-from qwenedit.testing.rates import max_in_window
 
 # --- splitting -------------------------------------------------------------------------------------
 

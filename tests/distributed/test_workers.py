@@ -40,11 +40,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from devkit.emulator import EmulatorProcess
+from devkit.procs import free_port, wait_for_http, wait_until_async
+from devkit.rates import max_in_window
 from qwenedit.options import RunOptions
 from qwenedit.shards import merge_summaries
-from qwenedit.testing.emulator import EmulatorProcess
-from qwenedit.testing.procs import free_port, wait_for_http, wait_until_async
-from qwenedit.testing.rates import max_in_window
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 

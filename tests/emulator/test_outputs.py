@@ -13,11 +13,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from devkit.clock import FakeClock
+from devkit.procs import free_port, wait_until
 from qwenedit.emulator import EmulatedDrop, EmulatorConfig, EmulatorServer, create_app
 from qwenedit.emulator.config import GENERATION_PATH
 from qwenedit.emulator.render import auto_size, render_outputs, round_size
-from qwenedit.testing.clock import FakeClock
-from qwenedit.testing.procs import free_port, wait_until
 from tests.emulator.helpers import body, image_bytes, image_urls, png_uri, post
 
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from devkit.clock import FakeClock
 from qwenedit.emulator import EmulatorServer
 from qwenedit.emulator.config import GENERATION_PATH
 from qwenedit.emulator.ratelimit import SlidingWindow, rule_for_rps
-from qwenedit.testing.clock import FakeClock
 from tests.emulator.helpers import body
 
 

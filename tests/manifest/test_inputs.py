@@ -13,6 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from devkit.procs import free_port
 from qwenedit.errors import InputError
 from qwenedit.inputs import (
     MAX_DATA_URI_BYTES,
@@ -23,7 +24,6 @@ from qwenedit.inputs import (
     sniff_image_format,
 )
 from qwenedit.jobs import Job
-from qwenedit.testing.procs import free_port
 from tests.manifest.conftest import FakeWeb, Route, bomb_png, image_bytes
 
 FORMATS = [

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from devkit.emulator import EmulatorProcess
+from devkit.rates import max_in_window
 from flows.edit_manifest import edit_manifest
 from qwenedit.ledger import DONE_PREFIX
 from qwenedit.options import RunOptions
 from qwenedit.run import exit_code
-from qwenedit.testing.emulator import EmulatorProcess
-from qwenedit.testing.rates import max_in_window
 from tests.pipeline.conftest import API_KEY, simple_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

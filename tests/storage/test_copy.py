@@ -18,6 +18,7 @@ import boto3
 import httpx
 import pytest
 
+from devkit.procs import free_port
 from qwenedit.storage import (
     CopyError,
     LocalDestination,
@@ -27,7 +28,6 @@ from qwenedit.storage import (
     S3Settings,
     copy_url,
 )
-from qwenedit.testing.procs import free_port
 from tests.fixtures.s3 import S3Bucket
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

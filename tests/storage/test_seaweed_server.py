@@ -15,9 +15,9 @@ import botocore.exceptions
 import psutil
 import pytest
 
+from devkit.moto import MotoServer
+from devkit.seaweed import SeaweedServer, ensure_bucket
 from qwenedit.storage import MiB, S3Destination
-from qwenedit.testing.moto import MotoServer
-from qwenedit.testing.seaweed import SeaweedServer, ensure_bucket
 
 pytestmark = pytest.mark.slow  # starts SeaweedFS servers of its own (plain and TLS) and restarts one
 

@@ -9,9 +9,9 @@ import sys
 import httpx
 import pytest
 
+from devkit.clock import FakeClock
+from devkit.procs import free_port, port_is_free, wait_for_http, wait_until, wait_until_async
 from qwenedit.emulator import EmulatorServer
-from qwenedit.testing.clock import FakeClock
-from qwenedit.testing.procs import free_port, port_is_free, wait_for_http, wait_until, wait_until_async
 
 
 class Ticker:

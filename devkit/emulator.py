@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from qwenedit.testing.procs import free_port, wait_for_http
+from devkit.procs import free_port, wait_for_http
 
 
 class EmulatorProcess:

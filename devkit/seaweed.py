@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import botocore.exceptions
 
+from devkit.procs import free_port, port_is_free, wait_until
+from devkit.s3server import S3TestServer, ensure_bucket
 from qwenedit.storage import make_s3_client
-from qwenedit.testing.procs import free_port, port_is_free, wait_until
-from qwenedit.testing.s3server import S3TestServer, ensure_bucket
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

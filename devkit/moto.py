@@ -1,14 +1,14 @@
 """An in-process S3 emulator for fast tests: moto's ThreadedMotoServer on a free 127.0.0.1 port.
 
 moto keeps objects in RAM and does not check SigV4 signatures or Content-MD5, so use it for quick
-settings/logic tests and :mod:`qwenedit.testing.seaweed` for anything that needs a real store.
+settings/logic tests and :mod:`devkit.seaweed` for anything that needs a real store.
 """
 
 from __future__ import annotations
 
 import httpx
 
-from qwenedit.testing.s3server import S3TestServer, ensure_bucket
+from devkit.s3server import S3TestServer, ensure_bucket
 
 __all__ = ["MotoServer", "ensure_bucket"]
 

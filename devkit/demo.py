@@ -1,5 +1,8 @@
 """`make demo`: the whole product on one machine, offline, in well under two minutes.
 
+Run from the root of a checkout (``make demo`` does): it reads ``jobs.example.csv`` and writes
+``demo-out/`` in the current directory, or under the directory given as its one argument.
+
 Starts a SeaweedFS S3 server and the DashScope emulator on loopback, runs ``jobs.example.csv``
 through ``qwenedit run`` into a bucket with the gates on, then prints the results table, the total
 cost (checked against the emulator's billing ledger) and the stored objects, and stops its servers.
@@ -24,11 +27,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from devkit.seaweed import SeaweedServer, ensure_bucket
 from qwenedit.emulator import EmulatorConfig, EmulatorServer
 from qwenedit.storage import S3Settings, make_s3_client
-from qwenedit.testing.seaweed import SeaweedServer, ensure_bucket
 
-ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "qwenedit-demo"
 DEMO_KEY = "sk-demo-0000000000000000"
 # The gates of a run: a 3-job canary approved in advance, a roll-up by the manifest's sku column. One
@@ -38,10 +40,18 @@ GATES = ["--canary", "3", "--yes", "--group-by", "sku", "--max-in-flight", "1"]
 console = Console(width=None if sys.stdout.isatty() else 132)  # a log file gets full tables
 
 
-def main(out: Path = ROOT / "demo-out") -> int:
+def main(root: Path | None = None) -> int:
+    """Run the demo on ``root``'s ``jobs.example.csv`` (default: the current directory) into ``root/demo-out``."""
+    root = Path.cwd() if root is None else root
+    manifest = root / "jobs.example.csv"
+    if not manifest.is_file():
+        console.print(
+            f"[red]no jobs.example.csv in {root}: run the demo from the root of a checkout (make demo)[/]"
+        )
+        return 2
+    out = root / "demo-out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    manifest = ROOT / "jobs.example.csv"
     console.rule("[bold]qwenedit demo: emulator + SeaweedFS on loopback")
     with (
         SeaweedServer(out / "seaweed") as s3,
@@ -138,4 +148,4 @@ def _list(client: object, bucket: str, prefix: str) -> list[tuple[str, int]]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

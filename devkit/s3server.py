@@ -1,7 +1,7 @@
 """What every S3 test server shares: its credentials, and the env, settings, session and client aimed at it.
 
-:class:`S3TestServer` is the base of :class:`~qwenedit.testing.seaweed.SeaweedServer` (a real store in
-its own process) and :class:`~qwenedit.testing.moto.MotoServer` (in-process, fast). A subclass provides
+:class:`S3TestServer` is the base of :class:`~devkit.seaweed.SeaweedServer` (a real store in
+its own process) and :class:`~devkit.moto.MotoServer` (in-process, fast). A subclass provides
 ``endpoint_url`` (and ``ca_bundle`` when it serves HTTPS), ``start`` and ``stop``; clients are made by
 the one factory, :func:`qwenedit.storage.make_s3_client`. :func:`ensure_bucket` creates a bucket
 idempotently on any of them.

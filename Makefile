@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m devkit.demo
 
-# The inner loop: lint, types and every test not marked slow (under 3 minutes on 2 cores).
+# The inner loop: lint, types, import contracts and every test not marked slow (under 3 minutes on 2 cores).
 check: lint
 	$(BIN)/pytest -q -ra -m "not slow"
 
@@ -33,6 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check qwenedit flows tests bench devkit
 	$(BIN)/ruff format --check qwenedit flows tests bench devkit
 	$(BIN)/mypy qwenedit flows devkit
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --scale 10
@@ -41,4 +42,4 @@ bench-full: $(STAMP)
 	$(BIN)/python -m bench --scale 1
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

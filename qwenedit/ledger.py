@@ -236,17 +236,18 @@ class Ledger:
         return None
 
     def _read_charge(self, key: str) -> Charge | None:
-        data = self.store.get_bytes(key)
-        if data is None:
-            return None
-        raw = json.loads(data)
-        raw["output_urls"] = tuple(raw["output_urls"])
-        return Charge(**raw)
+        raw = self._read(key, "output_urls")
+        return None if raw is None else Charge(**raw)
 
     def _read_done(self, key: str) -> Done | None:
+        raw = self._read(key, "outputs")
+        return None if raw is None else Done(**raw)
+
+    def _read(self, key: str, tuple_field: str) -> dict[str, Any] | None:
+        """The record at ``key`` as keyword arguments (its list ``tuple_field`` as a tuple), or None."""
         data = self.store.get_bytes(key)
         if data is None:
             return None
-        raw = json.loads(data)
-        raw["outputs"] = tuple(raw["outputs"])
-        return Done(**raw)
+        raw: dict[str, Any] = json.loads(data)
+        raw[tuple_field] = tuple(raw[tuple_field])
+        return raw

@@ -21,7 +21,7 @@ groups each, the largest by cost first. Pure; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -34,20 +34,13 @@ RESULT_FIELDS = ("model", "region", "status")
 class ResultRow(Protocol):
     """What a roll-up reads of one job's result (``report.JobResult`` is one; rollups sits below report)."""
 
-    @property
-    def status(self) -> str: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def region(self) -> str: ...
-    @property
-    def image_count(self) -> int: ...
-    @property
-    def cost(self) -> str: ...
-    @property
-    def currency(self) -> str: ...
-    @property
-    def extra(self) -> Mapping[str, str]: ...
+    status: str
+    model: str
+    region: str
+    image_count: int
+    cost: str
+    currency: str
+    extra: dict[str, str]
 
 
 MAX_GROUPS = 10_000

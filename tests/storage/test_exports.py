@@ -23,8 +23,6 @@ OLD_NAMES = [
     "encode_metadata",
     "make_s3_client",
     "open_destination",
-    "redact_url",
-    "scrub_urls",
     "validate_key",
     "parse_size",
     "KiB",

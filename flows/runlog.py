@@ -230,7 +230,7 @@ def ended(summary: dict[str, Any]) -> None:
         cause = str(stopped.get("cause", "stop")) if isinstance(stopped, dict) else "stop"
         detail = _stop_detail(stopped)
         is_cap = cause in CAP_CAUSES
-        log.warning(
+        log.info(
             "run %s stopped (%s%s): no new call was started%s",
             run_id,
             cause,

@@ -60,6 +60,7 @@ async def test_qwenedit_lines_reach_the_flow_runs_page_and_the_terminal_sees_no_
         state = await probe(return_state=True)  # type: ignore[call-overload]
     finally:
         root.removeHandler(terminal)
+    assert state.state_details.flow_run_id is not None
     messages = await flow_run_logs(state.state_details.flow_run_id)
     assert {"an info line from the run layer", "a warning from the run layer", "from a thread"} <= set(
         messages
@@ -101,8 +102,9 @@ async def test_an_edit_run_tells_its_start_quote_stop_and_summary_on_its_page_an
         run_id="R-logs",
     )
     state = await edit_manifest(options, return_state=True)  # type: ignore[call-overload]
-    summary = await state.result()
+    summary = await state.aresult()
     assert summary["stopped_by"]["cause"] == "budget"
+    assert state.state_details.flow_run_id is not None
     messages = "\n".join(await flow_run_logs(state.state_details.flow_run_id))
     assert f"run R-logs started: manifest {manifest}" in messages
     assert "run R-logs quote: 6 jobs, 6 images, at most" in messages

@@ -376,7 +376,7 @@ async def process_new_manifests(
 ) -> dict[str, Any]:
     """Run ``edit_deployment`` once for every manifest under ``prefix`` not yet processed; returns what
     was processed, stopped, failed, not started and skipped this tick. ``parameters`` are ``RunOptions``
-    fields given to every edit run (rps, region, budget, api_key_env, report_dir, ...)."""
+    fields given to every edit run (rates, region, budget, api_key_env, report_dir, ...)."""
     with forward_run_logs():
         if _inside(dest, prefix):
             raise ValueError(

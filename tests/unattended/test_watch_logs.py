@@ -96,7 +96,7 @@ async def test_an_edit_run_tells_its_start_quote_stop_and_summary_on_its_page_an
         dest=str(tmp_path / "out"),
         base_url=emulator.base_url,
         report_dir=str(tmp_path / "reports"),
-        rps=50.0,
+        rates=("50",),
         max_in_flight=1,
         budget="0.05 USD",  # less than the six jobs cost: the run stops at its budget
         run_id="R-logs",

@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from qwenedit.models import RateLimit, UnknownLimit, normalize_model
+from qwenedit.catalog import RateLimit, normalize_model
+from qwenedit.errors import UnknownLimit
 
 ModelLimit = Callable[[str], RateLimit]
 
@@ -42,7 +43,7 @@ _PREFIX = "qwen-image-edit"
 
 
 class Limits(Protocol):
-    """Anything that knows a model's own limit (``qwenedit.models.ModelTable``)."""
+    """Anything that knows a model's own limit (``qwenedit.catalog.ModelTable``)."""
 
     def rate_limit(self, model: str) -> RateLimit: ...
 

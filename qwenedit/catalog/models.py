@@ -18,7 +18,7 @@ converted at the seed's own rate (CNY / 6.976): plus 0.2 CNY → $0.028671, edit
 max 0.5 CNY → $0.071674. Singapore: plus $0.03, edit $0.045, max $0.075 (CNY 0.550443 / 7.3392).
 
 A user file (the ``--prices`` file, JSON or CSV) overrides or extends the table; its rows are
-``region, model, unit_price, currency`` as before, with two optional columns: ``rate_limit`` (``2/s``,
+``region, model, unit_price, currency``, with two optional columns: ``rate_limit`` (``2/s``,
 ``2/min``, ``120/h`` or a bare number per second) and ``like`` (an existing model whose rules — n,
 size, prompt_extend and rate limit — a new model copies). A row with only ``model`` and
 ``rate_limit`` changes a limit without touching any price (a raised quota). A new snapshot is one row.

@@ -4,8 +4,8 @@ S3 ETags come from one HEAD per object only while few references share a "folder
 ``list_after_heads`` (8) objects of one prefix have been HEADed, the prefix is listed (``Delimiter="/"``,
 1,000 keys per LIST) and the rest of its ETags are served from ``PrefixListings``, a bounded cache
 (``etag_cache_keys`` keys; a listing is trusted for ``listing_ttl_s``). A key absent from the listing is
-HEADed, so an object created after the listing, or a missing one, is judged exactly as before. A
-million rows over one folder of images cost a thousand LISTs, not a million HEADs.
+HEADed, so an object created after the listing, or a missing one, is judged by its own HEAD. A million
+rows over one folder of images cost a thousand LISTs, not a million HEADs.
 """
 
 from __future__ import annotations

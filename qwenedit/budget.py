@@ -3,29 +3,43 @@
 A budget has one currency. Every amount it is given must be in that currency: a job priced in CNY
 cannot be weighed against a USD budget, so the run layer refuses such a run before it starts
 (``check_currencies``) and ``Budget`` raises ``MixedCurrencies`` rather than add unlike amounts.
+
+With spend caps shared by runs (``--daily-budget``, ``--monthly-budget``), the budget also has a
+``shared`` guard (``qwenedit.spend.SpendGuard``): ``reserve`` then holds the amount against the run's
+own limit *and* makes sure the blocks the run holds on the spend ledger cover its charged + possibly
+charged + reserved worst case (taking a new block from the ledger when they do not). Once the shared
+caps refuse, every later reservation is refused: the run starts no new call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from qwenedit.pricing import MixedCurrencies
 
+if TYPE_CHECKING:
+    from qwenedit.spend import CapReached, SpendGuard
+
 
 class Budget:
-    """``try_reserve`` before a call, ``release`` after it, ``charge`` what it cost."""
+    """``reserve`` (or ``try_reserve``, without shared caps) before a call, ``release`` after it,
+    ``charge`` what it cost."""
 
-    def __init__(self, limit: Decimal | None, currency: str = "USD") -> None:
+    def __init__(
+        self, limit: Decimal | None, currency: str = "USD", shared: SpendGuard | None = None
+    ) -> None:
         self.limit = limit
         self.currency = currency
+        self.shared = shared
         self.charged = Decimal(0)
         self.possibly_charged = Decimal(0)
         self.reserved = Decimal(0)
         self.exhausted = False
 
     def _same(self, currency: str) -> None:
-        if self.limit is not None and currency != self.currency:
+        if (self.limit is not None or self.shared is not None) and currency != self.currency:
             raise MixedCurrencies(f"a {currency} amount cannot count against a budget in {self.currency}")
 
     def try_reserve(self, amount: Decimal, currency: str) -> bool:
@@ -40,18 +54,49 @@ class Budget:
         self.reserved += amount
         return True
 
+    async def reserve(self, amount: Decimal, currency: str) -> bool:
+        """``try_reserve``, and with shared caps the blocks held on the spend ledger must cover it too
+        (a new block is taken from the ledger when they do not); False if either refuses."""
+        if not self.try_reserve(amount, currency):
+            return False
+        if self.shared is None:
+            return True
+        if await self.shared.cover(self.outstanding, amount):
+            return True
+        self.reserved -= amount
+        return False
+
+    def outstanding(self) -> Decimal:
+        """Charged + possibly charged + reserved: what the run may have spent once its open calls end."""
+        return self.charged + self.possibly_charged + self.reserved
+
+    @property
+    def cap_reached(self) -> CapReached | None:
+        """The shared spend cap that stopped the run, if one did."""
+        return None if self.shared is None else self.shared.reached
+
+    def refusal(self) -> str:
+        """Why a call was not started: the shared caps' reason, else the run's own budget."""
+        if self.shared is not None and self.shared.stopped:
+            return self.shared.refusal()
+        return f"not started: it could take the spend over the budget {self.describe()}"
+
     def release(self, amount: Decimal) -> None:
         """The call holding ``amount`` has ended (its real cost is given to ``charge``)."""
         self.reserved -= amount
 
-    def charge(self, amount: Decimal, currency: str) -> None:
+    def charge(self, amount: Decimal, currency: str, model: str | None = None) -> None:
         self._same(currency)
         self.charged += amount
+        if self.shared is not None:
+            self.shared.note(model, amount)
 
-    def possibly_charge(self, amount: Decimal, currency: str) -> None:
+    def possibly_charge(self, amount: Decimal, currency: str, model: str | None = None) -> None:
         """A call whose answer was lost may have cost ``amount``: count it as spent (worst case)."""
         self._same(currency)
         self.possibly_charged += amount
+        if self.shared is not None:
+            self.shared.note(model, amount, possibly=True)
 
     def describe(self) -> str | None:
         return None if self.limit is None else f"{self.limit} {self.currency}"

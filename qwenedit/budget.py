@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from qwenedit.pricing import MixedCurrencies
 
 if TYPE_CHECKING:
-    from qwenedit.spend import CapReached, SpendGuard
+    from qwenedit.spend import CapReached, Caps, SpendGuard
 
 
 class Budget:
@@ -57,14 +57,14 @@ class Budget:
     async def reserve(self, amount: Decimal, currency: str) -> bool:
         """``try_reserve``, and with shared caps the blocks held on the spend ledger must cover it too
         (a new block is taken from the ledger when they do not); False if either refuses."""
-        if not self.try_reserve(amount, currency):
-            return False
         if self.shared is None:
-            return True
-        if await self.shared.cover(self.outstanding, amount):
-            return True
-        self.reserved -= amount
-        return False
+            return self.try_reserve(amount, currency)
+        if not self.try_reserve(amount, currency):  # the run's own budget refuses: the ledger is not asked
+            return False
+        self.reserved -= amount  # granted again below, under the guard's lock, once blocks cover it
+        return await self.shared.cover(
+            lambda: self.outstanding() + amount, amount, lambda: self.try_reserve(amount, currency)
+        )
 
     def outstanding(self) -> Decimal:
         """Charged + possibly charged + reserved: what the run may have spent once its open calls end."""
@@ -74,6 +74,15 @@ class Budget:
     def cap_reached(self) -> CapReached | None:
         """The shared spend cap that stopped the run, if one did."""
         return None if self.shared is None else self.shared.reached
+
+    def spend_cap_stop(self) -> dict[str, str] | None:
+        """The run's ``stopped_by`` when the shared caps stopped it: ``cause`` ``spend_cap``, the cap, its
+        limit and period, and a ``message`` naming it (or why the spend ledger could not be used)."""
+        if self.shared is None or not self.shared.stopped:
+            return None
+        if self.shared.reached is not None:
+            return {"cause": "spend_cap", **self.shared.reached.to_dict()}
+        return {"cause": "spend_cap", "message": f"spend ledger could not be used: {self.shared.failure}"}
 
     def refusal(self) -> str:
         """Why a call was not started: the shared caps' reason, else the run's own budget."""
@@ -100,6 +109,19 @@ class Budget:
 
     def describe(self) -> str | None:
         return None if self.limit is None else f"{self.limit} {self.currency}"
+
+
+def check_guards(budget: tuple[Decimal, str] | None, caps: Caps, priced_in: Iterable[str]) -> None:
+    """The run's budget and the shared spend caps must be in the currency of the manifest's prices."""
+    priced_in = list(priced_in)
+    if budget is not None:
+        check_currencies(budget[1], priced_in)
+    if caps.active:
+        check_currencies(caps.currency, priced_in)
+        if budget is not None and budget[1] != caps.currency:
+            raise MixedCurrencies(
+                f"the budget is in {budget[1]} but the daily/monthly budgets are in {caps.currency}: use one currency"
+            )
 
 
 def check_currencies(budget_currency: str, priced_in: Iterable[str]) -> None:

@@ -583,51 +583,51 @@ class SpendGuard:
             return f"not started: the {self.reached.message()}"
         return f"not started: the spend ledger could not be used ({self.failure})"
 
-    async def cover(self, outstanding: Callable[[], Decimal], amount: Decimal) -> bool:
-        """True if the blocks held cover ``outstanding()`` (which includes ``amount``, the call about to
-        start), taking a new block if needed; False once a cap leaves too little (or the ledger failed)."""
+    async def cover(self, total: Callable[[], Decimal], amount: Decimal, grant: Callable[[], bool]) -> bool:
+        """Make the blocks held cover ``total()`` (the run's charged + possibly charged + reserved, plus
+        ``amount``, the call about to start), taking new blocks if needed, then ``grant()`` the call (the
+        caller's own reservation, made under the same lock so no other call can count on the same
+        block). False once a cap leaves too little, or the ledger could not be used."""
         async with self._lock:
-            if self.stopped:
-                return False
-            need = outstanding() - self.held_total
-            if need <= 0:
-                return True
-            want = max(need, amount * self.block_calls)
-            if self.expected is not None:
-                want = max(need, min(want, self.expected - self.held_total))
-            block: Block | None = None
-            for attempt in range(1, self.store_tries + 1):
-                try:
-                    block = await asyncio.to_thread(self._take, need, want)
-                    break
-                except SpendLedgerError as err:
-                    self.failure = str(err)
-                    log.error("run %s: %s; no new call starts", self.run_id, err)
+            while not self.stopped and (need := total() - self.held_total) > 0:
+                want = max(need, amount * self.block_calls)
+                if self.expected is not None:
+                    want = max(need, min(want, self.expected - self.held_total))
+                block = await self._take_retried(need, want)
+                if block is None:
                     return False
-                except Exception as err:
-                    if not is_transient_storage_error(err) or attempt == self.store_tries:
-                        self.failure = f"{type(err).__name__} at {self.ledger.uri}"
-                        log.error(
-                            "run %s: spend ledger unusable (%s); no new call starts",
-                            self.run_id,
-                            self.failure,
-                        )
-                        return False
-                    await asyncio.sleep(self.backoff_s * attempt)
-            if block is None:
-                log.warning(
-                    "run %s: %s; no new call starts", self.run_id, self.reached and self.reached.message()
+                self.held.append(_Held(block))
+                log.info(
+                    "run %s: reserved %s %s of the spend caps (%s)",
+                    self.run_id,
+                    block.amount,
+                    block.currency,
+                    block.key,
                 )
-                return False
-            self.held.append(_Held(block))
-            log.info(
-                "run %s: reserved %s %s of the spend caps (%s)",
-                self.run_id,
-                block.amount,
-                block.currency,
-                block.key,
-            )
-            return True
+            return not self.stopped and grant()
+
+    async def _take_retried(self, need: Decimal, want: Decimal) -> Block | None:
+        """``_take`` in a thread, retried through a store outage; None (and why) when refused."""
+        for attempt in range(1, self.store_tries + 1):
+            try:
+                block = await asyncio.to_thread(self._take, need, want)
+            except SpendLedgerError as err:
+                self.failure = str(err)
+                log.error("run %s: %s; no new call starts", self.run_id, err)
+                return None
+            except Exception as err:
+                if not is_transient_storage_error(err) or attempt == self.store_tries:
+                    self.failure = f"{type(err).__name__} at {self.ledger.uri}"
+                    log.error(
+                        "run %s: spend ledger unusable (%s); no new call starts", self.run_id, self.failure
+                    )
+                    return None
+                await asyncio.sleep(self.backoff_s * attempt)
+                continue
+            if block is None and self.reached is not None:
+                log.warning("run %s: %s; no new call starts", self.run_id, self.reached.message())
+            return block
+        return None  # pragma: no cover (the loop returns)
 
     def _take(self, need: Decimal, want: Decimal) -> Block | None:
         """Append a reserve record of at least ``need`` (up to ``want``) if the caps leave room (blocking)."""

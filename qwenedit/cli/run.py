@@ -1,7 +1,7 @@
 """`qwenedit run`: run a manifest through the Prefect flow with a live progress bar.
 
 Exit codes: 0 every job succeeded or was skipped · 1 some jobs failed · 2 bad options or manifest ·
-3 stopped by the run breaker (account error), the budget or a signal (Ctrl-C, SIGTERM: the calls in
+3 stopped by the run breaker (account error), the budget, a daily/monthly spend cap or a signal (Ctrl-C, SIGTERM: the calls in
 flight finish first; see ``qwenedit.stopping``).
 """
 
@@ -121,6 +121,9 @@ def print_summary(summary: dict[str, Any], out: Console) -> None:
             out.print(f"[red]stopped: {stopped['reason']}; {left} job(s) not run, nothing more spent[/]")
         elif stopped["cause"] == "stop":
             out.print(f"[red]{stop_message(summary)}[/]")
+        elif stopped["cause"] == "spend_cap":
+            left = summary["by_status"].get("not_attempted", 0)
+            out.print(f"[red]stopped: {stopped['message']}; {left} job(s) not started[/]", highlight=False)
         else:
             out.print(f"[red]stopped: budget {stopped['limit']} reached; remaining jobs not attempted[/]")
     out.print(f"reports: {summary['report_dir']}/  (results.csv, summary.json, failed.jsonl, report.html)")
@@ -165,6 +168,25 @@ def run(
     ] = None,
     budget: Annotated[
         str | None, typer.Option(help='stop before spend could exceed this: "50", "50 USD", "350 CNY"')
+    ] = None,
+    spend_ledger: Annotated[
+        str | None,
+        typer.Option(
+            "--spend-ledger",
+            help="s3://bucket/prefix or folder whose spend log all runs naming it share (default: --dest)",
+        ),
+    ] = None,
+    daily_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--daily-budget", help='cap on the spend of all runs of the spend ledger per UTC day: "20"'
+        ),
+    ] = None,
+    monthly_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--monthly-budget", help="cap on the spend of all runs of the spend ledger per UTC month"
+        ),
     ] = None,
     report_dir: Annotated[str, typer.Option("--report-dir", help="where run reports go")] = "runs",
     input_root: Annotated[
@@ -238,6 +260,9 @@ def run(
             max_in_flight=max_in_flight,
             chunk_size=chunk_size,
             budget=budget,
+            spend_ledger=spend_ledger,
+            daily_budget=daily_budget,
+            monthly_budget=monthly_budget,
             report_dir=report_dir,
             input_root=input_root,
             model=model,

@@ -375,3 +375,11 @@ async def test_two_guards_on_one_s3_ledger_share_the_cap(s3_bucket: S3Bucket, cl
     granted = await asyncio.gather(reserve_calls(a, 10), reserve_calls(b, 10))
     assert sum(granted) == 15  # whoever was first, every dollar under the cap was usable, none beyond
     assert SpendLedger(uri_dest(), clock=clock).usage()[2] == D("0.45")
+
+
+async def test_calls_of_one_run_reserving_at_once_get_exactly_the_room_left(ledger: SpendLedger) -> None:
+    g = guard(ledger, daily="0.15", expected=D("0.30"))
+    b = budget(g)
+    granted = await asyncio.gather(*(b.reserve(CALL, "USD") for _ in range(10)))
+    assert granted.count(True) == 5  # 0.15 / 0.03: calls waiting for a block do not count on each other
+    assert b.reserved == D("0.15") and g.held_total == D("0.15")

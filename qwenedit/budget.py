@@ -66,6 +66,17 @@ class Budget:
             lambda: self.outstanding() + amount, amount, lambda: self.try_reserve(amount, currency)
         )
 
+    async def still_fits(self) -> bool:
+        """After a lost answer (counted as possibly charged while its call's reservation still holds the
+        retry): whether the run's spend still fits its budget and the shared caps (taking a block if the
+        held ones no longer cover it). False (and ``exhausted`` or the cap) if the retry could overspend."""
+        if self.limit is not None and self.outstanding() > self.limit:
+            self.exhausted = True
+            return False
+        if self.shared is None:
+            return True
+        return await self.shared.cover(self.outstanding, Decimal(0), lambda: True)
+
     def outstanding(self) -> Decimal:
         """Charged + possibly charged + reserved: what the run may have spent once its open calls end."""
         return self.charged + self.possibly_charged + self.reserved

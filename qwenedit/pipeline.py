@@ -377,10 +377,19 @@ async def _call(
     def retry_on(exc: BaseException) -> bool:
         return isinstance(exc, errors.DashScopeError) and exc.retryable and not ctx.breaker.tripped
 
+    # An attempt whose answer was lost counts as spent (possibly billed) while the job's reservation
+    # still holds the retry: a retry is sent only if that spend still fits the budget and the caps.
+    lost = False
     try:
         async for attempt in ctx.api_retry.retrying(retry_on, describe=lambda: f"job {job.job_id} call"):
             with attempt:
                 _stop_if_tripped(ctx, result)
+                if lost and not await ctx.budget.still_fits():
+                    refusal = ctx.budget.refusal().removeprefix("not started: ")
+                    raise _JobFailed(
+                        JobCode.BUDGET_EXCEEDED, f"not retried after a lost answer: {refusal}"[:300]
+                    )
+                lost = False
                 await pacer.acquire()
                 _stop_if_tripped(ctx, result)  # the breaker may have tripped while this job waited
                 result.attempts += 1
@@ -388,6 +397,7 @@ async def _call(
                     return await _send(ctx, request, pacer)
                 except errors.DashScopeError as err:
                     _account_for(ctx, job, err, result, worst_case, price, pacer)
+                    lost = err.possibly_billed
                     raise
     except errors.DashScopeError as err:
         result.request_id = err.request_id

@@ -142,6 +142,7 @@ async def test_the_spend_ledger_defaults_to_the_destination(
     assert [r["run"] for r in report["runs"]] == [summary["run_id"]]
 
 
+@pytest.mark.slow
 def test_caps_in_two_currencies_or_unlike_the_budget_are_refused_before_any_call(
     run_cli: CliRunner, emulator_factory: Any, write_manifest: Any
 ) -> None:
@@ -152,3 +153,44 @@ def test_caps_in_two_currencies_or_unlike_the_budget_are_refused_before_any_call
     unlike = run_cli(manifest, emulator, "--daily-budget", "7 CNY")
     assert unlike.code == 2 and "CNY" in unlike.stdout + unlike.stderr
     assert emulator.ledger() == []
+
+
+async def test_a_lost_answer_is_retried_only_if_the_cap_leaves_room_for_paying_again(
+    emulator_factory: Any, write_manifest: Any, pipeline_env: Any, tmp_path: Path
+) -> None:
+    emulator = emulator_factory(next_faults=["drop_billed"])  # billed, then the connection closes
+    manifest = write_manifest(simple_rows(1))
+    summary = await run_here(
+        manifest, pipeline_env, emulator, tmp_path, daily_budget="0.03", backoff_base=0.0
+    )
+    assert billed(emulator) == Decimal("0.03")  # the retry could have been billed too: not sent
+    row = results(summary).iloc[0]
+    assert row["status"] == "failed" and row["error_code"] == "BudgetExceeded"
+    assert "not retried after a lost answer" in row["error_message"]
+    assert summary["stopped_by"]["cause"] == "spend_cap"
+    report = spend_report(SpendLedger(open_destination(pipeline_env.uri("out"))))
+    assert [(r["spent"], r["possibly"], r["counted"]) for r in report["runs"]] == [("0", "0.03", "0.03")]
+
+
+async def test_with_room_for_it_a_lost_answer_is_retried(
+    emulator_factory: Any, write_manifest: Any, pipeline_env: Any, tmp_path: Path
+) -> None:
+    emulator = emulator_factory(next_faults=["drop_billed"])
+    manifest = write_manifest(simple_rows(1))
+    summary = await run_here(
+        manifest, pipeline_env, emulator, tmp_path, daily_budget="0.06", backoff_base=0.0
+    )
+    assert results(summary).iloc[0]["status"] == "succeeded"
+    assert billed(emulator) == Decimal("0.06") and summary["stopped_by"] is None
+
+
+async def test_the_runs_own_budget_also_holds_through_a_lost_answer(
+    emulator_factory: Any, write_manifest: Any, pipeline_env: Any, tmp_path: Path
+) -> None:
+    emulator = emulator_factory(next_faults=["drop_billed"])
+    summary = await run_here(
+        write_manifest(simple_rows(1)), pipeline_env, emulator, tmp_path, budget="0.03", backoff_base=0.0
+    )
+    assert billed(emulator) == Decimal("0.03")
+    assert results(summary).iloc[0]["error_code"] == "BudgetExceeded"
+    assert summary["stopped_by"]["cause"] == "budget"

@@ -52,9 +52,9 @@ from qwenedit.inputs import InputError, InputResolver, data_uri_bytes
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex, Ledger
 from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
-from qwenedit.models import RateLimit, normalize_model
+from qwenedit.models import normalize_model
 from qwenedit.options import RunOptions
-from qwenedit.pacer import PacerPool, parse_rate_overrides
+from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import (
     DEFAULT_OUTPUT_HOSTS,
     RunContext,
@@ -65,6 +65,7 @@ from qwenedit.pipeline import (
     skipped_result,
 )
 from qwenedit.pricing import PriceTable, cost, load_prices
+from qwenedit.rates import model_limits
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool, save_reports, write_reports
 from qwenedit.retry import RetryPolicy
@@ -683,7 +684,7 @@ class Run:
                 "wall_time_s": round(time.monotonic() - stats.started, 3),
                 "requests_sent": stats.requests_sent,
                 "request_rate": round(stats.request_rate(), 4),
-                "rps_limit": o.rps,
+                "rates": list(o.rates),
                 "models": {
                     model: {
                         **pacing,
@@ -743,30 +744,9 @@ class Run:
         )
 
 
-@dataclass(frozen=True)
-class _SharedLimits:
-    """A model table's limits scaled to the share of them this run may use."""
-
-    limits: PriceTable
-    share: float
-
-    def rate_limit(self, model: str) -> RateLimit:
-        return _scaled(self.limits.rate_limit(model), self.share)
-
-
-def _scaled(limit: RateLimit, share: float) -> RateLimit:
-    return RateLimit(limit.count * share, limit.period_s)
-
-
 def pacer_pool(options: RunOptions, table: PriceTable) -> PacerPool:
-    """Pacers at each model's limit (the table's, or the options' overrides), times ``rate_share``."""
-    share = options.rate_share
-    overrides = {
-        model: _scaled(limit, share) for model, limit in parse_rate_overrides(options.model_rps).items()
-    }
-    if options.rps is not None:
-        overrides.setdefault(None, RateLimit.per_second(options.rps * share))
-    return PacerPool(limits=_SharedLimits(table, share), overrides=overrides)
+    """Pacers at each model's limit: the options' ``rates``, else the table's, times ``rate_share``."""
+    return PacerPool(model_limits(options.rates, table, options.rate_share))
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from qwenedit.pricing import MixedCurrencies
+from qwenedit.errors import MixedCurrencies
 
 if TYPE_CHECKING:
     from qwenedit.spend import CapReached, Caps, SpendGuard

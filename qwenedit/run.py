@@ -46,13 +46,13 @@ from qwenedit.api import api_key_from_env, resolve_base_url
 from qwenedit.budget import Budget, check_guards
 from qwenedit.canary import CanaryOutcome, CanaryPlan
 from qwenedit.canary import choose as choose_canary
-from qwenedit.errors import DestinationUnusable, JobCode, ManifestInvalid
+from qwenedit.catalog import ModelTable, cost, load_models, normalize_model
+from qwenedit.errors import DestinationUnusable, InputError, JobCode, ManifestInvalid
 from qwenedit.htmlreport import CONTACT_LIMIT, write_html_report
-from qwenedit.inputs import InputError, InputResolver, data_uri_bytes
+from qwenedit.inputs import InputResolver, data_uri_bytes
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex, Ledger
 from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
-from qwenedit.models import normalize_model
 from qwenedit.options import RunOptions
 from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import (
@@ -64,7 +64,6 @@ from qwenedit.pipeline import (
     run_job,
     skipped_result,
 )
-from qwenedit.pricing import PriceTable, cost, load_prices
 from qwenedit.rates import model_limits
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool, save_reports, write_reports
@@ -139,7 +138,7 @@ class Prepared:
     """A manifest checked against a run's options: its validation and quote, the price table."""
 
     validation: Validation
-    prices: PriceTable
+    prices: ModelTable
 
 
 def prepare(options: RunOptions) -> Prepared:
@@ -148,7 +147,7 @@ def prepare(options: RunOptions) -> Prepared:
     Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
     ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
     """
-    prices = load_prices(options.prices)
+    prices = load_models(options.prices)
     budget = options.budget_amount()
     validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
     if not validation.ok:
@@ -157,7 +156,7 @@ def prepare(options: RunOptions) -> Prepared:
     return Prepared(validation, prices)
 
 
-def manifest_reading(options: RunOptions, prices: PriceTable) -> dict[str, Any]:
+def manifest_reading(options: RunOptions, prices: ModelTable) -> dict[str, Any]:
     """How a run reads its manifest (the same for validating it and for iterating its jobs)."""
     return {
         "region": options.region,
@@ -744,7 +743,7 @@ class Run:
         )
 
 
-def pacer_pool(options: RunOptions, table: PriceTable) -> PacerPool:
+def pacer_pool(options: RunOptions, table: ModelTable) -> PacerPool:
     """Pacers at each model's limit: the options' ``rates``, else the table's, times ``rate_share``."""
     return PacerPool(model_limits(options.rates, table, options.rate_share))
 

@@ -29,14 +29,13 @@ from flows.scheduled import (
     marker_key,
 )
 from flows.sharded import _as_text_frame, consolidate, write_shards
+from qwenedit.catalog import RateLimit, load_models, parse_money
 from qwenedit.errors import ShardsFailed as ShardsFailedError
 from qwenedit.inputs import InputResolver
 from qwenedit.jobs import Job
 from qwenedit.ledger import Charge, Done, Ledger
-from qwenedit.models import RateLimit
 from qwenedit.options import RunOptions
 from qwenedit.pacer import DEFAULT_MARGIN
-from qwenedit.pricing import load_prices, parse_money
 from qwenedit.report import JobResult, ResultSpool, RunTotals, write_reports
 from qwenedit.shards import (
     chunk_sizes,
@@ -335,7 +334,7 @@ def test_consolidated_report_merges_a_finished_shard_and_a_crashed_one_in_manife
     out = tmp_path / "shards"
     out.mkdir()
     options = RunOptions(manifest=str(manifest), dest=str(tmp_path / "dest"))
-    job_ids, per_shard, _ = write_shards(options, sizes, prices=load_prices(None), out_dir=out)
+    job_ids, per_shard, _ = write_shards(options, sizes, prices=load_models(None), out_dir=out)
     for i in range(2):
         dest.put_bytes(shard_manifest_key("R", i), (out / f"shard-{i:02d}.jsonl").read_bytes())
     root = str(manifest.parent)

@@ -72,13 +72,13 @@ from typing import Any, Literal
 
 import botocore.exceptions
 
+from qwenedit.catalog import parse_money
 from qwenedit.errors import (
     ConditionalWritesUnsupported,
-    QwenEditError,
+    SpendLedgerError,
     is_transient_storage_error,
     s3_error_code,
 )
-from qwenedit.pricing import parse_money
 from qwenedit.storage import Destination, open_destination
 
 log = logging.getLogger("qwenedit.spend")
@@ -106,11 +106,6 @@ def day_of(moment: datetime) -> str:
 
 def month_of(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m")
-
-
-class SpendLedgerError(QwenEditError):
-    """The spend ledger cannot be used: a store without conditional writes, an unreadable record, a cap
-    in another currency than the ledger's records. Runs refuse to spend rather than guess."""
 
 
 # --- caps ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from qwenedit.pricing import default_prices
+from qwenedit.catalog import builtin_models as default_prices
 from qwenedit.spend import SpendLedger, spend_report
 from qwenedit.storage import open_destination
 from tests.gates.conftest import CliRunner

@@ -112,8 +112,9 @@ def parse_rates(values: Iterable[object] | str | float | None) -> Rates:
 
 def normalize_rates(values: Iterable[object] | str | float | None) -> tuple[str, ...]:
     """The specs as ``RunOptions.rates`` keeps them: checked, one spec per item, as written."""
-    parse_rates(values)
-    return tuple(_specs(values))
+    specs = _specs(values)
+    parse_rates(specs)
+    return tuple(specs)
 
 
 def scaled(limit: RateLimit, share: float) -> RateLimit:
@@ -144,8 +145,3 @@ def model_limits(
         return scaled(limit, share)
 
     return limit_of
-
-
-def describe(limit_of: ModelLimit, models: Iterable[str]) -> dict[str, str]:
-    """model → its limit as text (``"0.9/s"``), for summaries."""
-    return {normalize_model(m): str(limit_of(m)) for m in sorted(set(models))}

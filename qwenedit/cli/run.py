@@ -1,8 +1,8 @@
 """`qwenedit run`: run a manifest through the Prefect flow with a live progress bar.
 
 Exit codes: 0 every job succeeded or was skipped · 1 some jobs failed · 2 bad options or manifest ·
-3 stopped by the run breaker (account error), the budget or a signal (Ctrl-C, SIGTERM: the calls in
-flight finish first; see ``qwenedit.stopping``).
+3 stopped by the run breaker (account error), the budget, a daily/monthly spend cap or a signal
+(Ctrl-C, SIGTERM: the calls in flight finish first; see ``qwenedit.stopping``).
 """
 
 from __future__ import annotations
@@ -122,6 +122,9 @@ def print_summary(summary: dict[str, Any], out: Console) -> None:
             out.print(f"[red]stopped: {stopped['reason']}; {left} job(s) not run, nothing more spent[/]")
         elif stopped["cause"] == "stop":
             out.print(f"[red]{stop_message(summary)}[/]")
+        elif stopped["cause"] == "spend_cap":
+            left = summary["by_status"].get("not_attempted", 0)
+            out.print(f"[red]stopped: {stopped['message']}; {left} job(s) not started[/]", highlight=False)
         else:
             out.print(f"[red]stopped: budget {stopped['limit']} reached; remaining jobs not attempted[/]")
     out.print(f"reports: {summary['report_dir']}/  (results.csv, summary.json, failed.jsonl, report.html)")

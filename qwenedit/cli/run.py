@@ -324,45 +324,40 @@ def _read_line() -> asyncio.Future[str]:
 
 
 async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any]:
-    """Open the run here (every check before Prefect starts), then hand it to the flow."""
-    from flows.edit_manifest import edit_manifest
-    from flows.ephemeral_server import start_detached
+    """Open the run here (every check before Prefect starts), then run it as a flow run."""
+    from qwenedit.cli._flows import run_in_flow, start_prefect_server
     from qwenedit.cli.validate import print_problems
     from qwenedit.errors import ManifestInvalid
     from qwenedit.run import Run
 
-    try:
-        opened = Run(options)
-        run = await opened.__aenter__()
-    except ManifestInvalid as err:
-        print_problems(err.validation.problems, console)
-        console.print("[red]manifest is invalid: nothing was run[/]")
-        raise typer.Exit(2) from None
-    except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            start_detached()  # a Ctrl-C must not stop Prefect's temporary API server while the run drains
+            run = await stack.enter_async_context(Run(options))
+        except ManifestInvalid as err:
+            print_problems(err.validation.problems, console)
+            console.print("[red]manifest is invalid: nothing was run[/]")
+            raise typer.Exit(2) from None
+        except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
+            console.print(f"[red]error:[/] {err}")
+            raise typer.Exit(2) from None
+        try:
+            start_prefect_server()  # a Ctrl-C must not stop it while the run drains
         except Exception as err:
             console.print(f"[red]run failed:[/] Prefect API server: {type(err).__name__}: {err}")
             raise typer.Exit(2) from None
         shown: list[Live] = []
-        run.approver = terminal_approver(yes, shown)
-        with run.hand_over():
-            flow_run = asyncio.ensure_future(edit_manifest(options))
-            if progress:
-                with Live(console=console, refresh_per_second=4, transient=False) as live:
-                    shown.append(live)
-                    while not flow_run.done():
-                        live.update(progress_line(run))
-                        await asyncio.wait({flow_run}, timeout=0.25)
+        flow_run = asyncio.ensure_future(run_in_flow(run, terminal_approver(yes, shown)))
+        if progress:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                shown.append(live)
+                while not flow_run.done():
                     live.update(progress_line(run))
-            try:
-                result: dict[str, Any] = await flow_run
-            except Exception as err:
-                console.print(f"[red]run failed:[/] {type(err).__name__}: {err}")
-                raise typer.Exit(2) from None
-            return result
-    finally:
-        await opened.__aexit__(None, None, None)
+                    await asyncio.wait({flow_run}, timeout=0.25)
+                live.update(progress_line(run))
+        try:
+            result: dict[str, Any] = await flow_run
+        except Exception as err:
+            console.print(f"[red]run failed:[/] {type(err).__name__}: {err}")
+            raise typer.Exit(2) from None
+        return result
+    raise AssertionError("unreachable")  # pragma: no cover

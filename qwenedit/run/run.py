@@ -1,24 +1,20 @@
-"""The run layer: one manifest, start to finish, with no Prefect in it.
+"""The run: one manifest, start to finish, with no Prefect in it.
 
 ``Run(options)`` is an async context manager. Entering it does every check that must pass before
-anything is spent, once: the options (price file, budget currency, API key present), the whole
-manifest validated and quoted (``ManifestInvalid``), the destination listable and writable
-(``DestinationUnusable``). ``execute()`` then:
+anything is spent, once (``run.wiring``): the options (price file, budget currency, API key present),
+the whole manifest validated and quoted (``ManifestInvalid``), the destination listable and writable
+(``DestinationUnusable``). ``execute(runner, approve)`` then:
 
 1. lists the done markers under ``{dest}/_ledger/_done/`` once (one LIST per 1,000 jobs);
-2. reads the manifest lazily and fingerprints each row; a row whose (job id, fingerprint) is in the
-   listing is recorded ``skipped`` on the spot — no task, no call, no per-row store request;
-3. groups the other rows into **chunks** of consecutive rows and hands each chunk to the
-   ``ChunkRunner`` (the flow makes each a Prefect task run; by default it is run directly). Chunks
-   share the run's pacers and in-flight window, and the next chunk starts as soon as the previous
-   one has *entered* every job into the window, so a chunk boundary never idles the pacer. A chunk
-   that fails in orchestration does not fail its siblings: its unrecorded rows are reported.
+2. plans the rows in a background thread (``run.planning``): a row whose (job id, fingerprint) is in
+   the listing is recorded ``skipped`` on the spot — no task, no call, no per-row store request;
+3. groups the pending rows into chunks of consecutive rows and hands each ``Chunk`` to ``runner``
+   (``run.chunks``; the flow makes each a Prefect task run, by default it runs directly);
+4. with ``options.canary``, runs the canary rows first and asks ``approve`` before the rest.
 
-``finish()`` writes results.csv / summary.json / failed.jsonl (local and under ``{dest}/_runs/``)
-and returns the summary. Live counters are in ``run.stats`` for whoever shows progress: the CLI
-draws a line from the run it opened and handed to the flow (``hand_over`` / ``open_run``), the
-flow publishes Prefect artifacts. Tasks find their run through ``current_run()`` (a ``ContextVar``
-set by the flow), never through a module-level registry.
+``request_stop`` / ``stop_now`` are the two stop levels (``qwenedit.stopping`` calls them on signals).
+``finish()`` writes the reports (``run.reports``) and returns the summary. Live counters are in
+``run.stats`` for whoever shows progress.
 """
 
 from __future__ import annotations
@@ -26,87 +22,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
-
-from qwenedit.api import api_key_from_env, resolve_base_url
-from qwenedit.budget import Budget, check_currencies
 from qwenedit.canary import CanaryOutcome, CanaryPlan
-from qwenedit.canary import choose as choose_canary
-from qwenedit.errors import DestinationUnusable, JobCode, ManifestInvalid
-from qwenedit.htmlreport import CONTACT_LIMIT, write_html_report
-from qwenedit.inputs import InputError, InputResolver, data_uri_bytes
-from qwenedit.jobs import Job, fingerprint
-from qwenedit.ledger import DoneIndex, Ledger
-from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
-from qwenedit.models import RateLimit, normalize_model
+from qwenedit.errors import JobCode
+from qwenedit.jobs import Job
+from qwenedit.ledger import DoneIndex
+from qwenedit.manifest import Validation
 from qwenedit.options import RunOptions
-from qwenedit.pacer import PacerPool, parse_rate_overrides
-from qwenedit.pipeline import (
-    DEFAULT_OUTPUT_HOSTS,
-    RunContext,
-    RunStats,
-    failed_result,
-    record,
-    run_job,
-    skipped_result,
-)
-from qwenedit.pricing import PriceTable, cost, load_prices
-from qwenedit.redact import install_log_redaction
-from qwenedit.report import ResultSpool, save_reports, write_reports
-from qwenedit.retry import RetryPolicy
-from qwenedit.rollups import Rollups
-from qwenedit.stopping import StoppableClient
-from qwenedit.storage import Destination, make_s3_client, open_destination
+from qwenedit.pipeline import RunContext, RunServices, RunState, RunStats, failed_result, record
+from qwenedit.report import JobResult
+from qwenedit.run.chunks import ChunkRunner, Chunks
+from qwenedit.run.planning import Pending, Planner
+from qwenedit.run.reports import RunReports
+from qwenedit.run.wiring import Wired, new_run_id, wire
 from qwenedit.window import Window
 
 log = logging.getLogger("qwenedit.run")
 
-_CURRENT: ContextVar[Run | None] = ContextVar("qwenedit_current_run", default=None)
-_HANDED: ContextVar[Run | None] = ContextVar("qwenedit_handed_run", default=None)
-
-PLAN_BATCH = 512  # rows the planning thread hands over at a time
-IDENTITY_CACHE = 100_000  # image references whose identity the planning pass remembers
-
-
-def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-
-
-def current_run() -> Run:
-    """The run whose flow is executing this code (set by ``Run.activate``)."""
-    run = _CURRENT.get()
-    if run is None:
-        raise RuntimeError("no qwenedit run is active in this context")
-    return run
-
-
-@contextlib.asynccontextmanager
-async def open_run(options: RunOptions) -> AsyncIterator[Run]:
-    """The run for ``options``: the one the caller already opened and handed over, else a new one.
-
-    The CLI opens the run itself (so a bad manifest is reported before an orchestrator starts) and
-    hands it to the flow; a deployment's flow run opens its own.
-    """
-    handed = _HANDED.get()
-    if handed is not None and handed.options == options:
-        yield handed
-        return
-    async with Run(options) as run:
-        yield run
+Approver = Callable[[CanaryOutcome], Awaitable[bool]]
 
 
 def exit_code(summary: dict[str, Any]) -> int:
@@ -114,89 +51,6 @@ def exit_code(summary: dict[str, Any]) -> int:
     if summary.get("stopped_by"):
         return 3
     return 1 if summary["by_status"]["failed"] else 0
-
-
-def check_destination(destination: Destination) -> None:
-    """Fail before the first call if the destination cannot be read and written.
-
-    A missing bucket or refused credentials would otherwise fail every job after minutes of store
-    retries, and a read-only key would let every call be paid for and then not be stored.
-    """
-    try:
-        next(iter(destination.list_keys("_ledger/")), None)
-        destination.put_bytes(".qwenedit-write-check", b"ok\n", "text/plain")
-    except Exception as err:
-        response = getattr(err, "response", None)
-        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-        reason = code or f"{type(err).__name__}: {err}"[:200]
-        raise DestinationUnusable(f"destination {destination.uri()} cannot be used: {reason}") from None
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A manifest checked against a run's options: its validation and quote, the price table."""
-
-    validation: Validation
-    prices: PriceTable
-
-
-def prepare(options: RunOptions) -> Prepared:
-    """Every check on the options and the manifest that must pass before anything is spent (blocking).
-
-    Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
-    ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
-    """
-    prices = load_prices(options.prices)
-    budget = options.budget_amount()
-    validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
-    if not validation.ok:
-        raise ManifestInvalid(validation)
-    if budget is not None:
-        check_currencies(budget[1], validation.quote.currencies)
-    return Prepared(validation, prices)
-
-
-def manifest_reading(options: RunOptions, prices: PriceTable) -> dict[str, Any]:
-    """How a run reads its manifest (the same for validating it and for iterating its jobs)."""
-    return {
-        "region": options.region,
-        "model": options.model,
-        "prices": prices,
-        "input_root": options.input_root,
-        "prompt_template": options.prompt_template,
-    }
-
-
-@dataclass(frozen=True)
-class ChunkSpec:
-    """What a chunk's task run is given: small, serialisable, named by its row range."""
-
-    run_id: str
-    index: int
-    first_row: int
-    last_row: int
-    jobs: int
-
-    @property
-    def name(self) -> str:
-        return f"rows {self.first_row}-{self.last_row}"
-
-
-@dataclass
-class Chunk:
-    """Consecutive pending rows run as one unit of orchestration."""
-
-    spec: ChunkSpec
-    items: list[tuple[Job, str, tuple[str, ...]]]  # job, fingerprint, stale done markers
-    entered: asyncio.Event = field(default_factory=asyncio.Event)  # every job is in the window
-
-
-ChunkRunner = Callable[[ChunkSpec], Awaitable[object]]
-Approver = Callable[[CanaryOutcome], Awaitable[bool]]
-
-
-def outcome_text(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if n) or "no jobs"
 
 
 class Run:
@@ -207,16 +61,12 @@ class Run:
         self.run_id = options.run_id or new_run_id()
         self.out_dir = Path(options.report_dir) / self.run_id
         self.stats = RunStats()
-        self.validation: Validation | None = None
-        self.chunks_done = 0
-        self.chunks_started = 0
-        self._chunks: dict[int, Chunk] = {}
         self.canary_rows: set[int] = set()
         self.canary_ids: list[str] = []  # their job ids (report.html tags them and shows them first)
         self.declined: str | None = None  # why the rest of the run was not approved
-        self.approver: Approver | None = None  # who approves a canary (the CLI sets one; flows ask the UI)
         self._stack = contextlib.AsyncExitStack()
-        self._ctx: RunContext | None = None
+        self._wired: Wired | None = None
+        self._chunks: Chunks | None = None
         self._abandon = asyncio.Event()  # set by stop_now: open calls end, reported possibly billed
         self._stop_asked = asyncio.Event()  # set by request_stop and stop_now: ends a pending approval
 
@@ -224,7 +74,15 @@ class Run:
 
     async def __aenter__(self) -> Run:
         try:
-            await self._open()
+            self._wired = await wire(
+                self.options,
+                self.run_id,
+                self.out_dir,
+                self._stack,
+                stats=self.stats,
+                abandon=self._abandon,
+                stopping=lambda: self.stopping,
+            )
         except BaseException:
             await self._stack.aclose()
             raise
@@ -233,112 +91,69 @@ class Run:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    def hand_over(self) -> contextlib.AbstractContextManager[Run]:
-        """Let ``open_run`` inside the block (the flow) use this already-open run."""
-        return _set(_HANDED, self)
-
-    def activate(self) -> contextlib.AbstractContextManager[Run]:
-        """Make this the ``current_run()`` of the code (tasks) started inside the block."""
-        return _set(_CURRENT, self)
-
-    async def _open(self) -> None:
-        o = self.options
-        api_key = api_key_from_env(o.api_key_env)
-        install_log_redaction(api_key)  # no credential in any log line, whoever logs it
-        prepared = await asyncio.to_thread(prepare, o)
-        budget = o.budget_amount()
-        prices = prepared.prices
-        self.validation = prepared.validation
-        self.stats.total_jobs = prepared.validation.job_count
-        destination = open_destination(o.dest)
-        await asyncio.to_thread(check_destination, destination)  # before anything is paid for
-        endpoint = resolve_base_url(o.region, o.base_url)
-        self.endpoint = endpoint
-        self.destination = destination
-        self.prices = prices
-        self.resolver = InputResolver(
-            input_root=o.input_root, manifest_dir=manifest_base(o.manifest), s3_client_factory=make_s3_client
-        )
-        self._stack.callback(self.resolver.close)
-        io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="qwenedit-io")
-        self._stack.callback(io.shutdown, wait=True)
-        pacers = pacer_pool(o, prices)
-        models = sorted({normalize_model(line.model) for line in prepared.validation.quote.lines})
-        self.window = Window(cap=o.max_in_flight, rates=pacers.rates(models))  # UnknownLimit: refused here
-        client = await self._stack.enter_async_context(
-            StoppableClient(
-                api_key,
-                endpoint,
-                timeout=o.timeout_s,
-                max_connections=self.window.bound + 8,
-                abandon=self._abandon,
-                stopping=lambda: self.stopping,
-            )
-        )
-        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-        http = self._stack.enter_context(
-            httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
-        )
-        spool = ResultSpool(self.out_dir / "results.jsonl")
-        self._stack.callback(spool.close)
-        hosts = o.allowed_output_hosts + DEFAULT_OUTPUT_HOSTS + (_host_pattern(endpoint),)
-        self._ctx = RunContext(
-            run_id=self.run_id,
-            client=client,
-            endpoint=endpoint,
-            api_key=api_key,
-            dest=destination,
-            ledger=Ledger(destination),
-            prices=prices,
-            pacers=pacers,
-            resolve_input=self.resolver.resolve,
-            locate_input=lambda ref: self.resolver.locate(ref).location,
-            http=http,
-            io=io,
-            spool=spool,
-            allowed_output_hosts=hosts,
-            api_retry=RetryPolicy(o.max_attempts, o.backoff_base, o.backoff_cap),
-            store_retry=RetryPolicy(o.store_attempts, o.backoff_base, o.backoff_cap),
-            budget=Budget(*budget) if budget is not None else Budget(None),
-            throttle_penalty=o.throttle_penalty,
-            recall_expired=o.recall_expired,
-            qa=o.qa,
-            qa_retries=o.qa_retries,
-            rollups=Rollups(o.group_by) if o.group_by else None,
-            on_latency=self.window.observe_latency,
-            stats=self.stats,
-        )
+    @property
+    def wired(self) -> Wired:
+        if self._wired is None:
+            raise RuntimeError("the run is not open: use `async with Run(options) as run`")
+        return self._wired
 
     @property
     def ctx(self) -> RunContext:
-        if self._ctx is None:
-            raise RuntimeError("the run is not open: use `async with Run(options) as run`")
-        return self._ctx
+        return self.wired.ctx
+
+    @property
+    def services(self) -> RunServices:
+        return self.wired.ctx.services
+
+    @property
+    def state(self) -> RunState:
+        return self.wired.ctx.state
+
+    @property
+    def validation(self) -> Validation:
+        return self.wired.validation
+
+    @property
+    def window(self) -> Window:
+        return self.wired.window
+
+    @property
+    def chunks_started(self) -> int:
+        return self._chunks.started if self._chunks is not None else 0
+
+    @property
+    def chunks_done(self) -> int:
+        return self._chunks.done if self._chunks is not None else 0
+
+    def _planner(self) -> Planner:
+        return Planner(self.options, self.services.prices, self.wired.resolver, self.services)
+
+    def _reports(self) -> RunReports:
+        return RunReports(self.out_dir, self.services, self.wired.resolver, self.state.spool)
 
     # -- executing: skip in bulk, chunks through one window ------------------------------------------
 
     async def execute(self, runner: ChunkRunner | None = None, approve: Approver | None = None) -> None:
         """Run every pending row of the manifest; ``runner`` wraps each chunk (default: run it here).
 
-        With ``options.canary``, the canary jobs run first; ``approve`` (or ``self.approver``) then sees
-        their outcome and the projected spend, and the rest runs only if it returns True.
+        With ``options.canary``, the canary jobs run first; ``approve`` then sees their outcome and the
+        projected spend, and the rest runs only if it returns True (no approver: the rest is declined).
         """
-        ctx = self.ctx
-        run_chunk: ChunkRunner = runner or self.run_chunk
-        index = await ctx.store(ctx.ledger.done_index)
+        self._chunks = Chunks(self.ctx, self.window, runner)
+        index = await self.services.store(self.services.ledger.done_index)
         log.info("run %s: %d done markers listed at the destination", self.run_id, len(index))
-        self._window = self.window
         if self.options.canary <= 0:
-            await self._pass(index, run_chunk, None)
+            await self._pass(index, None)
             return
-        plan = await asyncio.to_thread(self._plan_canary, index)
+        plan, self.canary_ids = await asyncio.to_thread(
+            self._planner().plan_canary, index, self.options.canary
+        )
         self.canary_rows = plan.rows
         if plan.rows:
-            await self._pass(index, run_chunk, plan.rows.__contains__)
+            await self._pass(index, plan.rows.__contains__)
         if plan.rows and plan.remaining_jobs:  # a canary that is the whole run leaves nothing to approve
             outcome = await self._canary_outcome(plan)
-            decide = approve or self.approver
-            approved = await self._ask(decide, outcome) if decide is not None else False
+            approved = await self._ask(approve, outcome) if approve is not None else False
             if not approved and not self.stopping:  # a stop at the question: the rest is RunStopped
                 self.declined = "the canary was not approved"
                 log.warning(
@@ -347,52 +162,32 @@ class Run:
                     self.declined,
                     plan.remaining_jobs,
                 )
-        await self._pass(index, run_chunk, lambda row: row not in plan.rows)
+        await self._pass(index, lambda row: row not in plan.rows)
 
-    async def _pass(
-        self, index: DoneIndex, run_chunk: ChunkRunner, select: Callable[[int], bool] | None
-    ) -> None:
+    async def _pass(self, index: DoneIndex, select: Callable[[int], bool] | None) -> None:
         """One pass over the manifest: rows ``select`` accepts (all if None) are recorded or run in chunks."""
-        ctx = self.ctx
+        ctx, chunks = self.ctx, self._chunks
+        assert chunks is not None
         size = self.options.chunk_size_for(self.stats.total_jobs)
         running: set[asyncio.Task[None]] = set()
-        pending: list[tuple[Job, str, tuple[str, ...]]] = []
-        async for batch in self._plan(index):
-            for kind, job, payload in batch:
-                if select is not None and not select(job.row):
+        pending: list[Pending] = []
+        async for batch in self._planner().batches(index):
+            for item in batch:
+                if select is not None and not select(item.job.row):
                     continue
-                if kind == "skip" or kind == "fail":
-                    record(ctx, job, payload)
+                if not isinstance(item, Pending):
+                    record(ctx, item.job, item.result)
                 elif self.declined is not None:
-                    record(ctx, job, self._declined_result(job))
+                    record(ctx, item.job, self._declined_result(item.job))
                 else:
-                    pending.append((job, *payload))
+                    pending.append(item)
                     if len(pending) >= size:
-                        await self._launch(pending, run_chunk, running)
+                        await chunks.launch(pending, running)
                         pending = []
         if pending:
-            await self._launch(pending, run_chunk, running)
+            await chunks.launch(pending, running)
         if running:
             await asyncio.wait(running)
-
-    def _plan_canary(self, index: DoneIndex) -> CanaryPlan:
-        """Read the manifest once: the pending rows by (model, region), the canary, the rest's worst case."""
-        groups: dict[tuple[str, str], list[int]] = {}
-        worst: dict[int, tuple[str, Decimal]] = {}
-        job_ids: dict[int, str] = {}
-        for kind, job, _ in self._classify(index):
-            if kind == "run":
-                groups.setdefault((job.model, job.region), []).append(job.row)
-                job_ids[job.row] = job.job_id
-                price = self.prices.unit_price(job.region, job.model)
-                worst[job.row] = (price.currency, cost(job.n, price))
-        plan = CanaryPlan(rows=choose_canary(groups, self.options.canary))
-        self.canary_ids = [job_ids[row] for row in sorted(plan.rows)]
-        for row, (currency, amount) in worst.items():
-            if row not in plan.rows:
-                plan.remaining_jobs += 1
-                plan.projected[currency] = plan.projected.get(currency, Decimal(0)) + amount
-        return plan
 
     async def _canary_outcome(self, plan: CanaryPlan) -> CanaryOutcome:
         """The canary's summary, and report.html written for it with the projected spend of the rest."""
@@ -408,8 +203,7 @@ class Run:
             f"Canary of {outcome.jobs} jobs. The rest: {outcome.remaining_jobs} jobs, "
             f"projected spend at most {outcome.projected}."
         )
-        self.ctx.spool.flush()
-        await asyncio.to_thread(self._write_html, summary, headline)
+        await asyncio.to_thread(self._reports().write_html, summary, self.canary_ids, headline)
         return outcome
 
     async def _ask(self, decide: Approver, outcome: CanaryOutcome) -> bool:
@@ -425,106 +219,12 @@ class Run:
                 await asyncio.wait({asking})
         return False if asking.cancelled() else bool(asking.result())
 
-    def _declined_result(self, job: Job) -> Any:
+    def _declined_result(self, job: Job) -> JobResult:
         return failed_result(
             job, JobCode.NOT_APPROVED, f"not started: {self.declined}", status="not_attempted"
         )
 
-    async def _launch(
-        self,
-        items: list[tuple[Job, str, tuple[str, ...]]],
-        run_chunk: ChunkRunner,
-        running: set[asyncio.Task[None]],
-    ) -> None:
-        """Start a chunk and return once all its jobs are in the window (or it ended)."""
-        if self.stopping:  # a stopped run starts no chunk: no task run, no call, no store request
-            for job, _, _ in items:
-                record(self.ctx, job, self._stopped_result(job))
-            return
-        spec = ChunkSpec(self.run_id, self.chunks_started, items[0][0].row, items[-1][0].row, len(items))
-        chunk = self._chunks[spec.index] = Chunk(spec, items)
-        self.chunks_started += 1
-        for job, _, _ in items:
-            self.ctx.unrecorded.add(job.row)
-        task = asyncio.create_task(self._guarded(chunk, run_chunk))
-        running.add(task)
-        task.add_done_callback(running.discard)
-        entered = asyncio.create_task(chunk.entered.wait())
-        await asyncio.wait({task, entered}, return_when=asyncio.FIRST_COMPLETED)
-        entered.cancel()
-
-    async def _guarded(self, chunk: Chunk, run_chunk: ChunkRunner) -> None:
-        """Run a chunk; if orchestration fails, its rows that never ran are still reported."""
-        try:
-            await run_chunk(chunk.spec)
-        except Exception as err:
-            log.error("chunk %s failed in orchestration: %s", chunk.spec.name, type(err).__name__)
-        finally:
-            chunk.entered.set()
-            for job, _, _ in chunk.items:
-                if job.row in self.ctx.unrecorded:  # else the job recorded itself
-                    result = failed_result(job, JobCode.ORCHESTRATION_ERROR, "its chunk failed before it ran")
-                    record(self.ctx, job, result)
-            self._chunks.pop(chunk.spec.index, None)
-            self.chunks_done += 1
-
-    async def run_chunk(self, spec: ChunkSpec) -> dict[str, int]:
-        """Run the jobs of one chunk through the run's window; returns its outcome counts.
-
-        Each model of the chunk is fed by its own coroutine into its own lane of the window, so a slow
-        model (Max, 2/min) never holds up the others. The chunk counts as *entered* (the next chunk may
-        start) once every model's jobs are in the window or wait only for their own model's full lane.
-        """
-        chunk = self._chunks[spec.index]
-        ctx, window = self.ctx, self._window
-        counts: dict[str, int] = {}
-        queues: dict[str, deque[tuple[Job, str, tuple[str, ...]]]] = {}
-        for item in chunk.items:
-            queues.setdefault(normalize_model(item[0].model), deque()).append(item)
-
-        async def one(model: str, job: Job, fp: str, stale: tuple[str, ...]) -> None:
-            try:
-                result = await run_job(ctx, job, fp, stale)
-                counts[result.status] = counts.get(result.status, 0) + 1
-            finally:
-                window.release(model)
-
-        jobs: list[asyncio.Task[None]] = []
-
-        async def feed(model: str, queue: deque[tuple[Job, str, tuple[str, ...]]]) -> None:
-            while queue:
-                await window.acquire(model)
-                job, fp, stale = queue.popleft()
-                if ctx.stop_reason is not None:
-                    window.release(model)
-                    result = record(ctx, job, self._stopped_result(job))
-                    counts[result.status] = counts.get(result.status, 0) + 1
-                    continue
-                jobs.append(asyncio.create_task(one(model, job, fp, stale)))
-
-        feeders = {model: asyncio.create_task(feed(model, queue)) for model, queue in queues.items()}
-
-        def entered() -> bool:
-            return all(
-                task.done() or (not window.has_room(model) and window.in_flight < window.size)
-                for model, task in feeders.items()
-            )
-
-        try:
-            while not all(task.done() for task in feeders.values()):
-                if entered():
-                    chunk.entered.set()
-                await asyncio.wait(feeders.values(), timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
-            for task in feeders.values():
-                task.result()  # a feeder's error is the chunk's
-            chunk.entered.set()
-            if jobs:
-                await asyncio.gather(*jobs)
-        finally:
-            chunk.entered.set()
-            for task in feeders.values():
-                task.cancel()
-        return counts
+    # -- stopping -------------------------------------------------------------------------------------
 
     def request_stop(self, reason: str) -> None:
         """A graceful stop: no new call starts; calls in flight finish, are recorded and copied.
@@ -533,8 +233,8 @@ class Run:
         the store; the same command resumes them.
         """
         self._stop_asked.set()
-        if self.ctx.stop_reason is None:
-            self.ctx.stop_reason = reason
+        if self.state.stop_reason is None:
+            self.state.stop_reason = reason
             log.warning(
                 "run %s stopping (%s): no new calls; %d in flight", self.run_id, reason, self.stats.in_flight
             )
@@ -544,8 +244,8 @@ class Run:
         ``possibly_billed`` (their answer is not awaited; the same command calls them again)."""
         if self._abandon.is_set():
             return
-        first = self.ctx.stop_reason
-        self.ctx.stop_reason = reason if first is None else f"{first}; then at once: {reason}"
+        first = self.state.stop_reason
+        self.state.stop_reason = reason if first is None else f"{first}; then at once: {reason}"
         self._abandon.set()
         self._stop_asked.set()
         log.warning(
@@ -557,118 +257,41 @@ class Run:
 
     @property
     def stopping(self) -> bool:
-        return self._ctx is not None and self._ctx.stop_reason is not None
+        return self._wired is not None and self.state.stop_reason is not None
 
     @property
     def stopped_now(self) -> bool:
         return self._abandon.is_set()
 
-    def _stopped_result(self, job: Job) -> Any:
-        return failed_result(
-            job,
-            JobCode.RUN_STOPPED,
-            f"not started: run stopped ({self.ctx.stop_reason}); the same command resumes",
-            status="not_attempted",
-        )
-
-    async def _plan(self, index: DoneIndex) -> AsyncIterator[list[Any]]:
-        """Batches of (kind, job, payload) from a planning thread that reads and fingerprints rows."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[list[Any] | BaseException | None] = asyncio.Queue(maxsize=8)
-        stop = threading.Event()
-
-        def put(item: list[Any] | BaseException | None) -> None:
-            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
-
-        def produce() -> None:
-            try:
-                batch: list[Any] = []
-                for item in self._classify(index):
-                    if stop.is_set():
-                        return
-                    batch.append(item)
-                    if len(batch) >= PLAN_BATCH:
-                        put(batch)
-                        batch = []
-                put(batch)
-                put(None)
-            except BaseException as err:  # a manifest that changed under us, an I/O error: fail the run
-                put(err)
-
-        worker = threading.Thread(target=produce, name="qwenedit-plan", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while worker.is_alive():  # unblock a producer waiting on a full queue
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                await asyncio.sleep(0.01)
-
-    def _classify(self, index: DoneIndex) -> Iterator[tuple[str, Job, Any]]:
-        """Each manifest row: done at its fingerprint (skip), bad input (fail) or pending."""
-        o, ctx = self.options, self.ctx
-        jobs = iter_jobs(o.manifest, **manifest_reading(o, self.prices))
-        known: dict[str, str] = {}  # the same image on many rows is identified once per run (bounded)
-        for job in jobs:
-            try:
-                identities = [known.get(ref) or self._identity(known, ref) for ref in job.images]
-            except InputError as err:
-                column = _image_column(job, err)
-                located = err.located(job.row, job.job_id, column)
-                yield "fail", job, failed_result(job, JobCode.BAD_INPUT, str(located)[:300])
-                continue
-            fp = fingerprint(job, identities)
-            marker = index.find(job.job_id, fp)
-            if marker is not None:
-                yield "skip", job, skipped_result(ctx, job, marker)
-            else:
-                stale = tuple(m.key for m in index.markers(job.job_id))
-                yield "run", job, (fp, stale)
-
-    def _identity(self, known: dict[str, str], ref: str) -> str:
-        identity = self.resolver.identity(ref)
-        if len(known) >= IDENTITY_CACHE:
-            known.clear()
-        known[ref] = identity
-        return identity
-
     # -- finishing: summary and reports -----------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        ctx, stats, o = self.ctx, self.stats, self.options
+        services, state, stats, o = self.services, self.state, self.stats, self.options
         summary: dict[str, Any] = {
             "run_id": self.run_id,
             "manifest": o.manifest,
             "dest": o.dest,
-            "endpoint": self.endpoint,
+            "endpoint": services.endpoint,
         }
         summary.update(stats.totals.to_dict())
         stopped_by: dict[str, Any] | None = None
-        if ctx.breaker.reason is not None:
+        if state.breaker.reason is not None:
             stopped_by = {
                 "cause": "breaker",
-                "code": ctx.breaker.reason.code,
-                "message": ctx.breaker.reason.message,
+                "code": state.breaker.reason.code,
+                "message": state.breaker.reason.message,
             }
-        elif ctx.budget.exhausted:
-            stopped_by = {"cause": "budget", "limit": ctx.budget.describe()}
+        elif state.budget.exhausted:
+            stopped_by = {"cause": "budget", "limit": state.budget.describe()}
         elif self.declined is not None:
             stopped_by = {"cause": "declined", "reason": self.declined}
-        elif ctx.stop_reason is not None:
-            stopped_by = {"cause": "stop", "reason": ctx.stop_reason}
+        elif state.stop_reason is not None:
+            stopped_by = {"cause": "stop", "reason": state.stop_reason}
         rates = stats.model_rates()
         summary.update(
             {
                 "stopped_by": stopped_by,
-                "budget": ctx.budget.describe(),
+                "budget": state.budget.describe(),
                 "wall_time_s": round(time.monotonic() - stats.started, 3),
                 "requests_sent": stats.requests_sent,
                 "request_rate": round(stats.request_rate(), 4),
@@ -679,7 +302,7 @@ class Run:
                         "request_rate": round(rates.get(model, (0.0, 0))[0], 4),
                         "throttled_429": rates.get(model, (0.0, 0))[1],
                     }
-                    for model, pacing in ctx.pacers.stats().items()
+                    for model, pacing in services.pacers.stats().items()
                 },
                 "window": self.window.snapshot(),
                 "throttled_429": stats.throttled,
@@ -688,96 +311,16 @@ class Run:
                 "report_dir": str(self.out_dir),
             }
         )
-        if ctx.rollups is not None:
-            summary["rollups"] = ctx.rollups.to_dict()
+        if state.rollups is not None:
+            summary["rollups"] = state.rollups.to_dict()
         return summary
 
     async def finish(self) -> dict[str, Any]:
         """Write the reports (local and at the destination) and return the summary."""
-        self.ctx.spool.close()
+        self.state.spool.close()
         summary = self.summary()
-        paths = await asyncio.to_thread(write_reports, self.ctx.spool, summary, self.out_dir)
-        paths["report.html"] = await asyncio.to_thread(self._write_html, summary, None)
-        await asyncio.to_thread(save_reports, self.destination, self.run_id, paths)
+        await self._reports().write(summary, self.canary_ids)
         return summary
-
-    def _read_input(self, ref: str) -> bytes | None:
-        """An input image for the contact sheet: local files and S3 objects (URLs are not fetched)."""
-        located = self.resolver.locate(ref)
-        if located.kind not in ("local", "s3"):
-            return None
-        resolved = self.resolver.resolve(ref)  # a data URI (local) or a presigned URL (S3)
-        if resolved.startswith("data:"):
-            return data_uri_bytes(resolved)
-        answer = self.ctx.http.get(resolved)
-        return answer.content if answer.status_code == 200 else None
-
-    def _write_html(self, summary: dict[str, Any], headline: str | None) -> Path:
-        """report.html: totals, costs, roll-ups, QA flags, failures and a bounded contact sheet."""
-        # Totals come from the summary; the page lists executed rows and the first rows of the manifest.
-        results, _ = self.ctx.spool.in_manifest_order(skipped_after=CONTACT_LIMIT)
-        base = self.destination.uri("")
-
-        def read_output(uri: str) -> bytes | None:
-            return self.destination.get_bytes(uri[len(base) :].lstrip("/")) if uri.startswith(base) else None
-
-        return write_html_report(
-            self.out_dir / "report.html",
-            summary,
-            results,
-            read_output=read_output,
-            read_input=self._read_input,
-            canary=self.canary_ids,
-            headline=headline,
-        )
-
-
-@dataclass(frozen=True)
-class _SharedLimits:
-    """A model table's limits scaled to the share of them this run may use."""
-
-    limits: PriceTable
-    share: float
-
-    def rate_limit(self, model: str) -> RateLimit:
-        return _scaled(self.limits.rate_limit(model), self.share)
-
-
-def _scaled(limit: RateLimit, share: float) -> RateLimit:
-    return RateLimit(limit.count * share, limit.period_s)
-
-
-def pacer_pool(options: RunOptions, table: PriceTable) -> PacerPool:
-    """Pacers at each model's limit (the table's, or the options' overrides), times ``rate_share``."""
-    share = options.rate_share
-    overrides = {
-        model: _scaled(limit, share) for model, limit in parse_rate_overrides(options.model_rps).items()
-    }
-    if options.rps is not None:
-        overrides.setdefault(None, RateLimit.per_second(options.rps * share))
-    return PacerPool(limits=_SharedLimits(table, share), overrides=overrides)
-
-
-@contextlib.contextmanager
-def _set(var: ContextVar[Run | None], run: Run) -> Iterator[Run]:
-    token = var.set(run)
-    try:
-        yield run
-    finally:
-        var.reset(token)
-
-
-def _image_column(job: Job, err: InputError) -> str:
-    ref = getattr(err, "ref", None)
-    for i, image in enumerate(job.images, start=1):
-        if image == ref:
-            return f"image_{i}"
-    return "image_1"
-
-
-def _host_pattern(endpoint: str) -> str:
-    parts = urlsplit(endpoint)
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 async def run_manifest(
@@ -785,20 +328,5 @@ async def run_manifest(
 ) -> dict[str, Any]:
     """Open, execute and finish a run without any orchestrator (the library entry point)."""
     async with Run(options) as run:
-        with run.activate():
-            await run.execute(runner, approve=approve)
+        await run.execute(runner, approve=approve)
         return await run.finish()
-
-
-__all__ = [
-    "ChunkSpec",
-    "Run",
-    "RunOptions",
-    "check_destination",
-    "current_run",
-    "exit_code",
-    "new_run_id",
-    "open_run",
-    "outcome_text",
-    "run_manifest",
-]

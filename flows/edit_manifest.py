@@ -39,6 +39,7 @@ from qwenedit.options import RunOptions
 from qwenedit.report import markdown_summary
 from qwenedit.run import Approver, Chunk, Run, outcome_text
 from qwenedit.stopping import default_grace, graceful_stop
+from qwenedit.summary import RunSummary
 
 log = logging.getLogger("qwenedit.flow")
 
@@ -115,7 +116,8 @@ async def edit_opened_run(opened: OpenedRun) -> dict[str, Any]:
 
 
 async def drive(run: Run, approve: Approver) -> dict[str, Any]:
-    """Execute an open run with chunks as task runs, finish it, publish its artifacts."""
+    """Execute an open run with chunks as task runs, finish it, publish its artifacts; returns the
+    summary in its summary.json form (a flow run's result is data)."""
     # Installed here, inside the flow run: Prefect's engine replaces the SIGTERM handler when it starts.
     with graceful_stop(run, stop_grace(run.options)):
         progress = asyncio.create_task(_publish_progress(run))
@@ -131,7 +133,7 @@ async def drive(run: Run, approve: Approver) -> dict[str, Any]:
                 await asyncio.wait_for(publish, PREFECT_CALL_LIMIT_S)
         else:
             await publish
-    return summary
+    return summary.to_json()
 
 
 def stop_grace(options: RunOptions) -> float:
@@ -178,10 +180,10 @@ def progress_text(run: Run) -> str:
     stats = run.stats
     t = stats.totals
     spend = ", ".join(f"{a} {c}" for c, a in t.total_cost().items()) or "0"
+    outcomes = " · ".join(f"{n} {status}" for status, n in stats.outcomes().items())
     return (
-        f"{stats.finished}/{stats.total_jobs} rows · {t.counts.get('succeeded', 0)} done · "
-        f"{t.counts.get('skipped', 0)} skipped · {t.counts.get('failed', 0) + t.counts.get('not_attempted', 0)} failed · "
-        f"{t.images} images · {spend} · {stats.request_rate():.2f} req/s · "
+        f"{stats.finished}/{stats.total_jobs} rows · {outcomes} · {t.images} images · {spend} · "
+        f"{stats.requests_sent} requests · {stats.request_rate():.2f} req/s · "
         f"chunks {run.chunks_done}/{run.chunks_started}"
     )
 
@@ -209,7 +211,7 @@ async def _publish_progress(run: Run) -> None:
         log.info("progress artifact not published: %s", type(err).__name__)
 
 
-async def _publish_artifacts(run: Run, summary: dict[str, Any]) -> None:
+async def _publish_artifacts(run: Run, summary: RunSummary) -> None:
     try:
         # The rows that did something (an unchanged rerun of a million rows publishes an empty table).
         results, _ = run.state.spool.in_manifest_order(skipped_after=0)

@@ -52,6 +52,7 @@ from qwenedit.report import JobResult, ResultSpool, RunTotals
 from qwenedit.retry import RetryPolicy
 from qwenedit.rollups import Rollups
 from qwenedit.storage import CopyError, Destination, copy_url
+from qwenedit.summary import STATUSES
 
 log = logging.getLogger("qwenedit.pipeline")
 
@@ -128,6 +129,15 @@ class RunStats:
         self.throttled += 1
         now = time.monotonic()
         self.by_model.setdefault(model, [0, 0, now, now])[1] += 1
+
+    def outcomes(self) -> dict[str, int]:
+        """Jobs recorded so far by status, as the summary counts them (``by_status``)."""
+        return {status: self.totals.counts.get(status, 0) for status in STATUSES}
+
+    def sent_by_model(self, model: str) -> int:
+        """Requests of ``model`` that left (counted at the send, as ``requests_sent``)."""
+        row = self.by_model.get(model)
+        return int(row[0]) if row is not None else 0
 
     def model_rates(self) -> dict[str, tuple[float, int]]:
         """Per model: requests per second achieved (between its first and last send) and its 429s."""

@@ -5,9 +5,8 @@ Imports are deferred: ``qwenedit validate`` and ``--help`` never load Prefect.
 
 from __future__ import annotations
 
-from typing import Any
-
 from qwenedit.run import Approver, Run
+from qwenedit.summary import RunSummary
 
 
 def start_prefect_server() -> None:
@@ -17,8 +16,8 @@ def start_prefect_server() -> None:
     start_detached()
 
 
-async def run_in_flow(run: Run, approve: Approver) -> dict[str, Any]:
+async def run_in_flow(run: Run, approve: Approver) -> RunSummary:
     """Execute and finish ``run`` (opened by the caller) as an ``edit-manifest`` flow run."""
     from flows.edit_manifest import OpenedRun, edit_opened_run
 
-    return await edit_opened_run(OpenedRun.of(run, approve))
+    return RunSummary.from_json(await edit_opened_run(OpenedRun.of(run, approve)))

@@ -10,12 +10,12 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from qwenedit.htmlreport import CONTACT_LIMIT, write_html_report
 from qwenedit.inputs import InputResolver, data_uri_bytes
 from qwenedit.pipeline import RunServices
 from qwenedit.report import ResultSpool, save_reports, write_reports
+from qwenedit.summary import RunSummary
 
 
 @dataclass(frozen=True)
@@ -27,21 +27,21 @@ class RunReports:
     resolver: InputResolver
     spool: ResultSpool
 
-    async def write(self, summary: dict[str, Any], canary: Sequence[str]) -> None:
+    async def write(self, summary: RunSummary, canary: Sequence[str]) -> None:
         """Every report, written locally and uploaded to ``{dest}/_runs/{run_id}/``."""
         self.spool.close()
-        paths = await asyncio.to_thread(write_reports, self.spool, summary, self.out_dir)
+        paths = await asyncio.to_thread(write_reports, self.spool, summary.to_json(), self.out_dir)
         paths["report.html"] = await asyncio.to_thread(self.write_html, summary, canary, None)
         await asyncio.to_thread(save_reports, self.services.dest, self.services.run_id, paths)
 
-    def write_html(self, summary: dict[str, Any], canary: Sequence[str], headline: str | None) -> Path:
+    def write_html(self, summary: RunSummary, canary: Sequence[str], headline: str | None) -> Path:
         """report.html: totals, costs, roll-ups, QA flags, failures and a bounded contact sheet."""
         # Totals come from the summary; the page lists executed rows and the first rows of the manifest.
         self.spool.flush()
         results, _ = self.spool.in_manifest_order(skipped_after=CONTACT_LIMIT)
         return write_html_report(
             self.out_dir / "report.html",
-            summary,
+            summary.to_json(),
             results,
             read_output=self.read_output,
             read_input=self.read_input,

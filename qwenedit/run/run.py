@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from qwenedit.run.chunks import ChunkRunner, Chunks
 from qwenedit.run.planning import Pending, Planner
 from qwenedit.run.reports import RunReports
 from qwenedit.run.wiring import Wired, new_run_id, wire
+from qwenedit.summary import ModelLine, RunSummary, StopCause, StoppedBy
 from qwenedit.window import Window
 
 log = logging.getLogger("qwenedit.run")
@@ -46,11 +47,11 @@ log = logging.getLogger("qwenedit.run")
 Approver = Callable[[CanaryOutcome], Awaitable[bool]]
 
 
-def exit_code(summary: dict[str, Any]) -> int:
-    """0 every job succeeded or was skipped, 1 some failed, 3 stopped (breaker, budget or a signal)."""
-    if summary.get("stopped_by"):
-        return 3
-    return 1 if summary["by_status"]["failed"] else 0
+def exit_code(summary: RunSummary | Mapping[str, Any]) -> int:
+    """0 every job succeeded or was skipped, 1 some failed, 3 stopped (breaker, budget or a signal);
+    of a summary or its summary.json form (what a flow run returns)."""
+    typed = summary if isinstance(summary, RunSummary) else RunSummary.from_json(summary)
+    return typed.exit_code
 
 
 class Run:
@@ -265,57 +266,55 @@ class Run:
 
     # -- finishing: summary and reports -----------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        services, state, stats, o = self.services, self.state, self.stats, self.options
-        summary: dict[str, Any] = {
-            "run_id": self.run_id,
-            "manifest": o.manifest,
-            "dest": o.dest,
-            "endpoint": services.endpoint,
-        }
-        summary.update(stats.totals.to_dict())
-        stopped_by: dict[str, Any] | None = None
-        if state.breaker.reason is not None:
-            stopped_by = {
-                "cause": "breaker",
-                "code": state.breaker.reason.code,
-                "message": state.breaker.reason.message,
-            }
-        elif state.budget.exhausted:
-            stopped_by = {"cause": "budget", "limit": state.budget.describe()}
-        elif self.declined is not None:
-            stopped_by = {"cause": "declined", "reason": self.declined}
-        elif state.stop_reason is not None:
-            stopped_by = {"cause": "stop", "reason": state.stop_reason}
+    def summary(self) -> RunSummary:
+        """The run's summary now (the canary's, or the final one after ``execute``)."""
+        services, state, stats = self.services, self.state, self.stats
         rates = stats.model_rates()
-        summary.update(
-            {
-                "stopped_by": stopped_by,
-                "budget": state.budget.describe(),
-                "wall_time_s": round(time.monotonic() - stats.started, 3),
-                "requests_sent": stats.requests_sent,
-                "request_rate": round(stats.request_rate(), 4),
-                "rps_limit": o.rps,
-                "models": {
-                    model: {
-                        **pacing,
-                        "request_rate": round(rates.get(model, (0.0, 0))[0], 4),
-                        "throttled_429": rates.get(model, (0.0, 0))[1],
-                    }
-                    for model, pacing in services.pacers.stats().items()
-                },
-                "window": self.window.snapshot(),
-                "throttled_429": stats.throttled,
-                "chunks": self.chunks_started,
-                "canary_jobs": len(self.canary_rows),
-                "report_dir": str(self.out_dir),
-            }
+        return RunSummary(
+            run_id=self.run_id,
+            manifest=self.options.manifest,
+            dest=self.options.dest,
+            endpoint=services.endpoint,
+            totals=stats.totals.totals(),
+            report_dir=str(self.out_dir),
+            stopped_by=self.stopped_by(),
+            budget=state.budget.describe(),
+            wall_time_s=round(time.monotonic() - stats.started, 3),
+            requests_sent=stats.requests_sent,
+            request_rate=round(stats.request_rate(), 4),
+            rps_limit=self.options.rps,
+            throttled_429=stats.throttled,
+            models={
+                model: ModelLine(
+                    limit=str(pacing.get("limit", "")),
+                    requests_sent=stats.sent_by_model(model),
+                    request_rate=round(rates.get(model, (0.0, 0))[0], 4),
+                    throttled_429=rates.get(model, (0.0, 0))[1],
+                    pacing={k: v for k, v in pacing.items() if k != "limit"},
+                )
+                for model, pacing in services.pacers.stats().items()
+            },
+            window=self.window.snapshot(),
+            chunks=self.chunks_started,
+            canary_jobs=len(self.canary_rows),
+            rollups=state.rollups.to_dict() if state.rollups is not None else None,
         )
-        if state.rollups is not None:
-            summary["rollups"] = state.rollups.to_dict()
-        return summary
 
-    async def finish(self) -> dict[str, Any]:
+    def stopped_by(self) -> StoppedBy | None:
+        """Why the run ended before every job ran (the first cause that applies), or None."""
+        state = self.state
+        if state.breaker.reason is not None:
+            reason = state.breaker.reason
+            return StoppedBy(StopCause.BREAKER, code=reason.code, message=reason.message)
+        if state.budget.exhausted:
+            return StoppedBy(StopCause.BUDGET, limit=str(state.budget.describe()))
+        if self.declined is not None:
+            return StoppedBy(StopCause.DECLINED, reason=self.declined)
+        if state.stop_reason is not None:
+            return StoppedBy(StopCause.STOP, reason=state.stop_reason)
+        return None
+
+    async def finish(self) -> RunSummary:
         """Write the reports (local and at the destination) and return the summary."""
         self.state.spool.close()
         summary = self.summary()
@@ -325,7 +324,7 @@ class Run:
 
 async def run_manifest(
     options: RunOptions, runner: ChunkRunner | None = None, approve: Approver | None = None
-) -> dict[str, Any]:
+) -> RunSummary:
     """Open, execute and finish a run without any orchestrator (the library entry point)."""
     async with Run(options) as run:
         await run.execute(runner, approve=approve)

@@ -186,7 +186,7 @@ _ORDER = (
     "wall_time_s",
     "requests_sent",
     "request_rate",
-    "rps_limit",
+    "rates",
     "models",
     "window",
     "throttled_429",
@@ -217,7 +217,7 @@ class RunSummary:
     wall_time_s: float = 0.0
     requests_sent: int = 0  # requests that left, all models (the sum of the models' requests_sent)
     request_rate: float = 0.0
-    rps_limit: float | None = None
+    rates: Sequence[str] = ()  # the options' rate limits ("2", "max=2/min"); empty: the model table's
     throttled_429: int = 0
     models: Mapping[str, ModelLine] | None = None
     window: Mapping[str, Any] | None = None
@@ -263,7 +263,7 @@ class RunSummary:
                 value = {m: line.to_json() for m, line in value.items()}
             elif key in ("window",):
                 value = dict(value)
-            elif key in ("accounts", "shards", "rollups"):
+            elif key in ("rates", "accounts", "shards", "rollups"):
                 value = list(value)
             out[key] = value
         return out
@@ -285,7 +285,7 @@ class RunSummary:
             wall_time_s=float(data.get("wall_time_s", 0.0)),
             requests_sent=int(data.get("requests_sent", 0) or 0),
             request_rate=float(data.get("request_rate", 0.0) or 0.0),
-            rps_limit=data.get("rps_limit"),
+            rates=tuple(data.get("rates") or ()),
             throttled_429=int(data.get("throttled_429", 0) or 0),
             models=None if models is None else {m: ModelLine.from_json(v) for m, v in models.items()},
             window=data.get("window"),

@@ -282,7 +282,7 @@ class Run:
             wall_time_s=round(time.monotonic() - stats.started, 3),
             requests_sent=stats.requests_sent,
             request_rate=round(stats.request_rate(), 4),
-            rps_limit=self.options.rps,
+            rates=list(self.options.rates),
             throttled_429=stats.throttled,
             models={
                 model: ModelLine(

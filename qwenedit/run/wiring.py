@@ -29,11 +29,12 @@ from qwenedit.errors import DestinationUnusable, ManifestInvalid
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
 from qwenedit.manifest import Validation, manifest_base, validate_manifest
-from qwenedit.models import RateLimit, normalize_model
+from qwenedit.models import normalize_model
 from qwenedit.options import RunOptions
-from qwenedit.pacer import PacerPool, parse_rate_overrides
+from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, RunContext, RunServices, RunState, RunStats
 from qwenedit.pricing import PriceTable, load_prices
+from qwenedit.rates import model_limits
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool
 from qwenedit.retry import RetryPolicy
@@ -189,27 +190,6 @@ def _host_pattern(endpoint: str) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
-@dataclass(frozen=True)
-class _SharedLimits:
-    """A model table's limits scaled to the share of them this run may use."""
-
-    limits: PriceTable
-    share: float
-
-    def rate_limit(self, model: str) -> RateLimit:
-        return _scaled(self.limits.rate_limit(model), self.share)
-
-
-def _scaled(limit: RateLimit, share: float) -> RateLimit:
-    return RateLimit(limit.count * share, limit.period_s)
-
-
 def pacer_pool(options: RunOptions, table: PriceTable) -> PacerPool:
-    """Pacers at each model's limit (the table's, or the options' overrides), times ``rate_share``."""
-    share = options.rate_share
-    overrides = {
-        model: _scaled(limit, share) for model, limit in parse_rate_overrides(options.model_rps).items()
-    }
-    if options.rps is not None:
-        overrides.setdefault(None, RateLimit.per_second(options.rps * share))
-    return PacerPool(limits=_SharedLimits(table, share), overrides=overrides)
+    """Pacers at each model's limit: the options' ``rates``, else the table's, times ``rate_share``."""
+    return PacerPool(model_limits(options.rates, table, options.rate_share))

@@ -30,7 +30,7 @@ async def test_after_a_stop_the_progress_line_summary_and_per_model_lines_agree_
         dest=pipeline_env.uri("out"),
         base_url=emulator.base_url,
         report_dir=str(tmp_path / "reports"),
-        rps=5.0,
+        rates=("5",),
         chunk_size=8,
     )
     async with Run(options) as run:

@@ -41,7 +41,7 @@ class RunReports:
         results, _ = self.spool.in_manifest_order(skipped_after=CONTACT_LIMIT)
         return write_html_report(
             self.out_dir / "report.html",
-            summary.to_json(),
+            summary,
             results,
             read_output=self.read_output,
             read_input=self.read_input,

@@ -37,7 +37,7 @@ from PIL import Image
 from bench.metrics import Verdict, max_in_window, steady_state
 from qwenedit import errors
 from qwenedit.api import DashScopeClient, EditRequest
-from qwenedit.models import RateLimit, builtin_models
+from qwenedit.catalog import RateLimit, builtin_models
 from qwenedit.pacer import Pacer, PacerPool
 from qwenedit.testing.emulator import EmulatorProcess
 from qwenedit.window import Window

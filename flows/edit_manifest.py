@@ -34,6 +34,7 @@ from prefect.input import RunInput
 from prefect.states import Completed, State
 from pydantic import BaseModel, PrivateAttr
 
+from flows import runlog
 from qwenedit.canary import CanaryOutcome
 from qwenedit.options import RunOptions
 from qwenedit.report import markdown_summary
@@ -119,7 +120,7 @@ async def drive(run: Run, approve: Approver) -> dict[str, Any]:
     """Execute an open run with chunks as task runs, finish it, publish its artifacts; returns the
     summary in its summary.json form (a flow run's result is data)."""
     # Installed here, inside the flow run: Prefect's engine replaces the SIGTERM handler when it starts.
-    with graceful_stop(run, stop_grace(run.options)):
+    with graceful_stop(run, stop_grace(run.options)), runlog.narrate(run):
         progress = asyncio.create_task(_publish_progress(run))
         try:
             await run.execute(edit_chunk, approve=approve)
@@ -127,6 +128,7 @@ async def drive(run: Run, approve: Approver) -> dict[str, Any]:
             progress.cancel()
             await asyncio.wait({progress}, timeout=PREFECT_CALL_LIMIT_S if run.stopping else None)
         summary = await run.finish()
+        runlog.ended(summary.to_json())
         publish = _publish_artifacts(run, summary)
         if run.stopping:  # a Ctrl-C also stops an ephemeral Prefect server: never wait a minute on it
             with contextlib.suppress(TimeoutError):
@@ -157,6 +159,7 @@ def approval_in_ui(options: RunOptions) -> Approver:
 
     async def approve(outcome: CanaryOutcome) -> bool:
         form = CanaryApproval.with_initial_data(description=outcome.markdown(), approve=False)
+        runlog.approval_asked(options, options.approval_timeout_s)
         try:
             answer = await apause_flow_run(
                 wait_for_input=form, timeout=int(options.approval_timeout_s), key="canary"
@@ -165,7 +168,9 @@ def approval_in_ui(options: RunOptions) -> Approver:
             log.warning(
                 "no approval within %.0f s: the rest of the run is not started", options.approval_timeout_s
             )
+            runlog.approval_answered(options, False, " (no answer in time)")
             return False
+        runlog.approval_answered(options, bool(answer.approve))
         return bool(answer.approve)
 
     return approve

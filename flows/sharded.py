@@ -43,12 +43,12 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
 
 from qwenedit.api import resolve_base_url
+from qwenedit.catalog import ModelTable, cost
 from qwenedit.errors import ShardsFailed
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
 from qwenedit.manifest import iter_jobs, manifest_base
 from qwenedit.options import RunOptions
-from qwenedit.pricing import PriceTable, cost
 from qwenedit.rates import model_limits
 from qwenedit.report import RESULT_COLUMNS, RunTotals, markdown_summary, results_frame, save_reports
 from qwenedit.run import manifest_reading, new_run_id, prepare
@@ -80,7 +80,7 @@ def _is_local(uri: str) -> bool:
 
 
 def write_shards(
-    options: RunOptions, sizes: list[int], *, prices: PriceTable, out_dir: Path
+    options: RunOptions, sizes: list[int], *, prices: ModelTable, out_dir: Path
 ) -> tuple[list[str], list[list[str]], list[Decimal]]:
     """Write the shard manifests (JSONL) into ``out_dir``; returns every job id in manifest order, the
     job ids of each shard, and each shard's worst-case cost (its share of a budget)."""
@@ -266,7 +266,7 @@ def consolidate(
     shard_jobs: list[list[str]],
     report_dir: str | None,
     input_root: str | None,
-    prices: PriceTable | None = None,
+    prices: ModelTable | None = None,
 ) -> tuple[RunSummary, pd.DataFrame, list[dict[str, Any]]]:
     """The shards' reports merged; rows of shards without a report rebuilt from the ledger. The summary
     has the run's totals, stop and shards; the caller adds what it knows of the run."""

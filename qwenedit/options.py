@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qwenedit.pricing import parse_money
+from qwenedit.catalog import parse_money
 from qwenedit.rates import normalize_rates
 from qwenedit.rollups import parse_group_by
 from qwenedit.templates import parse_template

@@ -52,7 +52,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from qwenedit.models import RateLimit, normalize_model
+from qwenedit.catalog import RateLimit, normalize_model
 
 # The old fixed spacing factor (permits 1/(0.98·rps) apart). ``shards.window_bound`` still reasons with
 # it; the guard below always spaces permits at least as wide.

@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from qwenedit.models import RateLimit, UnknownLimit, normalize_model
+from qwenedit.catalog import RateLimit, normalize_model
+from qwenedit.errors import UnknownLimit
 
 ModelLimit = Callable[[str], RateLimit]
 

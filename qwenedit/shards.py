@@ -46,10 +46,10 @@ from typing import Any
 
 import pandas as pd
 
+from qwenedit.catalog import RateLimit
 from qwenedit.errors import JobCode
 from qwenedit.jobs import Job
 from qwenedit.ledger import Charge, Done
-from qwenedit.models import RateLimit
 from qwenedit.pacer import DEFAULT_MARGIN
 from qwenedit.rates import scaled
 from qwenedit.report import JobResult, escape_formula

@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from qwenedit.models import RateLimit, UnknownLimit, builtin_models
+from qwenedit.catalog import RateLimit, builtin_models
+from qwenedit.errors import UnknownLimit
 from qwenedit.pacer import (
     BACKOFF_FACTOR,
     DEFAULT_GUARD_S,

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from qwenedit.models import RateLimit, UnknownLimit, builtin_models
+from qwenedit.catalog import RateLimit, builtin_models
+from qwenedit.errors import UnknownLimit
 from qwenedit.options import RunOptions
 from qwenedit.rates import Rates, model_limits, model_name, normalize_rates, parse_rates, scaled
 

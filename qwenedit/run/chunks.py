@@ -16,9 +16,9 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from qwenedit.catalog import normalize_model
 from qwenedit.errors import JobCode
 from qwenedit.jobs import Job
-from qwenedit.models import normalize_model
 from qwenedit.pipeline import RunContext, failed_result, record, run_job
 from qwenedit.report import JobResult
 from qwenedit.run.planning import Pending

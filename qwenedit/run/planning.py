@@ -24,14 +24,14 @@ from decimal import Decimal
 
 from qwenedit.canary import CanaryPlan
 from qwenedit.canary import choose as choose_canary
-from qwenedit.errors import JobCode
-from qwenedit.inputs import InputError, InputResolver
+from qwenedit.catalog import ModelTable, cost
+from qwenedit.errors import InputError, JobCode
+from qwenedit.inputs import InputResolver
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex
 from qwenedit.manifest import iter_jobs
 from qwenedit.options import RunOptions
 from qwenedit.pipeline import RunServices, failed_result, skipped_result
-from qwenedit.pricing import PriceTable, cost
 from qwenedit.report import JobResult
 from qwenedit.run.wiring import manifest_reading
 
@@ -72,7 +72,7 @@ class Planner:
     """What planning reads: the options (manifest and how to read it), prices, inputs, destination."""
 
     options: RunOptions
-    prices: PriceTable
+    prices: ModelTable
     resolver: InputResolver
     services: RunServices
 

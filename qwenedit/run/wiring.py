@@ -25,15 +25,14 @@ import httpx
 
 from qwenedit.api import api_key_from_env, resolve_base_url
 from qwenedit.budget import Budget, check_currencies
+from qwenedit.catalog import ModelTable, load_models, normalize_model
 from qwenedit.errors import DestinationUnusable, ManifestInvalid
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
 from qwenedit.manifest import Validation, manifest_base, validate_manifest
-from qwenedit.models import normalize_model
 from qwenedit.options import RunOptions
 from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, RunContext, RunServices, RunState, RunStats
-from qwenedit.pricing import PriceTable, load_prices
 from qwenedit.rates import model_limits
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool
@@ -69,7 +68,7 @@ class Prepared:
     """A manifest checked against a run's options: its validation and quote, the price table."""
 
     validation: Validation
-    prices: PriceTable
+    prices: ModelTable
 
 
 def prepare(options: RunOptions) -> Prepared:
@@ -78,7 +77,7 @@ def prepare(options: RunOptions) -> Prepared:
     Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
     ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
     """
-    prices = load_prices(options.prices)
+    prices = load_models(options.prices)
     budget = options.budget_amount()
     validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
     if not validation.ok:
@@ -88,7 +87,7 @@ def prepare(options: RunOptions) -> Prepared:
     return Prepared(validation, prices)
 
 
-def manifest_reading(options: RunOptions, prices: PriceTable) -> dict[str, Any]:
+def manifest_reading(options: RunOptions, prices: ModelTable) -> dict[str, Any]:
     """How a run reads its manifest (the same for validating it and for iterating its jobs)."""
     return {
         "region": options.region,
@@ -190,6 +189,6 @@ def _host_pattern(endpoint: str) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
-def pacer_pool(options: RunOptions, table: PriceTable) -> PacerPool:
+def pacer_pool(options: RunOptions, table: ModelTable) -> PacerPool:
     """Pacers at each model's limit: the options' ``rates``, else the table's, times ``rate_share``."""
     return PacerPool(model_limits(options.rates, table, options.rate_share))

@@ -10,6 +10,8 @@ users read: its keys and shapes do not change); ``from_json()`` reads one back (
 - ``budget``: the spend limit (``limit``) would have been exceeded;
 - ``declined``: the canary was not approved (``reason``);
 - ``stop``: a signal or a stop request (``reason``);
+- ``spend_cap``: a daily or monthly cap shared by every run of a spend ledger (``cap``, ``limit``,
+  ``used``, ``period``, ``ledger``, ``message``; only ``message`` when the ledger could not be used);
 - ``shard_failed``: a shard run of a sharded run did not complete (``shards``).
 
 A sharded run's stop also lists its shards' own stops (``shard_stops``).
@@ -30,6 +32,7 @@ class StopCause(StrEnum):
     BUDGET = "budget"
     DECLINED = "declined"
     STOP = "stop"
+    SPEND_CAP = "spend_cap"
     SHARD_FAILED = "shard_failed"
 
 
@@ -40,8 +43,12 @@ class StoppedBy:
     cause: StopCause
     reason: str = ""  # stop, declined
     code: str = ""  # breaker
-    message: str = ""  # breaker
-    limit: str = ""  # budget
+    message: str = ""  # breaker, spend_cap
+    limit: str = ""  # budget, spend_cap
+    cap: str = ""  # spend_cap: which cap ("daily", "monthly")
+    used: str = ""  # spend_cap: what the ledger's runs had spent
+    period: str = ""  # spend_cap: the day or month
+    ledger: str = ""  # spend_cap: where the spend log is
     shards: tuple[int, ...] = ()  # shard_failed: the shard indexes that did not complete
     shard_stops: tuple[StoppedBy, ...] | None = None  # sharded runs: the shards' own stops
 
@@ -49,6 +56,8 @@ class StoppedBy:
         out: dict[str, Any] = {"cause": self.cause.value}
         for key in _CAUSE_KEYS[self.cause]:
             value = getattr(self, key)
+            if self.cause is StopCause.SPEND_CAP and value == "":
+                continue  # a ledger that could not be used has only a message
             out[key] = list(value) if isinstance(value, tuple) else value
         if self.shard_stops is not None:
             out["shard_stops"] = [s.to_json() for s in self.shard_stops]
@@ -63,6 +72,10 @@ class StoppedBy:
             code=str(data.get("code", "")),
             message=str(data.get("message", "")),
             limit=str(data.get("limit", "")),
+            cap=str(data.get("cap", "")),
+            used=str(data.get("used", "")),
+            period=str(data.get("period", "")),
+            ledger=str(data.get("ledger", "")),
             shards=tuple(int(i) for i in data.get("shards", ())),
             shard_stops=None if stops is None else tuple(cls.from_json(s) for s in stops),
         )
@@ -73,6 +86,7 @@ _CAUSE_KEYS = {
     StopCause.BUDGET: ("limit",),
     StopCause.DECLINED: ("reason",),
     StopCause.STOP: ("reason",),
+    StopCause.SPEND_CAP: ("cap", "limit", "used", "period", "ledger", "message"),
     StopCause.SHARD_FAILED: ("shards",),
 }
 

@@ -130,6 +130,8 @@ def stop_message(summary: RunSummary) -> str:
     if stop.cause is StopCause.DECLINED:
         left = summary.totals.count("not_attempted")
         return f"stopped: {stop.reason}; {left} job(s) not run, nothing more spent"
+    if stop.cause is StopCause.SPEND_CAP:
+        return f"stopped: {stop.message}; {summary.totals.count('not_attempted')} job(s) not started"
     if stop.cause is StopCause.BUDGET:
         return f"stopped: budget {stop.limit} reached; remaining jobs not attempted"
     if stop.cause is StopCause.STOP:

@@ -39,11 +39,15 @@ class RunOptions(BaseModel):
     dest: str = Field(description="s3://bucket/prefix or a local folder")
     region: str = Field("singapore", description="default region of rows without one (prices, endpoint)")
     base_url: str | None = Field(None, description="API root (e.g. the emulator); default: the region's")
-    model: str | None = Field(None, description="default model of rows without one")
+    model: str | None = Field(
+        None, description="default model of rows without one (default: qwen-image-edit-plus)"
+    )
     prices: str | None = Field(None, description="price file overriding the built-in table")
-    input_root: str | None = Field(None, description="local input images may only come from here")
+    input_root: str | None = Field(
+        None, description="local input images may only come from here (default: the manifest's folder)"
+    )
     budget: str | None = Field(
-        None, description='stop before spend could exceed this, e.g. "50" or "350 CNY"'
+        None, description='spending limit, e.g. "50" or "350 CNY": a run stops before spend could exceed it'
     )
     rates: tuple[str, ...] = Field(
         (),

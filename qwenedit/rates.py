@@ -43,7 +43,7 @@ _PREFIX = "qwen-image-edit"
 
 
 class Limits(Protocol):
-    """Anything that knows a model's own limit (``qwenedit.models.ModelTable``)."""
+    """Anything that knows a model's own limit (``qwenedit.catalog.ModelTable``)."""
 
     def rate_limit(self, model: str) -> RateLimit: ...
 

@@ -1,8 +1,8 @@
 """`qwenedit run`: run a manifest through the Prefect flow with a live progress bar.
 
 Exit codes: 0 every job succeeded or was skipped · 1 some jobs failed · 2 bad options or manifest ·
-3 stopped by the run breaker (account error), the budget or a signal (Ctrl-C, SIGTERM: the calls in
-flight finish first; see ``qwenedit.stopping``).
+3 stopped by the run breaker (account error), the budget, a daily/monthly spend cap or a signal
+(Ctrl-C, SIGTERM: the calls in flight finish first; see ``qwenedit.stopping``).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def print_summary(summary: RunSummary, out: Console) -> None:
 
         out.print(text_rollups(list(summary.rollups)), markup=False, highlight=False)
     if summary.stopped_by is not None:
-        out.print(f"[red]{stop_message(summary)}[/]")
+        out.print(f"[red]{stop_message(summary)}[/]", highlight=False)
     out.print(f"reports: {summary.report_dir}/  (results.csv, summary.json, failed.jsonl, report.html)")
     out.print(f"report.html: {summary.report_dir}/report.html")
 

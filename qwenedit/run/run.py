@@ -306,6 +306,9 @@ class Run:
         if state.breaker.reason is not None:
             reason = state.breaker.reason
             return StoppedBy(StopCause.BREAKER, code=reason.code, message=reason.message)
+        spend_cap = state.budget.spend_cap_stop()  # a daily / monthly cap of the spend ledger
+        if spend_cap is not None:
+            return StoppedBy.from_json(spend_cap)
         if state.budget.exhausted:
             return StoppedBy(StopCause.BUDGET, limit=str(state.budget.describe()))
         if self.declined is not None:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from qwenedit.api import api_key_from_env, resolve_base_url
-from qwenedit.budget import Budget, check_currencies
+from qwenedit.budget import Budget, check_guards
 from qwenedit.catalog import ModelTable, load_models, normalize_model
 from qwenedit.errors import DestinationUnusable, ManifestInvalid
 from qwenedit.inputs import InputResolver
@@ -38,6 +38,7 @@ from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool
 from qwenedit.retry import RetryPolicy
 from qwenedit.rollups import Rollups
+from qwenedit.spend import open_guard
 from qwenedit.stopping import StoppableClient
 from qwenedit.storage import Destination, make_s3_client, open_destination
 from qwenedit.window import Window
@@ -82,8 +83,7 @@ def prepare(options: RunOptions) -> Prepared:
     validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
     if not validation.ok:
         raise ManifestInvalid(validation)
-    if budget is not None:
-        check_currencies(budget[1], validation.quote.currencies)
+    check_guards(budget, options.spend_caps(), validation.quote.currencies)
     return Prepared(validation, prices)
 
 
@@ -150,6 +150,11 @@ async def wire(
     )
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits))
+    caps, shared = o.spend_caps(), None
+    if caps.active:  # the caps shared by every run of the spend ledger (qwenedit.spend)
+        worst = prepared.validation.quote.total(caps.currency)
+        shared = await asyncio.to_thread(open_guard, o.spend_ledger_uri(), caps, run_id, expected=worst)
+        stack.push_async_callback(shared.settle)  # gives back what the run did not spend
     spool = ResultSpool(out_dir / "results.jsonl")
     stack.callback(spool.close)
     hosts = o.allowed_output_hosts + DEFAULT_OUTPUT_HOSTS + (_host_pattern(endpoint),)
@@ -177,7 +182,9 @@ async def wire(
     )
     state = RunState(
         spool=spool,
-        budget=Budget(*budget) if budget is not None else Budget(None),
+        budget=Budget(budget[0], budget[1], shared)
+        if budget is not None
+        else Budget(None, caps.currency, shared),
         stats=stats,
         rollups=Rollups(o.group_by) if o.group_by else None,
     )

@@ -238,6 +238,8 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> RunSummary:
         except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
             console.print(f"[red]error:[/] {err}")
             raise typer.Exit(2) from None
+        for note in run.validation.notices:
+            console.print(Text(f"note: {note}", style="yellow"))
         try:
             start_prefect_server()  # a Ctrl-C must not stop it while the run drains
         except Exception as err:

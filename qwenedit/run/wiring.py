@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from qwenedit.manifest import Validation, manifest_base, validate_manifest
 from qwenedit.options import RunOptions
 from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, RunContext, RunServices, RunState, RunStats
-from qwenedit.rates import model_limits
+from qwenedit.rates import model_limits, with_stated_limits
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool
 from qwenedit.retry import RetryPolicy
@@ -42,6 +43,8 @@ from qwenedit.spend import open_guard
 from qwenedit.stopping import StoppableClient
 from qwenedit.storage import Destination, make_s3_client, open_destination
 from qwenedit.window import Window
+
+log = logging.getLogger("qwenedit.run")
 
 
 def new_run_id() -> str:
@@ -78,7 +81,7 @@ def prepare(options: RunOptions) -> Prepared:
     Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
     ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
     """
-    prices = load_models(options.prices)
+    prices = with_stated_limits(load_models(options.prices), options.rates)
     budget = options.budget_amount()
     validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
     if not validation.ok:
@@ -125,6 +128,8 @@ async def wire(
     prepared = await asyncio.to_thread(prepare, o)
     budget = o.budget_amount()
     prices = prepared.prices
+    for note in prepared.validation.notices:
+        log.warning("%s", note)
     stats.total_jobs = prepared.validation.job_count
     destination = open_destination(o.dest)
     await asyncio.to_thread(check_destination, destination)  # before anything is paid for

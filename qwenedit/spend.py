@@ -26,9 +26,10 @@ Records are small JSON objects, never changed once written:
   given back. A settlement of a block is written in the block's month, so a month's caps are one
   folder's fold.
 
-To reserve, a run lists the month's folder (one LIST per 1,000 records; records already read are
-cached, they never change), folds it into the day's and the month's use, checks the caps and writes
-the next sequence number create-only (S3 ``If-None-Match: *``; a local folder: ``link``). A store that
+To reserve, a run reads the month's log — listed once (one LIST per 1,000 records, the records
+fetched 16 at a time and cached: they never change), then followed by reading the next sequence
+numbers until one is missing (the log has no gaps) — folds it into the day's and the month's use,
+checks the caps and writes the next sequence number create-only (S3 ``If-None-Match: *``; a local folder: ``link``). A store that
 does not honour conditional writes is refused when the ledger is opened: without them two runs could
 both take the last dollar.
 

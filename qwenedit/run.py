@@ -64,7 +64,7 @@ from qwenedit.pipeline import (
     run_job,
     skipped_result,
 )
-from qwenedit.rates import model_limits
+from qwenedit.rates import model_limits, with_stated_limits
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool, save_reports, write_reports
 from qwenedit.retry import RetryPolicy
@@ -147,7 +147,7 @@ def prepare(options: RunOptions) -> Prepared:
     Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
     ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
     """
-    prices = load_models(options.prices)
+    prices = with_stated_limits(load_models(options.prices), options.rates)
     budget = options.budget_amount()
     validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
     if not validation.ok:
@@ -249,6 +249,8 @@ class Run:
         budget = o.budget_amount()
         prices = prepared.prices
         self.validation = prepared.validation
+        for note in prepared.validation.notices:
+            log.warning("%s", note)
         self.stats.total_jobs = prepared.validation.job_count
         destination = open_destination(o.dest)
         await asyncio.to_thread(check_destination, destination)  # before anything is paid for

@@ -243,6 +243,8 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any
     except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
+    for note in run.validation.notices if run.validation is not None else ():
+        console.print(Text(f"note: {note}", style="yellow"))
     try:
         try:
             start_detached()  # a Ctrl-C must not stop Prefect's temporary API server while the run drains

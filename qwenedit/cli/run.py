@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qwenedit.cli._app import app
+from qwenedit.cli._text import plain
 
 console = Console(stderr=True)
 
@@ -109,9 +110,10 @@ def print_summary(summary: dict[str, Any], out: Console) -> None:
             f"(kept; see the qa column of results.csv); {summary.get('qa_retries', 0)} regeneration(s)[/]"
         )
     if summary.get("rollups"):
+        from qwenedit.cli._text import safe_rollups
         from qwenedit.rollups import text_rollups
 
-        out.print(text_rollups(summary["rollups"]), markup=False, highlight=False)
+        out.print(text_rollups(safe_rollups(summary["rollups"])), markup=False, highlight=False)
     stopped = summary.get("stopped_by")
     if stopped:
         if stopped["cause"] == "breaker":
@@ -339,13 +341,17 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any
         console.print("[red]manifest is invalid: nothing was run[/]")
         raise typer.Exit(2) from None
     except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
-        console.print(f"[red]error:[/] {err}")
+        console.print(Text.assemble(("error: ", "red"), plain(err)))  # it may quote the manifest
         raise typer.Exit(2) from None
     try:
         try:
             start_detached()  # a Ctrl-C must not stop Prefect's temporary API server while the run drains
         except Exception as err:
-            console.print(f"[red]run failed:[/] Prefect API server: {type(err).__name__}: {err}")
+            console.print(
+                Text.assemble(
+                    ("run failed: ", "red"), plain(f"Prefect API server: {type(err).__name__}: {err}")
+                )
+            )
             raise typer.Exit(2) from None
         shown: list[Live] = []
         run.approver = terminal_approver(yes, shown)
@@ -361,7 +367,7 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any
             try:
                 result: dict[str, Any] = await flow_run
             except Exception as err:
-                console.print(f"[red]run failed:[/] {type(err).__name__}: {err}")
+                console.print(Text.assemble(("run failed: ", "red"), plain(f"{type(err).__name__}: {err}")))
                 raise typer.Exit(2) from None
             return result
     finally:

@@ -40,7 +40,9 @@ def flat_png(path: Path, width: int, height: int, color_type: int, pixel: bytes)
     """A one-colour PNG (8-bit; colour type 2 = RGB, 6 = RGBA), written without decoding it in memory."""
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     row = b"\x00" + pixel * width
     packer = zlib.compressobj(9)

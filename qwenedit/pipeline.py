@@ -356,20 +356,17 @@ async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: J
     """Reserve the budget, call (paced, retried), and write the charge record before anything else."""
     _stop_if_tripped(ctx, result)
     worst_case = cost(job.n, price)
-    if not ctx.budget.try_reserve(worst_case, price.currency):
+    if not await ctx.budget.reserve(worst_case, price.currency):  # the run's budget and the shared caps
         if result.attempts == 0:
             result.status = "not_attempted"
-        raise _JobFailed(
-            JobCode.BUDGET_EXCEEDED,
-            f"not started: it could take the spend over the budget {ctx.budget.describe()}",
-        )
+        raise _JobFailed(JobCode.BUDGET_EXCEEDED, ctx.budget.refusal())
     try:
         images = await _resolve_inputs(ctx, job)
         answer = await _call(ctx, job, EditRequest.from_job(job, tuple(images)), result, worst_case, price)
     finally:
         ctx.budget.release(worst_case)
     charge = _charge_for(ctx, job, fp, answer, price)
-    ctx.budget.charge(charge.cost_decimal, charge.currency)
+    ctx.budget.charge(charge.cost_decimal, charge.currency, job.model)
     result.cost = str(Decimal(result.cost or "0") + charge.cost_decimal)
     # Until the charge record is written this paid call is known only to this row: if the write fails,
     # the row must say its images are billed and not stored.
@@ -388,10 +385,19 @@ async def _call(
     def retry_on(exc: BaseException) -> bool:
         return isinstance(exc, errors.DashScopeError) and exc.retryable and not ctx.breaker.tripped
 
+    # An attempt whose answer was lost counts as spent (possibly billed) while the job's reservation
+    # still holds the retry: a retry is sent only if that spend still fits the budget and the caps.
+    lost = False
     try:
         async for attempt in ctx.api_retry.retrying(retry_on, describe=lambda: f"job {job.job_id} call"):
             with attempt:
                 _stop_if_tripped(ctx, result)
+                if lost and not await ctx.budget.still_fits():
+                    refusal = ctx.budget.refusal().removeprefix("not started: ")
+                    raise _JobFailed(
+                        JobCode.BUDGET_EXCEEDED, f"not retried after a lost answer: {refusal}"[:300]
+                    )
+                lost = False
                 await pacer.acquire()
                 _stop_if_tripped(ctx, result)  # the breaker may have tripped while this job waited
                 result.attempts += 1
@@ -399,6 +405,7 @@ async def _call(
                     return await _send(ctx, request, pacer)
                 except errors.DashScopeError as err:
                     _account_for(ctx, job, err, result, worst_case, price, pacer)
+                    lost = err.possibly_billed
                     raise
     except errors.DashScopeError as err:
         result.request_id = err.request_id
@@ -434,7 +441,7 @@ def _account_for(
     if err.possibly_billed:
         result.possibly_billed = True
         result.possibly_billed_images += job.n  # worst case: this lost answer was billed n images
-        ctx.budget.possibly_charge(worst_case, price.currency)
+        ctx.budget.possibly_charge(worst_case, price.currency, job.model)
     if isinstance(err, errors.Throttled):
         ctx.stats.note_throttled(job.model)
         pacer.penalize(ctx.throttle_penalty)

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from qwenedit.api import api_key_from_env, resolve_base_url
-from qwenedit.budget import Budget, check_currencies
+from qwenedit.budget import Budget, check_guards
 from qwenedit.canary import CanaryOutcome, CanaryPlan
 from qwenedit.canary import choose as choose_canary
 from qwenedit.catalog import ModelTable, cost, load_models, normalize_model
@@ -64,11 +64,12 @@ from qwenedit.pipeline import (
     run_job,
     skipped_result,
 )
-from qwenedit.rates import model_limits
+from qwenedit.rates import model_limits, with_stated_limits
 from qwenedit.redact import install_log_redaction
 from qwenedit.report import ResultSpool, save_reports, write_reports
 from qwenedit.retry import RetryPolicy
 from qwenedit.rollups import Rollups
+from qwenedit.spend import open_guard
 from qwenedit.stopping import StoppableClient
 from qwenedit.storage import Destination, make_s3_client, open_destination
 from qwenedit.window import Window
@@ -146,13 +147,12 @@ def prepare(options: RunOptions) -> Prepared:
     Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
     ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
     """
-    prices = load_models(options.prices)
+    prices = with_stated_limits(load_models(options.prices), options.rates)
     budget = options.budget_amount()
     validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
     if not validation.ok:
         raise ManifestInvalid(validation)
-    if budget is not None:
-        check_currencies(budget[1], validation.quote.currencies)
+    check_guards(budget, options.spend_caps(), validation.quote.currencies)
     return Prepared(validation, prices)
 
 
@@ -249,6 +249,8 @@ class Run:
         budget = o.budget_amount()
         prices = prepared.prices
         self.validation = prepared.validation
+        for note in prepared.validation.notices:
+            log.warning("%s", note)
         self.stats.total_jobs = prepared.validation.job_count
         destination = open_destination(o.dest)
         await asyncio.to_thread(check_destination, destination)  # before anything is paid for
@@ -279,6 +281,13 @@ class Run:
         http = self._stack.enter_context(
             httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
         )
+        caps, shared = o.spend_caps(), None
+        if caps.active:  # the caps shared by every run of the spend ledger (qwenedit.spend)
+            worst = prepared.validation.quote.total(caps.currency)
+            shared = await asyncio.to_thread(
+                open_guard, o.spend_ledger_uri(), caps, self.run_id, expected=worst
+            )
+            self._stack.push_async_callback(shared.settle)  # gives back what the run did not spend
         spool = ResultSpool(self.out_dir / "results.jsonl")
         self._stack.callback(spool.close)
         hosts = o.allowed_output_hosts + DEFAULT_OUTPUT_HOSTS + (_host_pattern(endpoint),)
@@ -299,7 +308,9 @@ class Run:
             allowed_output_hosts=hosts,
             api_retry=RetryPolicy(o.max_attempts, o.backoff_base, o.backoff_cap),
             store_retry=RetryPolicy(o.store_attempts, o.backoff_base, o.backoff_cap),
-            budget=Budget(*budget) if budget is not None else Budget(None),
+            budget=Budget(budget[0], budget[1], shared)
+            if budget is not None
+            else Budget(None, caps.currency, shared),
             throttle_penalty=o.throttle_penalty,
             recall_expired=o.recall_expired,
             qa=o.qa,
@@ -658,6 +669,8 @@ class Run:
                 "code": ctx.breaker.reason.code,
                 "message": ctx.breaker.reason.message,
             }
+        elif ctx.budget.spend_cap_stop() is not None:
+            stopped_by = ctx.budget.spend_cap_stop()
         elif ctx.budget.exhausted:
             stopped_by = {"cause": "budget", "limit": ctx.budget.describe()}
         elif self.declined is not None:

@@ -1,8 +1,8 @@
 """`qwenedit run`: run a manifest through the Prefect flow with a live progress bar.
 
 Exit codes: 0 every job succeeded or was skipped · 1 some jobs failed · 2 bad options or manifest ·
-3 stopped by the run breaker (account error), the budget or a signal (Ctrl-C, SIGTERM: the calls in
-flight finish first; see ``qwenedit.stopping``).
+3 stopped by the run breaker (account error), the budget, a daily/monthly spend cap or a signal
+(Ctrl-C, SIGTERM: the calls in flight finish first; see ``qwenedit.stopping``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from rich.text import Text
 
 from qwenedit.cli._app import app
 from qwenedit.cli._text import plain
+from qwenedit.cli.options import BadOptions, option_flags, to_options
 
 console = Console(stderr=True)
 
@@ -123,6 +124,9 @@ def print_summary(summary: dict[str, Any], out: Console) -> None:
             out.print(f"[red]stopped: {stopped['reason']}; {left} job(s) not run, nothing more spent[/]")
         elif stopped["cause"] == "stop":
             out.print(f"[red]{stop_message(summary)}[/]")
+        elif stopped["cause"] == "spend_cap":
+            left = summary["by_status"].get("not_attempted", 0)
+            out.print(f"[red]stopped: {stopped['message']}; {left} job(s) not started[/]", highlight=False)
         else:
             out.print(f"[red]stopped: budget {stopped['limit']} reached; remaining jobs not attempted[/]")
     out.print(f"reports: {summary['report_dir']}/  (results.csv, summary.json, failed.jsonl, report.html)")
@@ -140,74 +144,9 @@ def stop_message(summary: dict[str, Any]) -> str:
 
 
 @app.command()
+@option_flags()
 def run(
-    manifest: Annotated[str, typer.Argument(help="CSV or JSONL manifest: local path, s3:// or https://")],
-    dest: Annotated[str, typer.Option("--dest", help="s3://bucket/prefix or a local folder")],
-    region: Annotated[str, typer.Option(help="singapore or beijing (prices and endpoint)")] = "singapore",
-    base_url: Annotated[
-        str | None,
-        typer.Option("--base-url", envvar="DASHSCOPE_BASE_URL", help="API root, e.g. the emulator"),
-    ] = None,
-    rps: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="override the model table's limits: RATE for every model (req/s) or MODEL=RATE "
-            "(RATE like 2, 2/s, 2/min); repeatable"
-        ),
-    ] = None,
-    max_in_flight: Annotated[
-        int | None,
-        typer.Option(
-            "--max-in-flight", help="hard cap on calls open at once (default: sized from rates × latency)"
-        ),
-    ] = None,
-    chunk_size: Annotated[
-        int | None,
-        typer.Option("--chunk-size", help="jobs per Prefect task run (default: chosen by the run)"),
-    ] = None,
-    budget: Annotated[
-        str | None, typer.Option(help='stop before spend could exceed this: "50", "50 USD", "350 CNY"')
-    ] = None,
-    report_dir: Annotated[str, typer.Option("--report-dir", help="where run reports go")] = "runs",
-    input_root: Annotated[
-        str | None, typer.Option("--input-root", help="local images may only come from here")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="default model for rows without one")] = None,
-    prices: Annotated[str | None, typer.Option(help="price file overriding the built-in table")] = None,
-    max_attempts: Annotated[
-        int, typer.Option("--max-attempts", help="tries per job for retryable errors")
-    ] = 6,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for one API answer")] = 120.0,
-    stop_grace: Annotated[
-        float | None,
-        typer.Option(
-            "--stop-grace",
-            help="after Ctrl-C/SIGTERM, seconds the calls in flight get to finish (default: --timeout + 15)",
-        ),
-    ] = None,
-    recall_expired: Annotated[
-        bool, typer.Option("--recall-expired", help="pay again for jobs whose outputs expired unstored")
-    ] = False,
-    allow_output_host: Annotated[
-        list[str] | None, typer.Option("--allow-output-host", help="extra host allowed to serve outputs")
-    ] = None,
-    prompt_template: Annotated[
-        str | None,
-        typer.Option("--prompt-template", help='fill prompts from columns: "Put the {product} on white"'),
-    ] = None,
-    group_by: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--group-by", help="roll up jobs, images and cost per value of COLUMN (repeatable; a+b)"
-        ),
-    ] = None,
-    qa: Annotated[bool, typer.Option("--qa/--no-qa", help="check every stored output image")] = True,
-    qa_retries: Annotated[
-        int, typer.Option("--qa-retries", help="regenerate a job QA flagged up to K times (each billed)")
-    ] = 0,
-    canary: Annotated[
-        int, typer.Option("--canary", help="run N jobs first, report them, then ask before the rest")
-    ] = 0,
+    fields: dict[str, Any],
     yes: Annotated[bool, typer.Option("--yes", help="approve the canary in advance")] = False,
     progress: Annotated[bool, typer.Option(help="live progress bar")] = True,
 ) -> None:
@@ -216,42 +155,13 @@ def run(
     from qwenedit.redact import install_log_redaction
 
     install_log_redaction()  # before anything can log a signed request (validate reads s3:// manifests)
-    from pydantic import ValidationError
-
-    from qwenedit.options import RunOptions
     from qwenedit.run import new_run_id
 
     try:
-        options = RunOptions(
-            manifest=manifest,
-            dest=dest,
-            region=region,
-            base_url=base_url,
-            rates=tuple(rps or ()),
-            max_in_flight=max_in_flight,
-            chunk_size=chunk_size,
-            budget=budget,
-            report_dir=report_dir,
-            input_root=input_root,
-            model=model,
-            prices=prices,
-            max_attempts=max_attempts,
-            timeout_s=timeout,
-            stop_grace_s=stop_grace,
-            recall_expired=recall_expired,
-            allowed_output_hosts=tuple(allow_output_host or ()),
-            prompt_template=prompt_template,
-            group_by=tuple(group_by or ()),
-            qa=qa,
-            qa_retries=qa_retries,
-            canary=canary,
-            run_id=new_run_id(),
-        )
-    except ValidationError as err:
-        for problem in err.errors():
-            name = "-".join(str(p) for p in problem["loc"])
-            field = {"rates": "--rps"}.get(name, "--" + name.replace("_", "-"))
-            console.print(f"[red]error:[/] {field}: {problem['msg']}")
+        options = to_options(fields, run_id=fields.get("run_id") or new_run_id())
+    except BadOptions as err:
+        for line in err.lines:
+            console.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
         raise typer.Exit(2) from None
     summary = asyncio.run(_run(options, progress, yes))
     print_summary(summary, Console())
@@ -335,6 +245,8 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any
     except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
         console.print(Text.assemble(("error: ", "red"), plain(err)))  # it may quote the manifest
         raise typer.Exit(2) from None
+    for note in run.validation.notices if run.validation is not None else ():
+        console.print(plain(f"note: {note}", "yellow"))
     try:
         try:
             start_detached()  # a Ctrl-C must not stop Prefect's temporary API server while the run drains

@@ -29,8 +29,9 @@ from qwenedit.catalog import (
 )
 from qwenedit.cli._app import app
 from qwenedit.cli._text import plain, safe_json
+from qwenedit.cli.options import option_flags
 from qwenedit.errors import ManifestError, MixedCurrencies, PriceFileError, TemplateError
-from qwenedit.jobs import DEFAULT_MODEL, DEFAULT_REGION
+from qwenedit.jobs import DEFAULT_MODEL
 from qwenedit.manifest import ROW_NUMBERS, Problem, Validation, validate_manifest
 from qwenedit.templates import parse_template
 
@@ -45,21 +46,13 @@ class _Fail(Exception):
         self.code = code
 
 
+SHARED_WITH_RUN = ("manifest", "region", "model", "budget", "prices", "input_root", "prompt_template")
+
+
 @app.command()
+@option_flags(*SHARED_WITH_RUN)
 def validate(
-    manifest: Annotated[
-        str, typer.Argument(help="CSV or JSONL manifest: a local path, s3://bucket/key or https:// URL.")
-    ],
-    region: Annotated[
-        str, typer.Option(help="Region for rows that leave 'region' empty (singapore or beijing).")
-    ] = DEFAULT_REGION,
-    model: Annotated[str, typer.Option(help="Model for rows that leave 'model' empty.")] = DEFAULT_MODEL,
-    budget: Annotated[
-        str | None,
-        typer.Option(
-            help="Fail (exit 1) if the worst case costs more than this, e.g. 50 or '300 CNY'. USD by default."
-        ),
-    ] = None,
+    fields: dict[str, Any],
     check_images: Annotated[
         bool,
         typer.Option(
@@ -70,29 +63,14 @@ def validate(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
-    prices: Annotated[
-        Path | None,
-        typer.Option(
-            help="Price file (JSON or CSV: region, model, unit_price, currency) over the built-in prices."
-        ),
-    ] = None,
-    input_root: Annotated[
-        Path | None,
-        typer.Option(help="Folder local images may be read from (default: the manifest's folder)."),
-    ] = None,
     max_problems: Annotated[
         int,
         typer.Option(min=1, help="List at most this many errors and this many warnings (all are counted)."),
     ] = 1000,
-    prompt_template: Annotated[
-        str | None,
-        typer.Option(
-            help="Prompt for rows that leave 'prompt' empty, filled from their columns: "
-            "'Put the {product} on a white background'. Named fields only.",
-        ),
-    ] = None,
 ) -> None:
-    """Check a manifest before a cent is spent: every problem (row, job_id, column, reason) and the cost."""
+    """Check a manifest before a cent is spent: every problem (row, job_id, column, reason) and the cost.
+
+    The options shared with `run` mean the same here; with --budget, exit 1 if the worst case exceeds it."""
     out = Console(soft_wrap=False, highlight=False)
     err = Console(stderr=True, highlight=False)
     # Pillow warns about huge images while --check-images opens them; we report those ourselves.
@@ -101,16 +79,16 @@ def validate(
         code = _run(
             out,
             err,
-            manifest,
-            region,
-            model,
-            budget,
+            fields["manifest"],
+            fields["region"],
+            fields["model"] or DEFAULT_MODEL,
+            fields["budget"],
             check_images,
             json_output,
-            prices,
-            input_root,
+            None if fields["prices"] is None else Path(fields["prices"]),
+            None if fields["input_root"] is None else Path(fields["input_root"]),
             max_problems,
-            prompt_template,
+            fields["prompt_template"],
         )
     except _Fail as fail:
         _print_failure(out, err, fail, json_output)
@@ -297,6 +275,8 @@ def _print_human(out: Console, result: Validation, budget_note: str, fits: bool 
         out.print(table)
     if budget_note:
         out.print(Text(budget_note[0].upper() + budget_note[1:], style="green" if fits else "bold red"))
+    for note in result.notices:
+        out.print(Text(f"note: {note}", style="yellow"))
 
     totals = ", ".join(format_money(a, c) for c, a in result.quote.totals.items()) or "$0.00"
     if code == EXIT_OK:

@@ -20,6 +20,7 @@ from qwenedit.cli.run import print_summary
 from qwenedit.cli.validate import print_problems
 from qwenedit.manifest import Problem
 from qwenedit.report import JobResult, csv_header, csv_row, results_frame
+from qwenedit.summary import RunSummary
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 TITLE = "\x1b]0;pwned\x07"  # OSC: sets the terminal's window title
@@ -99,7 +100,9 @@ def test_the_group_by_table_shows_escape_sequences_inert() -> None:
         ],
     }
     buf = io.StringIO()
-    print_summary(_summary([rollup]), Console(file=buf, force_terminal=False, width=200))
+    print_summary(
+        RunSummary.from_json(_summary([rollup])), Console(file=buf, force_terminal=False, width=200)
+    )
     shown = buf.getvalue()
 
     assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown and "\u202e" not in shown

@@ -127,6 +127,9 @@ async def test_a_run_started_when_the_cap_is_reached_makes_no_call(
     summary = await run_here(manifest, pipeline_env, emulator, tmp_path, daily_budget="0")
     assert emulator.ledger() == []
     assert summary["stopped_by"]["cause"] == "spend_cap"
+    assert summary["stopped_by"]["reason"].startswith(
+        "daily spend cap 0 USD reached for"
+    )  # what Prefect shows
     assert summary["by_status"]["not_attempted"] == 3
 
 

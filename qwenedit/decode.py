@@ -27,16 +27,15 @@ from collections.abc import Iterator
 
 from PIL import Image
 
+from qwenedit.catalog.limits import MAX_INPUT_SIDE_PX
+from qwenedit.errors import TooLarge
+
 # Each side up to 3072 px is what the API documents (recommended 384–3072 px, §2); 4× that area.
-MAX_INPUT_PIXELS = 4 * 3072 * 3072
+MAX_INPUT_PIXELS = 4 * MAX_INPUT_SIDE_PX * MAX_INPUT_SIDE_PX
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "LA": 4, "PA": 4}
 _REDUCIBLE = ("RGB", "RGBA", "L", "LA")
 _STRIP_BYTES = 4 * 1024 * 1024  # a strip converted/reduced at a time in ``downscale``
-
-
-class TooLarge(ValueError):
-    """The image would decode to more pixels than allowed."""
 
 
 def decoded_bytes(img: Image.Image) -> int:

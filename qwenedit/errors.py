@@ -5,8 +5,8 @@ Families (each a section below):
 - **DashScope** (``DashScopeError``): every API failure the client sees becomes one of these, including
   the two a hard stop raises for a call it abandoned (``CallAbandoned``, ``UnsentCallAbandoned``), and
   ``MissingApiKey`` (no key to call with).
-- **Inputs** (``InputError``, ``ManifestError``, ``TemplateError``): a manifest, a prompt template or an
-  image reference that cannot be used.
+- **Inputs** (``InputError``, ``ManifestError``, ``TemplateError``, ``BadOptions``, ``TooLarge``): a
+  manifest, a prompt template, an option value, an image reference or an image's pixels that cannot be used.
 - **Catalog** (``PricingError``, ``UnknownModel``, ``UnknownLimit``): a model, price or rate limit the
   model table does not know, a price file it cannot read, money in two currencies.
 - **Storage** (``StorageError``, ``CopyError``): a destination that cannot be used, a copy that failed.
@@ -313,6 +313,18 @@ class ManifestError(QwenEditError):
 
 class TemplateError(QwenEditError, ValueError):
     """The prompt template itself is malformed (bad field syntax, or empty)."""
+
+
+class BadOptions(QwenEditError, ValueError):
+    """Option values ``RunOptions`` refused; each line names the flag and the reason."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class TooLarge(QwenEditError, ValueError):
+    """The image would decode to more pixels than allowed (``decode.decoding``)."""
 
 
 # =========================================================================================================

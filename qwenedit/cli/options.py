@@ -31,6 +31,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 
+from qwenedit.errors import BadOptions
 from qwenedit.options import RunOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,14 +46,6 @@ FLAG_NAMES = {
 }
 ENVVARS = {"base_url": "DASHSCOPE_BASE_URL"}
 _SCALARS = (str, int, float, bool)
-
-
-class BadOptions(ValueError):
-    """Option values ``RunOptions`` refused; each line names the flag and the reason."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 def flag_name(field: str) -> str:

@@ -24,7 +24,8 @@ from rich.text import Text
 
 from qwenedit.cli._app import app
 from qwenedit.cli._text import plain
-from qwenedit.cli.options import BadOptions, option_flags, to_options
+from qwenedit.cli.options import option_flags, to_options
+from qwenedit.errors import BadOptions
 from qwenedit.summary import RunSummary, StopCause
 
 console = Console(stderr=True)

@@ -10,8 +10,9 @@ users read: its keys and shapes do not change); ``from_json()`` reads one back (
 - ``budget``: the spend limit (``limit``) would have been exceeded;
 - ``declined``: the canary was not approved (``reason``);
 - ``stop``: a signal or a stop request (``reason``);
-- ``spend_cap``: a daily or monthly cap shared by every run of a spend ledger (``cap``, ``limit``,
-  ``used``, ``period``, ``ledger``, ``message``; only ``message`` when the ledger could not be used);
+- ``spend_cap``: a daily or monthly cap shared by every run of a spend ledger (``reason``, ``cap``,
+  ``limit``, ``used``, ``period``, ``ledger``, ``message``; only ``reason`` and ``message`` when the
+  ledger could not be used);
 - ``shard_failed``: a shard run of a sharded run did not complete (``shards``).
 
 A sharded run's stop also lists its shards' own stops (``shard_stops``).
@@ -41,7 +42,7 @@ class StoppedBy:
     """Why a run stopped early; its JSON form carries only the fields of its cause."""
 
     cause: StopCause
-    reason: str = ""  # stop, declined
+    reason: str = ""  # stop, declined, spend_cap (its message: what the run log and the watcher show)
     code: str = ""  # breaker
     message: str = ""  # breaker, spend_cap
     limit: str = ""  # budget, spend_cap
@@ -86,7 +87,7 @@ _CAUSE_KEYS = {
     StopCause.BUDGET: ("limit",),
     StopCause.DECLINED: ("reason",),
     StopCause.STOP: ("reason",),
-    StopCause.SPEND_CAP: ("cap", "limit", "used", "period", "ledger", "message"),
+    StopCause.SPEND_CAP: ("cap", "limit", "used", "period", "ledger", "message", "reason"),
     StopCause.SHARD_FAILED: ("shards",),
 }
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from qwenedit.errors import QwenEditError
@@ -45,6 +45,9 @@ from qwenedit.jobs import CSV_COLUMNS, DEFAULT_MODEL, DEFAULT_REGION, Job
 from qwenedit.models import ModelSpec, SizeRule
 from qwenedit.pricing import Price, PriceTable, Quote, default_prices, normalize_model, normalize_region
 from qwenedit.templates import PromptTemplate, parse_template
+
+if TYPE_CHECKING:
+    from qwenedit.policy import Policy
 
 Severity = Literal["error", "warning"]
 
@@ -137,6 +140,7 @@ class Validation:
     problems: list[Problem] = field(default_factory=list)  # sorted; at most max_problems per severity
     quote: Quote = field(default_factory=Quote)
     delimiter: str | None = None
+    breaches: int = 0  # errors that are breaches of the run's policy (qwenedit.policy)
 
     @property
     def ok(self) -> bool:
@@ -164,6 +168,7 @@ class Validation:
             "row_numbers": ROW_NUMBERS,
             "problems": [p.to_dict() for p in self.problems],
             "problems_omitted": self.problems_omitted,
+            "policy_breaches": self.breaches,
             "quote": self.quote.to_dict(),
         }
 
@@ -849,13 +854,15 @@ def validate_manifest(
     check_workers: int = 16,
     progress: Callable[[int], None] | None = None,
     prompt_template: str | PromptTemplate | None = None,
+    policy: Policy | None = None,
 ) -> Validation:
     """Read the whole manifest and report every problem in it, with the quote for its valid rows.
 
     ``region``/``model`` are the defaults for rows that leave those cells empty (None: the package
     defaults, singapore and qwen-image-edit-plus). ``prompt_template`` fills the prompt of rows that
-    leave it empty (``templates.py``). Raises ``ManifestError`` only when the file cannot be read at
-    all, ``TemplateError`` (before reading) when the template is malformed.
+    leave it empty (``templates.py``). Every breach of ``policy`` is a row error (and counted in
+    ``breaches``). Raises ``ManifestError`` only when the file cannot be read at all, ``TemplateError``
+    (before reading) when the template is malformed.
     """
     template = parse_template(prompt_template)
     with ManifestSource.open(source) as src:
@@ -873,6 +880,7 @@ def validate_manifest(
                 check_workers,
                 progress,
                 template,
+                policy,
             )
         finally:
             if own_resolver:
@@ -890,6 +898,7 @@ def _validate(
     check_workers: int,
     progress: Callable[[int], None] | None,
     template: PromptTemplate | None = None,
+    policy: Policy | None = None,
 ) -> Validation:
     result = Validation(source=src.name, format=src.format)
     store = _ProblemStore(max_problems)
@@ -906,6 +915,8 @@ def _validate(
             jobs = []
             for rec in batch:
                 job = _check_record(rec, rules)
+                if policy is not None and job is not None:  # before any image is looked at
+                    result.breaches += _check_policy(policy, rec, job, resolver)
                 result.rows += 1
                 jobs.append((rec, job))
             if pool is not None:
@@ -930,9 +941,21 @@ def _validate(
     store.add(header.problems)
     if not header.fatal and result.rows == 0:
         store.add([Problem(None, None, None, "has no rows: nothing to run", "error")])
+    too_many = policy.check_rows(result.rows) if policy is not None else None
+    if too_many is not None:
+        result.breaches += 1
+        store.add([Problem(too_many.row, None, None, too_many.reason, "error")])
     result.problems = store.sorted()
     result.errors, result.warnings = store.counts["error"], store.counts["warning"]
     return result
+
+
+def _check_policy(policy: Policy, rec: _Record, job: Job, resolver: InputResolver) -> int:
+    """Add each breach of the policy to the row's problems; how many there were."""
+    breaches = policy.check_job(job, [resolver.locate(ref).location for ref in job.images])
+    for breach in breaches:
+        rec.problem(breach.field, breach.reason)
+    return len(breaches)
 
 
 def _check_images(

@@ -26,7 +26,7 @@ import asyncio
 import fnmatch
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,6 +143,17 @@ class RunStats:
         return (self.requests_sent - 1) / span if span > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class Served:
+    """One region's endpoint in a run: its calls go to ``endpoint`` with ``api_key`` and are priced in
+    ``region`` (DESIGN.md §3, invariant 10: one price per call, the serving region's)."""
+
+    region: str
+    client: DashScopeClient
+    endpoint: str
+    api_key: str = field(repr=False)
+
+
 @dataclass
 class RunContext:
     """Everything the jobs of one run share."""
@@ -151,6 +162,7 @@ class RunContext:
     client: DashScopeClient
     endpoint: str
     api_key: str = field(repr=False)  # never in a repr, a log line or a traceback's locals
+    served: Mapping[str, Served] = field(repr=False)  # region → its endpoint (the run's own among them)
     dest: Destination
     ledger: Ledger
     prices: PriceTable
@@ -177,6 +189,16 @@ class RunContext:
     unrecorded: set[int] = field(
         default_factory=set
     )  # rows handed to a chunk whose result is not yet spooled
+
+    def served_at(self, job: Job) -> Served:
+        """Where ``job`` is sent and priced: its own region's endpoint. Validation refuses rows of a
+        region the run does not serve; should one get here, it fails before any call."""
+        served = self.served.get(job.region)
+        if served is None:
+            raise _JobFailed(
+                JobCode.BAD_INPUT, f"region {job.region} is not served by this run (--region-endpoint)"
+            )
+        return served
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, partial(fn, *args))
@@ -294,7 +316,7 @@ def _safe_text(exc: BaseException, limit: int = 300) -> str:
 
 
 async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str], result: JobResult) -> None:
-    price = ctx.prices.unit_price(job.region, job.model)
+    price = ctx.prices.unit_price(ctx.served_at(job).region, job.model)  # the serving region's price
     result.unit_price, result.currency = str(price.amount), price.currency
     records = await ctx.store(ctx.ledger.job_records, job.job_id)
     legacy = records.legacy_done
@@ -375,7 +397,8 @@ async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: J
 async def _call(
     ctx: RunContext, job: Job, request: EditRequest, result: JobResult, worst_case: Decimal, price: Price
 ) -> EditResult:
-    pacer = ctx.pacers.get(ctx.endpoint, ctx.api_key, job.model)
+    served = ctx.served_at(job)
+    pacer = ctx.pacers.get(served.endpoint, served.api_key, job.model)
 
     def retry_on(exc: BaseException) -> bool:
         return isinstance(exc, errors.DashScopeError) and exc.retryable and not ctx.breaker.tripped
@@ -388,7 +411,7 @@ async def _call(
                 _stop_if_tripped(ctx, result)  # the breaker may have tripped while this job waited
                 result.attempts += 1
                 try:
-                    return await _send(ctx, request, pacer)
+                    return await _send(ctx, served.client, request, pacer)
                 except errors.DashScopeError as err:
                     _account_for(ctx, job, err, result, worst_case, price, pacer)
                     raise
@@ -398,12 +421,12 @@ async def _call(
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
-async def _send(ctx: RunContext, request: EditRequest, pacer: Pacer) -> EditResult:
+async def _send(ctx: RunContext, client: DashScopeClient, request: EditRequest, pacer: Pacer) -> EditResult:
     ctx.stats.in_flight += 1
     started = time.monotonic()
     try:
         # The pacer is also the send gate: the first byte leaves only once the previous request is out.
-        answer = await ctx.client.edit(
+        answer = await client.edit(
             request, on_send=partial(_sent, ctx.stats, pacer, request.model), gate=pacer
         )
     finally:

@@ -42,9 +42,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from qwenedit.api import api_key_from_env, resolve_base_url
+from qwenedit.api import api_key_from_env
 from qwenedit.budget import Budget, check_currencies
-from qwenedit.canary import CanaryOutcome, CanaryPlan
+from qwenedit.canary import CanaryOutcome, CanaryPlan, Question, QuoteApproval
 from qwenedit.canary import choose as choose_canary
 from qwenedit.errors import DestinationUnusable, JobCode, ManifestInvalid
 from qwenedit.htmlreport import CONTACT_LIMIT, write_html_report
@@ -52,20 +52,23 @@ from qwenedit.inputs import InputError, InputResolver, data_uri_bytes
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex, Ledger
 from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
-from qwenedit.models import RateLimit, normalize_model
+from qwenedit.models import RateLimit, normalize_model, normalize_region
 from qwenedit.options import RunOptions
 from qwenedit.pacer import PacerPool, parse_rate_overrides
 from qwenedit.pipeline import (
     DEFAULT_OUTPUT_HOSTS,
     RunContext,
     RunStats,
+    Served,
     failed_result,
     record,
     run_job,
     skipped_result,
 )
-from qwenedit.pricing import PriceTable, cost, load_prices
+from qwenedit.policy import policy_for
+from qwenedit.pricing import MixedCurrencies, PriceTable, cost, format_money, load_prices
 from qwenedit.redact import install_log_redaction
+from qwenedit.regions import run_routes
 from qwenedit.report import ResultSpool, save_reports, write_reports
 from qwenedit.retry import RetryPolicy
 from qwenedit.rollups import Rollups
@@ -143,16 +146,25 @@ class Prepared:
 def prepare(options: RunOptions) -> Prepared:
     """Every check on the options and the manifest that must pass before anything is spent (blocking).
 
-    Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
-    ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
+    Raises ``PricingError`` (bad price file, budget or ``approve_above`` in another currency than the
+    jobs' prices), ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors, breaches
+    of the run's policy among them: ``qwenedit.policy``).
     """
     prices = load_prices(options.prices)
     budget = options.budget_amount()
-    validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
+    policy = policy_for(options)  # a row that breaks it is a row error: refused before any call
+    validation = validate_manifest(options.manifest, **manifest_reading(options, prices), policy=policy)
     if not validation.ok:
         raise ManifestInvalid(validation)
     if budget is not None:
         check_currencies(budget[1], validation.quote.currencies)
+    approve_above = options.approve_above_amount()
+    others = sorted(set(validation.quote.currencies) - {approve_above[1]}) if approve_above else []
+    if approve_above is not None and others:
+        raise MixedCurrencies(
+            f"--approve-above is in {approve_above[1]} but jobs of this manifest are priced in "
+            f"{', '.join(others)}: give the amount in that currency"
+        )
     return Prepared(validation, prices)
 
 
@@ -192,7 +204,7 @@ class Chunk:
 
 
 ChunkRunner = Callable[[ChunkSpec], Awaitable[object]]
-Approver = Callable[[CanaryOutcome], Awaitable[bool]]
+Approver = Callable[[Question], Awaitable[bool]]  # a canary's outcome, or a quote above --approve-above
 
 
 def outcome_text(counts: dict[str, int]) -> str:
@@ -243,8 +255,11 @@ class Run:
 
     async def _open(self) -> None:
         o = self.options
-        api_key = api_key_from_env(o.api_key_env)
-        install_log_redaction(api_key)  # no credential in any log line, whoever logs it
+        routes = run_routes(o)
+        keys = {region: api_key_from_env(route.key_env or o.api_key_env) for region, route in routes.items()}
+        install_log_redaction(*keys.values())  # no credential in any log line, whoever logs it
+        own = normalize_region(o.region)
+        api_key = keys[own]
         prepared = await asyncio.to_thread(prepare, o)
         budget = o.budget_amount()
         prices = prepared.prices
@@ -252,8 +267,9 @@ class Run:
         self.stats.total_jobs = prepared.validation.job_count
         destination = open_destination(o.dest)
         await asyncio.to_thread(check_destination, destination)  # before anything is paid for
-        endpoint = resolve_base_url(o.region, o.base_url)
+        endpoint = str(routes[own].endpoint)
         self.endpoint = endpoint
+        self.endpoints = {region: str(route.endpoint) for region, route in routes.items()}
         self.destination = destination
         self.prices = prices
         self.resolver = InputResolver(
@@ -265,28 +281,37 @@ class Run:
         pacers = pacer_pool(o, prices)
         models = sorted({normalize_model(line.model) for line in prepared.validation.quote.lines})
         self.window = Window(cap=o.max_in_flight, rates=pacers.rates(models))  # UnknownLimit: refused here
-        client = await self._stack.enter_async_context(
-            StoppableClient(
-                api_key,
-                endpoint,
-                timeout=o.timeout_s,
-                max_connections=self.window.bound + 8,
-                abandon=self._abandon,
-                stopping=lambda: self.stopping,
+        served: dict[str, Served] = {}
+        for region, url in self.endpoints.items():  # one client per region: a row is sent to its own
+            region_client = await self._stack.enter_async_context(
+                StoppableClient(
+                    keys[region],
+                    url,
+                    timeout=o.timeout_s,
+                    max_connections=self.window.bound + 8,
+                    abandon=self._abandon,
+                    stopping=lambda: self.stopping,
+                )
             )
-        )
+            served[region] = Served(region, region_client, url, keys[region])
+        client = served[own].client
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
         http = self._stack.enter_context(
             httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
         )
         spool = ResultSpool(self.out_dir / "results.jsonl")
         self._stack.callback(spool.close)
-        hosts = o.allowed_output_hosts + DEFAULT_OUTPUT_HOSTS + (_host_pattern(endpoint),)
+        hosts = (
+            o.allowed_output_hosts
+            + DEFAULT_OUTPUT_HOSTS
+            + tuple(_host_pattern(u) for u in self.endpoints.values())
+        )
         self._ctx = RunContext(
             run_id=self.run_id,
             client=client,
             endpoint=endpoint,
             api_key=api_key,
+            served=served,
             dest=destination,
             ledger=Ledger(destination),
             prices=prices,
@@ -328,7 +353,10 @@ class Run:
         index = await ctx.store(ctx.ledger.done_index)
         log.info("run %s: %d done markers listed at the destination", self.run_id, len(index))
         self._window = self.window
-        if self.options.canary <= 0:
+        decide = approve or self.approver
+        if self.options.approve_above is not None:
+            await self._approve_quote(index, decide)
+        if self.options.canary <= 0 or self.declined is not None:
             await self._pass(index, run_chunk, None)
             return
         plan = await asyncio.to_thread(self._plan_canary, index)
@@ -337,7 +365,6 @@ class Run:
             await self._pass(index, run_chunk, plan.rows.__contains__)
         if plan.rows and plan.remaining_jobs:  # a canary that is the whole run leaves nothing to approve
             outcome = await self._canary_outcome(plan)
-            decide = approve or self.approver
             approved = await self._ask(decide, outcome) if decide is not None else False
             if not approved and not self.stopping:  # a stop at the question: the rest is RunStopped
                 self.declined = "the canary was not approved"
@@ -394,6 +421,35 @@ class Run:
                 plan.projected[currency] = plan.projected.get(currency, Decimal(0)) + amount
         return plan
 
+    async def _approve_quote(self, index: DoneIndex, decide: Approver | None) -> None:
+        """``approve_above``: before the first call, a run that could spend more than the amount asks
+        (nobody to ask, a "no", a stop or a timeout: it is declined and nothing is called)."""
+        limit = self.options.approve_above_amount()
+        assert limit is not None and self.validation is not None
+        amount, currency = limit
+        if self.validation.quote.fits(amount, currency):  # the whole manifest's worst case: no read needed
+            return
+        jobs, projected = await asyncio.to_thread(self._pending_quote, index)  # done rows cost nothing
+        if projected <= amount:
+            return
+        question = QuoteApproval(
+            jobs=jobs, projected=format_money(projected, currency), limit=format_money(amount, currency)
+        )
+        log.warning("run %s: %s; asking for approval", self.run_id, question.headline())
+        approved = await self._ask(decide, question) if decide is not None else False
+        if not approved and not self.stopping:
+            self.declined = f"{question.headline()}, and it was not approved"
+            log.warning("run %s: %s; no job is run", self.run_id, self.declined)
+
+    def _pending_quote(self, index: DoneIndex) -> tuple[int, Decimal]:
+        """The jobs this run would call (not done at their fingerprint) and their worst-case cost."""
+        jobs, total = 0, Decimal(0)
+        for kind, job, _ in self._classify(index):
+            if kind == "run":
+                jobs += 1
+                total += cost(job.n, self.prices.unit_price(job.region, job.model))
+        return jobs, total
+
     async def _canary_outcome(self, plan: CanaryPlan) -> CanaryOutcome:
         """The canary's summary, and report.html written for it with the projected spend of the rest."""
         summary = self.summary()
@@ -412,7 +468,7 @@ class Run:
         await asyncio.to_thread(self._write_html, summary, headline)
         return outcome
 
-    async def _ask(self, decide: Approver, outcome: CanaryOutcome) -> bool:
+    async def _ask(self, decide: Approver, outcome: Question) -> bool:
         """The approver's answer; a stop (Ctrl-C at the question) ends the wait: not approved."""
         asking = asyncio.ensure_future(decide(outcome))
         stopped = asyncio.ensure_future(self._stop_asked.wait())
@@ -650,6 +706,8 @@ class Run:
             "dest": o.dest,
             "endpoint": self.endpoint,
         }
+        if len(self.endpoints) > 1:
+            summary["region_endpoints"] = dict(self.endpoints)
         summary.update(stats.totals.to_dict())
         stopped_by: dict[str, Any] | None = None
         if ctx.breaker.reason is not None:

@@ -206,7 +206,43 @@ def run(
     canary: Annotated[
         int, typer.Option("--canary", help="run N jobs first, report them, then ask before the rest")
     ] = 0,
-    yes: Annotated[bool, typer.Option("--yes", help="approve the canary in advance")] = False,
+    allow_model: Annotated[
+        list[str] | None, typer.Option("--allow-model", help="policy: models rows may use (repeatable)")
+    ] = None,
+    max_n: Annotated[
+        int | None, typer.Option("--max-n", help="policy: most images one row may ask for")
+    ] = None,
+    max_rows: Annotated[
+        int | None, typer.Option("--max-rows", help="policy: most data rows a manifest may have")
+    ] = None,
+    allow_input_prefix: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-input-prefix",
+            help="policy: s3:// and https:// inputs only from under this folder (repeatable)",
+        ),
+    ] = None,
+    max_manifest_bytes: Annotated[
+        int | None, typer.Option("--max-manifest-bytes", help="refuse a larger manifest file")
+    ] = None,
+    max_manifest_decompressed_bytes: Annotated[
+        int | None,
+        typer.Option("--max-manifest-decompressed-bytes", help="refuse a manifest larger once gunzipped"),
+    ] = None,
+    approve_above: Annotated[
+        str | None,
+        typer.Option("--approve-above", help='ask before the first call when the quote is above this: "20"'),
+    ] = None,
+    region_endpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--region-endpoint",
+            help="send rows of REGION to its own endpoint and key: REGION=URL,KEY_ENV (repeatable)",
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="approve the canary and --approve-above in advance")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="live progress bar")] = True,
 ) -> None:
     """Run MANIFEST: edit every row's images and store the outputs and a cost report at --dest."""
@@ -252,6 +288,14 @@ def run(
             qa=qa,
             qa_retries=qa_retries,
             canary=canary,
+            allow_model=tuple(allow_model or ()),
+            max_n=max_n,
+            max_rows=max_rows,
+            allow_input_prefix=tuple(allow_input_prefix or ()),
+            max_manifest_bytes=max_manifest_bytes,
+            max_manifest_decompressed_bytes=max_manifest_decompressed_bytes,
+            approve_above=approve_above,
+            region_endpoint=tuple(region_endpoint or ()),
             run_id=new_run_id(),
         )
     except ValidationError as err:
@@ -271,11 +315,12 @@ def exit_code(summary: dict[str, Any]) -> int:
 
 
 def terminal_approver(yes: bool, live: list[Live]) -> Any:
-    """Ask on the terminal whether to go on after the canary, as ``terraform apply`` does: only ``y`` or
-    ``yes`` continues; anything else, or end of input, stops. ``--yes`` approves in advance."""
-    from qwenedit.canary import CanaryOutcome, answer_means_yes
+    """Ask on the terminal whether to go on after the canary (or to start a run above ``--approve-above``),
+    as ``terraform apply`` does: only ``y`` or ``yes`` continues; anything else, or end of input, stops.
+    ``--yes`` approves in advance."""
+    from qwenedit.canary import Question, answer_means_yes
 
-    async def approve(outcome: CanaryOutcome) -> bool:
+    async def approve(outcome: Question) -> bool:
         for display in live:
             display.stop()
         if live and not console.is_terminal:  # a log file: the stopped bar's last line has no newline
@@ -285,11 +330,7 @@ def terminal_approver(yes: bool, live: list[Live]) -> Any:
             if yes:
                 console.print("[green]approved in advance (--yes)[/]")
                 return True
-            console.print(
-                f"Run the remaining {outcome.remaining_jobs} jobs (at most {outcome.projected})? "
-                "Only 'yes' or 'y' continues: ",
-                end="",
-            )
+            console.print(f"{outcome.question()} Only 'yes' or 'y' continues: ", end="")
             answer = await _read_line()
             approved = answer_means_yes(answer if answer else None)
             console.print("[green]approved[/]" if approved else "[red]not approved: stopping[/]")
@@ -336,7 +377,11 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any
         run = await opened.__aenter__()
     except ManifestInvalid as err:
         print_problems(err.validation.problems, console)
-        console.print("[red]manifest is invalid: nothing was run[/]")
+        breaches = err.validation.breaches
+        if breaches:
+            console.print(f"[red]{breaches} breach(es) of the run's policy: nothing was run[/]")
+        else:
+            console.print("[red]manifest is invalid: nothing was run[/]")
         raise typer.Exit(2) from None
     except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
         console.print(f"[red]error:[/] {err}")

@@ -1,7 +1,9 @@
 """`qwenedit validate`: every problem in a manifest at once, the quote, and whether it fits the budget.
 
 Exit codes: 0 valid (warnings allowed) and within budget; 1 invalid rows or over budget; 2 the
-manifest cannot be read or an option is wrong. Every failure ends in a message, never a traceback.
+manifest cannot be read, an option is wrong, or rows break the policy given by the policy flags
+(``--allow-model``, ``--max-n``, ``--max-rows``, ``--allow-input-prefix``; and a row of a region
+without an endpoint: ``--region-endpoint``), as ``qwenedit run`` with the same flags would refuse them. Every failure ends in a message, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.text import Text
 from qwenedit.cli._app import app
 from qwenedit.jobs import DEFAULT_MODEL, DEFAULT_REGION
 from qwenedit.manifest import ROW_NUMBERS, ManifestError, Problem, Validation, validate_manifest
+from qwenedit.policy import Policy, make_policy
 from qwenedit.pricing import (
     MixedCurrencies,
     PriceFileError,
@@ -35,6 +38,7 @@ from qwenedit.pricing import (
 from qwenedit.templates import TemplateError, parse_template
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+EXIT_POLICY = 2  # what `qwenedit run` exits with for the same breaches
 
 
 class _Fail(Exception):
@@ -91,6 +95,28 @@ def validate(
             "'Put the {product} on a white background'. Named fields only.",
         ),
     ] = None,
+    allow_model: Annotated[
+        list[str] | None, typer.Option("--allow-model", help="Policy: models rows may use (repeatable).")
+    ] = None,
+    max_n: Annotated[int | None, typer.Option("--max-n", min=1, help="Policy: most images per row.")] = None,
+    max_rows: Annotated[
+        int | None, typer.Option("--max-rows", min=1, help="Policy: most data rows in the manifest.")
+    ] = None,
+    allow_input_prefix: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-input-prefix",
+            help="Policy: s3:// and https:// inputs only from under this folder (repeatable).",
+        ),
+    ] = None,
+    region_endpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--region-endpoint",
+            help="A region served at its own endpoint: REGION=URL,KEY_ENV (repeatable). Rows of any "
+            "other region than --region are refused, as `qwenedit run` refuses them.",
+        ),
+    ] = None,
 ) -> None:
     """Check a manifest before a cent is spent: every problem (row, job_id, column, reason) and the cost."""
     out = Console(soft_wrap=False, highlight=False)
@@ -111,6 +137,7 @@ def validate(
             input_root,
             max_problems,
             prompt_template,
+            _policy(region, allow_model, max_n, max_rows, allow_input_prefix, region_endpoint),
         )
     except _Fail as fail:
         _print_failure(out, err, fail, json_output)
@@ -124,6 +151,27 @@ def validate(
         )
         code = EXIT_UNREADABLE
     raise typer.Exit(code)
+
+
+def _policy(
+    region: str,
+    allow_model: list[str] | None,
+    max_n: int | None,
+    max_rows: int | None,
+    allow_input_prefix: list[str] | None,
+    region_endpoint: list[str] | None,
+) -> Policy:
+    try:
+        return make_policy(
+            region=region,
+            allow_model=allow_model or (),
+            max_n=max_n,
+            max_rows=max_rows,
+            allow_input_prefix=allow_input_prefix or (),
+            region_endpoint=region_endpoint or (),
+        )
+    except ValueError as exc:
+        raise _Fail(f"policy: {exc}") from None
 
 
 def _echo_json(payload: dict[str, Any]) -> None:
@@ -151,6 +199,7 @@ def _run(
     input_root: Path | None,
     max_problems: int,
     prompt_template: str | None = None,
+    policy: Policy | None = None,
 ) -> int:
     try:
         prices = load_prices(prices_path)
@@ -185,6 +234,7 @@ def _run(
             max_problems=max_problems,
             progress=(lambda n: status.update(f"Reading {manifest} … {n:,} rows")) if status else None,
             prompt_template=template,
+            policy=policy,
         )
     except ManifestError as exc:
         raise _Fail(str(exc)) from None
@@ -207,6 +257,8 @@ def _run(
             over = format_money(result.quote.total(currency) - amount, currency)
             budget_note = f"budget {format_money(amount, currency)}: OVER by {over} (worst case {worst})"
     code = EXIT_OK if result.ok and fits is not False else EXIT_INVALID
+    if result.breaches:
+        code = EXIT_POLICY
     if json_output:
         payload: dict[str, Any] = result.to_dict()
         payload["budget"] = (
@@ -315,6 +367,14 @@ def _print_human(out: Console, result: Validation, budget_note: str, fits: bool 
         )
     else:
         out.print(Text("✗ Over budget.", style="bold red"))
+    if result.breaches:
+        out.print(
+            Text(
+                f"✗ {result.breaches:,} breach{'' if result.breaches == 1 else 'es'} of the policy: `qwenedit run` with the same flags "
+                "refuses this manifest before any call.",
+                style="bold red",
+            )
+        )
 
 
 def _count(n: int, word: str) -> str:

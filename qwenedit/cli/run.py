@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -301,7 +302,7 @@ def run(
     except ValidationError as err:
         for problem in err.errors():
             field = "--" + "-".join(str(p) for p in problem["loc"]).replace("_", "-")
-            console.print(f"[red]error:[/] {field}: {problem['msg']}")
+            console.print(f"[red]error:[/] {field}: {escape(problem['msg'])}")
         raise typer.Exit(2) from None
     summary = asyncio.run(_run(options, progress, yes))
     print_summary(summary, Console())
@@ -384,7 +385,7 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any
             console.print("[red]manifest is invalid: nothing was run[/]")
         raise typer.Exit(2) from None
     except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     try:
         try:

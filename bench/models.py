@@ -3,7 +3,7 @@
 A manifest mixing ``qwen-image-edit-max`` (2/min), ``qwen-image-edit-plus`` and ``qwen-image-edit``
 (2/s each) runs against the emulator in its own process with 20–30 s latency (lognormal, median 25 s,
 p99 30 s), 0–40 ms of arrival jitter, the per-model burst guard on, and no tuning flag: each model is
-paced at the model table's limit (``PacerPool(limits=...)``), calls in flight follow ``Window``
+paced at the model table's limit (``PacerPool(table.rate_limit)``), calls in flight follow ``Window``
 (Little's law, 30 s assumed until latencies are observed), every attempt takes a permit, a 429 widens
 that pacer's spacing (``Pacer.throttled``) and is retried.
 
@@ -37,7 +37,7 @@ from PIL import Image
 from bench.metrics import Verdict, max_in_window, steady_state
 from qwenedit import errors
 from qwenedit.api import DashScopeClient, EditRequest
-from qwenedit.models import RateLimit, builtin_models
+from qwenedit.catalog import RateLimit, builtin_models
 from qwenedit.pacer import Pacer, PacerPool
 from qwenedit.testing.emulator import EmulatorProcess
 from qwenedit.window import Window
@@ -181,7 +181,7 @@ async def _drive(
     base_url: str, models: list[str], log: Callable[[str], None]
 ) -> tuple[Counter[str], dict[str, Any], dict[str, Any], float, float, int, dict[str, list[float]]]:
     table = builtin_models()
-    pacers = PacerPool(limits=table)
+    pacers = PacerPool(table.rate_limit)
     window = Window()
     window.set_rates(pacers.rates(set(models)))
     image = _png_uri()
@@ -301,7 +301,7 @@ def run_models_bench(
     never_received = max(0, attempts - stats["requests"])
     false_billed = min(maybe_billed, never_received)
     doc = {
-        "what": "library pieces driven directly: PacerPool(limits=model table) + Window + DashScopeClient; "
+        "what": "library pieces driven directly: PacerPool(table.rate_limit) + Window + DashScopeClient; "
         "no output copy; emulator in its own process",
         "config": {
             "jobs": {"plus": plus, "edit": edit, "max": max_jobs},

@@ -152,7 +152,7 @@ async def process_new_manifests(
 ) -> dict[str, Any]:
     """Run ``edit_deployment`` once for every manifest under ``prefix`` not yet processed; returns what
     was processed, skipped and failed this tick. ``parameters`` are ``RunOptions`` fields given to every
-    edit run (rps, region, budget, api_key_env, report_dir, ...)."""
+    edit run (rates, region, budget, api_key_env, report_dir, ...)."""
     watched = open_destination(prefix)
     keys = sorted(k for k in await asyncio.to_thread(lambda: list(watched.list_keys())) if is_manifest_key(k))
     tick: dict[str, Any] = {

@@ -7,9 +7,11 @@ absolute, so any worker that can see the inputs can run them), starts one run of
 for them, and writes one consolidated report: results.csv in manifest order, summary.json whose totals
 are the sums of the shards', failed.jsonl.
 
-Quota (see ``qwenedit.shards``): shards on the same account share its rate. With ``rps = 2`` at most
-two shards of one account run at once, at 1 req/s each less a 10 % headroom (``shared_headroom``) for
-the timing jitter between processes; more shards of that account wait their turn.
+Quota (see ``qwenedit.shards``): shards on the same account share each model's limit (the options'
+``rates``, else the model table's). With limits of 2 per period (2/s, Max's 2/min) at most two shards
+of one account run at once, each at half of every model's limit less a 10 % headroom
+(``shared_headroom``) for the timing jitter between processes; more shards of that account wait their
+turn.
 Shards on different accounts (``accounts``: names of env vars holding their keys, read on the worker)
 each get the full rate. More shards on one account therefore never make a run faster; they spread the
 work over machines (isolation, a worker dying costs one shard), nothing more.
@@ -40,12 +42,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
 
 from qwenedit.api import resolve_base_url
+from qwenedit.catalog import ModelTable, cost
 from qwenedit.errors import ShardsFailed
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
 from qwenedit.manifest import iter_jobs, manifest_base
 from qwenedit.options import RunOptions
-from qwenedit.pricing import PriceTable, cost
+from qwenedit.rates import model_limits
 from qwenedit.report import RESULT_COLUMNS, RunTotals, markdown_summary, results_frame, save_reports
 from qwenedit.run import manifest_reading, new_run_id, prepare
 from qwenedit.shards import (
@@ -68,7 +71,6 @@ from qwenedit.storage import open_destination
 log = logging.getLogger("qwenedit.sharded")
 
 SHARD_DEPLOYMENT = "edit-manifest/shard"
-PER_PERIOD = 2.0  # requests per period every model of the table allows (2/s; Max 2/min)
 
 
 def _is_local(uri: str) -> bool:
@@ -76,7 +78,7 @@ def _is_local(uri: str) -> bool:
 
 
 def write_shards(
-    options: RunOptions, sizes: list[int], *, prices: PriceTable, out_dir: Path
+    options: RunOptions, sizes: list[int], *, prices: ModelTable, out_dir: Path
 ) -> tuple[list[str], list[list[str]], list[Decimal]]:
     """Write the shard manifests (JSONL) into ``out_dir``; returns every job id in manifest order, the
     job ids of each shard, and each shard's worst-case cost (its share of a budget)."""
@@ -130,13 +132,14 @@ async def edit_manifest_sharded(
             key = shard_manifest_key(run_id, i)
             await asyncio.to_thread(destination.put_bytes, key, data, "application/x-ndjson")
     budget = options.budget_amount()
-    # Every model's limit is 2 per period (2/s, or 2/min for Max): the shards of one account split it the
-    # same way whatever the model; each shard then paces every model at its share of the model's limit.
-    base = options.rps or PER_PERIOD
+    # Each model's own limit (the options' rates, else the table's) as this run may use it; the shards
+    # of one account split every one of them (qwenedit.shards.shard_share).
+    limit_of = model_limits(options.rates, prepared.prices, options.rate_share)
+    models = {line.model for line in prepared.validation.quote.lines}
     plans = plan_shards(
         sizes,
         accounts,
-        base,
+        {model: limit_of(model) for model in models},
         budget=None if budget is None else budget[0],
         weights=weights,
         shared_headroom=shared_headroom,
@@ -151,7 +154,7 @@ async def edit_manifest_sharded(
         return options.with_changes(
             manifest=destination.uri(shard_manifest_key(run_id, plan.index)),
             input_root=shard_root,
-            rate_share=options.rate_share * plan.rps / base,
+            rate_share=options.rate_share * plan.share,
             budget=None if plan.budget is None or budget is None else f"{plan.budget} {budget[1]}",
             run_id=shard_run_id(run_id, plan.index),
             api_key_env=plan.account,
@@ -201,7 +204,7 @@ async def edit_manifest_sharded(
         "budget": options.budget,
         "wall_time_s": round(wall, 3),
         "request_rate": round(summary["requests_sent"] / wall, 4) if wall > 0 else 0.0,
-        "rps_limit": options.rps,
+        "rates": list(options.rates),
         "accounts": accounts,
     }
     out_dir = Path(options.report_dir) / run_id
@@ -263,7 +266,7 @@ def consolidate(
     shard_jobs: list[list[str]],
     report_dir: str | None,
     input_root: str | None,
-    prices: PriceTable | None = None,
+    prices: ModelTable | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]]]:
     """The shards' reports merged; rows of shards without a report rebuilt from the ledger."""
     ledger = Ledger(destination)
@@ -279,7 +282,8 @@ def consolidate(
             "index": plan.index,
             "run_id": sid,
             "account_env": plan.account,
-            "rps": plan.rps,
+            "rate_share": plan.share,
+            "rates": {model: str(limit) for model, limit in plan.rates.items()},
             "parallel": plan.parallel,
             "jobs": plan.jobs,
             "budget": None if plan.budget is None else str(plan.budget),

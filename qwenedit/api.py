@@ -93,10 +93,6 @@ class SendGate(Protocol):
     def after_send(self) -> None: ...
 
 
-class MissingApiKey(errors.QwenEditError):
-    """No API key was given and DASHSCOPE_API_KEY is not set."""
-
-
 def _package_version() -> str:
     try:
         return metadata.version("qwenedit")
@@ -114,7 +110,7 @@ def api_key_from_env(env_var: str = API_KEY_ENV) -> str:
     """The API key from ``env_var`` (default ``DASHSCOPE_API_KEY``); ``MissingApiKey`` if unset or blank."""
     key = os.environ.get(env_var, "").strip()
     if not key:
-        raise MissingApiKey(
+        raise errors.MissingApiKey(
             f"{env_var} is not set: export the Model Studio API key (sk-...) of the region you call"
         )
     return key

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
-from qwenedit.pricing import MixedCurrencies
+from qwenedit.errors import MixedCurrencies
 
 
 class Budget:

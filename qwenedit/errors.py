@@ -2,7 +2,13 @@
 
 Families (each a section below):
 
-- **DashScope** (``DashScopeError``): every API failure the client sees becomes one of these.
+- **DashScope** (``DashScopeError``): every API failure the client sees becomes one of these, including
+  the two a hard stop raises for a call it abandoned (``CallAbandoned``, ``UnsentCallAbandoned``), and
+  ``MissingApiKey`` (no key to call with).
+- **Inputs** (``InputError``, ``ManifestError``, ``TemplateError``): a manifest, a prompt template or an
+  image reference that cannot be used.
+- **Catalog** (``PricingError``, ``UnknownModel``, ``UnknownLimit``): a model, price or rate limit the
+  model table does not know, a price file it cannot read, money in two currencies.
 - **Storage** (``StorageError``, ``CopyError``): a destination that cannot be used, a copy that failed.
 - **Run** (``RunError``): a run that cannot start (bad manifest, unusable destination) or whose shards
   did not all finish.
@@ -22,18 +28,20 @@ predicate the storage retry layer uses); :class:`JobCode` names every ``error_co
 carry besides the API's own codes.
 
 Exception text carries the API's code and message only: never the request headers (the key), never a
-presigned URL's query string.
+presigned URL's query string. :func:`location_text` and :func:`quote_text` are how every message names a
+manifest place and quotes a value; :func:`s3_reason` is a short, secret-free reason for an S3 failure.
+
+This module imports nothing else of the package but :mod:`qwenedit.redact` (which imports nothing of it),
+so any module may import it.
 """
 
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, ClassVar, Final, Literal
+from collections.abc import Sequence
+from typing import Any, ClassVar, Final, Literal, Protocol
 
 from qwenedit.redact import scrub_urls
-
-if TYPE_CHECKING:
-    from qwenedit.manifest import Validation
 
 
 class QwenEditError(Exception):
@@ -159,6 +167,19 @@ class ConnectionDropped(TransportError):
     possibly_billed = True
 
 
+class CallAbandoned(TransportError):
+    """A hard stop stopped waiting for a call that was sent: the API may have billed it. Never retried."""
+
+    retryable = False
+    possibly_billed = True
+
+
+class UnsentCallAbandoned(TransportError):
+    """A hard stop ended a call before its request went out: nothing was billed. Never retried."""
+
+    retryable = False
+
+
 class MalformedResponse(DashScopeError):
     """A 200 answer whose body is not the documented shape. The call may have been billed, so it is
     not retried automatically (a retry could pay twice)."""
@@ -168,6 +189,10 @@ class MalformedResponse(DashScopeError):
 
 class UnexpectedResponse(DashScopeError):
     """A non-2xx answer with a code or status this taxonomy does not know."""
+
+
+class MissingApiKey(QwenEditError):
+    """No API key was given and DASHSCOPE_API_KEY is not set."""
 
 
 _BY_CODE: dict[str, type[DashScopeError]] = {
@@ -231,6 +256,91 @@ def _family(status: int, code: str, message: str) -> type[DashScopeError]:
     if 400 <= status < 500:
         return RequestRejected
     return UnexpectedResponse
+
+
+# =========================================================================================================
+# Inputs: manifests, prompt templates, image references
+
+
+def quote_text(value: str, limit: int = 60) -> str:
+    """A value as it appears in messages: double-quoted, control characters escaped, long ones cut."""
+    text = value if len(value) <= limit else value[: limit - 1] + "…"
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return f'"{text}"'
+
+
+def location_text(row: int | None, job_id: str | None, column: str | None) -> str:
+    """``row 4 (job_id "shirt-red"), column n``: the one way every message names a place."""
+    parts = []
+    if row is not None:
+        parts.append(f"row {row}" + (f" (job_id {quote_text(job_id)})" if job_id else ""))
+    elif job_id:
+        parts.append(f"job_id {quote_text(job_id)}")
+    if column:
+        parts.append(f"column {column}")
+    return ", ".join(parts)
+
+
+class InputError(QwenEditError):
+    """An input image reference that cannot be used; the message names the row when it is known."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        ref: str | None = None,
+        row: int | None = None,
+        job_id: str | None = None,
+        column: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.ref = ref
+        self.row = row
+        self.job_id = job_id
+        self.column = column
+        where = location_text(row, job_id, column)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+    def located(self, row: int | None, job_id: str | None, column: str | None) -> InputError:
+        """The same error with the manifest location attached."""
+        return InputError(self.reason, ref=self.ref, row=row, job_id=job_id, column=column)
+
+
+class ManifestError(QwenEditError):
+    """The manifest cannot be read at all (missing, not UTF-8, not CSV/JSONL); ``validate`` exits 2."""
+
+
+class TemplateError(QwenEditError, ValueError):
+    """The prompt template itself is malformed (bad field syntax, or empty)."""
+
+
+# =========================================================================================================
+# Catalog: models, prices, rate limits
+
+
+class PricingError(QwenEditError):
+    """Base class of pricing failures."""
+
+
+class UnknownPrice(PricingError):
+    """No unit price is known for this (region, model): refused rather than guessed."""
+
+
+class PriceFileError(PricingError):
+    """The user price (model) file cannot be read or has an invalid entry."""
+
+
+class MixedCurrencies(PricingError):
+    """Amounts in different currencies were about to be added or compared."""
+
+
+class UnknownModel(QwenEditError):
+    """The model table does not know this model."""
+
+
+class UnknownLimit(QwenEditError):
+    """No rate limit is known for this model: refused rather than guessed."""
 
 
 # =========================================================================================================
@@ -321,6 +431,23 @@ def s3_status(exc: BaseException) -> int:
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+def s3_reason(exc: BaseException) -> str:
+    """A short, secret-free reason for an S3 failure (``no such object``, ``access denied ...``)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error", {}) or {}
+        code = str(err.get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return "no such object"
+        if code == "NoSuchBucket":
+            return "no such bucket"
+        if code in ("403", "AccessDenied", "Forbidden"):
+            return "access denied (check the credentials and the bucket policy)"
+        return f"S3 error {code or status}"
+    return f"S3 unreachable: {type(exc).__name__}"
+
+
 def is_transient_storage_error(exc: BaseException) -> bool:
     """Whether a storage failure is an outage a later try can clear (so the retry layer may wait for it).
 
@@ -364,11 +491,21 @@ class RunError(QwenEditError):
     """A run could not start, or did not finish all its work; raised by the run layer, never for one job."""
 
 
-class ManifestInvalid(RunError):
-    """The manifest has errors; nothing was called."""
+class _Problem(Protocol):
+    @property
+    def severity(self) -> str: ...
 
-    def __init__(self, validation: Validation) -> None:
-        self.validation = validation
+
+class _Validation(Protocol):
+    @property
+    def problems(self) -> Sequence[_Problem]: ...
+
+
+class ManifestInvalid(RunError):
+    """The manifest has errors; nothing was called. ``validation`` is the ``manifest.Validation``."""
+
+    def __init__(self, validation: _Validation) -> None:
+        self.validation: Any = validation  # a manifest.Validation; errors.py imports nothing above it
         n = sum(1 for p in validation.problems if p.severity == "error")
         super().__init__(f"manifest has {n} invalid row problem(s); run `qwenedit validate` to see them all")
 

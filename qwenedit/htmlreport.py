@@ -36,7 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from qwenedit.pricing import format_money
+from qwenedit.catalog import format_money
 from qwenedit.qa import thumbnail_data_uri
 from qwenedit.report import STATUSES, JobResult
 

@@ -1,6 +1,6 @@
 """The job model: one validated manifest row, and its fingerprint.
 
-A ``Job`` is what the rest of the pipeline sees; it is built only by ``manifest.py`` after
+A ``Job`` is what the rest of the pipeline sees; it is built only by ``manifest/`` after
 validation, so every field here is already known to be well-formed.
 
 The fingerprint is the identity of the *work*, not of the row: the model, region, request

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from qwenedit.pacer import parse_rate_overrides
-from qwenedit.pricing import parse_money
+from qwenedit.catalog import parse_money
+from qwenedit.rates import normalize_rates
 from qwenedit.rollups import parse_group_by
 from qwenedit.templates import parse_template
 
@@ -45,11 +45,10 @@ class RunOptions(BaseModel):
     budget: str | None = Field(
         None, description='stop before spend could exceed this, e.g. "50" or "350 CNY"'
     )
-    rps: float | None = Field(
-        None, gt=0, description="requests per second for every model (default: each model's own limit)"
-    )
-    model_rps: tuple[str, ...] = Field(
-        (), description='per-model limits overriding the table, "MODEL=RATE" (RATE: 2, 2/s, 2/min)'
+    rates: tuple[str, ...] = Field(
+        (),
+        description="rate limits overriding the model table's: RATE for every model or MODEL=RATE "
+        "(RATE like 2, 2/s, 2/min; MODEL like qwen-image-edit-max or max); default: each model's own",
     )
     rate_share: float = Field(
         1.0,
@@ -63,7 +62,9 @@ class RunOptions(BaseModel):
     chunk_size: int | None = Field(
         None, ge=1, description="jobs per Prefect task run (default: chosen by the run)"
     )
-    max_attempts: int = Field(6, ge=1, description="tries per API call for retryable errors")
+    max_attempts: int = Field(
+        6, ge=1, description="tries per API call (one edit request of a job) for retryable errors"
+    )
     store_attempts: int = Field(8, ge=1, description="tries per storage operation during an outage")
     backoff_base: float = Field(1.0, ge=0, description="first retry waits about this many seconds")
     backoff_cap: float = Field(30.0, ge=0, description="no retry waits longer than this")
@@ -176,15 +177,10 @@ class RunOptions(BaseModel):
             parse_group_by(spec)
         return specs
 
-    @field_validator("model_rps", mode="before")
+    @field_validator("rates", mode="before")
     @classmethod
-    def _model_rates(cls, value: Any) -> Any:
-        values = () if value is None else ((value,) if isinstance(value, str) else tuple(value))
-        for text in values:
-            if "=" not in str(text):
-                raise ValueError(f"{text!r}: give MODEL=RATE (a rate for every model is `rps`)")
-        parse_rate_overrides(values)  # ValueError naming the bad value
-        return values
+    def _rate_specs(cls, value: Any) -> Any:
+        return normalize_rates(value)  # ValueError naming the bad spec (qwenedit.rates)
 
     @field_validator("allowed_output_hosts", mode="before")
     @classmethod

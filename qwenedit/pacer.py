@@ -38,10 +38,10 @@ Behaviour at the edges:
 
 Every attempt of every job takes a permit, retries included: the pacer is the only way to the API.
 
-``PacerPool`` holds one pacer per (endpoint, account, model), each at that model's limit: an override
-for the model (``--rps MODEL=RATE``), else a global override (``--rps RATE``), else the model table's
-limit; a model with none is refused (``UnknownLimit``), never guessed. ``PacerPool(rate)`` (one rate for
-every model) still works.
+``PacerPool`` holds one pacer per (endpoint, account, model), each at the limit one function gives for
+that model: ``qwenedit.rates.model_limits`` (an override for the model, ``--rps MODEL=RATE``, else one
+for every model, ``--rps RATE``, else the model table's limit, times the run's ``rate_share``); a model
+with none is refused (``UnknownLimit``), never guessed.
 """
 
 from __future__ import annotations
@@ -49,11 +49,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
-from qwenedit.models import RateLimit, UnknownLimit, normalize_model
+from qwenedit.catalog import RateLimit, normalize_model
 
 # The old fixed spacing factor (permits 1/(0.98·rps) apart). ``shards.window_bound`` still reasons with
 # it; the guard below always spaces permits at least as wide.
@@ -239,109 +238,28 @@ def pacer_key(endpoint: str, api_key: str, model: str) -> tuple[str, str, str]:
     return (endpoint.rstrip("/"), hashlib.sha256(api_key.encode()).hexdigest()[:16], model)
 
 
-class Limits(Protocol):
-    """Anything that knows a model's limit (``qwenedit.models.ModelTable``)."""
-
-    def rate_limit(self, model: str) -> RateLimit: ...
-
-
-Overrides = Mapping[str | None, RateLimit]
-
-
-def parse_rate_overrides(values: Iterable[str] | str | None) -> dict[str | None, RateLimit]:
-    """``--rps`` values → overrides: ``"RATE"`` (every model) or ``"MODEL=RATE"`` (one model).
-
-    RATE is a count per period (``2``, ``2/s``, ``4/min``; a bare number is per second). Several values
-    may also be given comma-separated in one string. The key ``None`` is the every-model override.
-    Raises ``ValueError`` naming the bad value."""
-    if values is None:
-        return {}
-    if isinstance(values, str):
-        values = [values]
-    out: dict[str | None, RateLimit] = {}
-    for value in values:
-        for part in str(value).split(","):
-            text = part.strip()
-            if not text:
-                continue
-            model: str | None = None
-            rate_text = text
-            if "=" in text:
-                name, _, rate_text = text.partition("=")
-                model = normalize_model(name)
-                if not model:
-                    raise ValueError(f"--rps {text!r}: expected MODEL=RATE, the model is empty")
-            try:
-                limit = RateLimit.parse(rate_text)
-            except ValueError as exc:
-                raise ValueError(f"--rps {text!r}: {exc}") from None
-            if model in out and out[model] != limit:
-                who = model or "every model"
-                raise ValueError(f"--rps gives two rates for {who}: {out[model]} and {limit}")
-            out[model] = limit
-    return out
-
-
-@dataclass(frozen=True)
-class _Fixed:
-    """No table: one limit for every model (the old ``PacerPool(rate)``)."""
-
-    limit: RateLimit | None
-
-    def rate_limit(self, model: str) -> RateLimit:
-        if self.limit is None:
-            raise UnknownLimit(f"no rate limit known for model {model!r}; refusing to guess")
-        return self.limit
-
-
 class PacerPool:
-    """One pacer per (endpoint, key, model), created on first use and shared by every job.
-
-    ``PacerPool(2.0)``: every model at 2/s (as before). ``PacerPool(limits=table, overrides=...)``:
-    each model at its own limit (``limit_for``)."""
+    """One pacer per (endpoint, key, model), created on first use and shared by every job, each at
+    ``limit_of(model)`` (``qwenedit.rates.model_limits``: the run's overrides, else the model table's
+    limit, times the run's share)."""
 
     def __init__(
         self,
-        rate: float | RateLimit | None = None,
+        limit_of: Callable[[str], RateLimit],
         *,
-        limits: Limits | Mapping[str, RateLimit] | None = None,
-        overrides: Overrides | None = None,
         guard_s: float = DEFAULT_GUARD_S,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self._overrides: dict[str | None, RateLimit] = {
-            (None if k is None else normalize_model(k)): v for k, v in (overrides or {}).items()
-        }
-        if rate is not None:
-            self._overrides.setdefault(
-                None, rate if isinstance(rate, RateLimit) else RateLimit.per_second(rate)
-            )
-        if isinstance(limits, Mapping):
-            table = {normalize_model(k): v for k, v in limits.items()}
-            self._limits: Limits = _MappingLimits(table)
-        else:
-            self._limits = limits or _Fixed(None)
+        self._limit_of = limit_of
         self.guard_s = guard_s
         self._clock = clock
         self._sleep = sleep
         self._pacers: dict[tuple[str, str, str], Pacer] = {}
 
-    @property
-    def rate(self) -> float | None:
-        """The every-model rate in requests per second, if one was given (the old attribute)."""
-        limit = self._overrides.get(None)
-        return None if limit is None else limit.rate
-
     def limit_for(self, model: str) -> RateLimit:
-        """The limit ``model`` is paced at: its override, the global one, else the table's (or
-        ``UnknownLimit``)."""
-        name = normalize_model(model)
-        if name in self._overrides:
-            return self._overrides[name]
-        if None in self._overrides:
-            return self._overrides[None]
-        return self._limits.rate_limit(name)
+        """The limit ``model`` is paced at (``UnknownLimit`` if none is known)."""
+        return self._limit_of(normalize_model(model))
 
     def rates(self, models: Iterable[str]) -> dict[str, float]:
         """Requests per second per model, for ``Window.set_rates`` (one account each)."""
@@ -373,14 +291,3 @@ class PacerPool:
             row["guard_s"] = max(row["guard_s"], snap["guard_s"])
             row["paced_rate"] = min(row["paced_rate"], snap["paced_rate"])
         return out
-
-
-@dataclass(frozen=True)
-class _MappingLimits:
-    table: Mapping[str, RateLimit]
-
-    def rate_limit(self, model: str) -> RateLimit:
-        try:
-            return self.table[model]
-        except KeyError:
-            raise UnknownLimit(f"no rate limit known for model {model!r}; refusing to guess") from None

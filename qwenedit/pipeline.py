@@ -40,12 +40,11 @@ import httpx
 from qwenedit import errors, qa
 from qwenedit.api import DashScopeClient, EditRequest, EditResult
 from qwenedit.budget import Budget
-from qwenedit.errors import JobCode, is_transient_storage_error
-from qwenedit.inputs import InputError
+from qwenedit.catalog import ModelTable, Price, cost
+from qwenedit.errors import InputError, JobCode, is_transient_storage_error
 from qwenedit.jobs import Job
 from qwenedit.ledger import Charge, Done, DoneMarker, Ledger, url_expiry
 from qwenedit.pacer import Pacer, PacerPool
-from qwenedit.pricing import Price, PriceTable, cost
 from qwenedit.redact import scrub_urls
 from qwenedit.report import JobResult, ResultSpool, RunTotals
 from qwenedit.retry import RetryPolicy
@@ -165,7 +164,7 @@ class RunContext:
     served: Mapping[str, Served] = field(repr=False)  # region → its endpoint (the run's own among them)
     dest: Destination
     ledger: Ledger
-    prices: PriceTable
+    prices: ModelTable
     pacers: PacerPool
     resolve_input: Callable[[str], str]
     locate_input: Callable[[str], str]  # a reference made absolute (for failed.jsonl)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from qwenedit.models import normalize_model, normalize_region
+from qwenedit.catalog import normalize_model, normalize_region
 
 if TYPE_CHECKING:
     from qwenedit.jobs import Job

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qwenedit.api import REGIONS, resolve_base_url
-from qwenedit.models import normalize_region
+from qwenedit.catalog import normalize_region
 
 if TYPE_CHECKING:
     from qwenedit.options import RunOptions

@@ -21,15 +21,35 @@ groups each, the largest by cost first. Pure; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from qwenedit.pricing import format_money
-from qwenedit.report import JobResult
+from qwenedit.catalog import format_money
 
 RESULT_FIELDS = ("model", "region", "status")
+
+
+class ResultRow(Protocol):
+    """What a roll-up reads of one job's result (``report.JobResult`` is one; rollups sits below report)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def image_count(self) -> int: ...
+    @property
+    def cost(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def extra(self) -> Mapping[str, str]: ...
+
+
 MAX_GROUPS = 10_000
 EMPTY_LABEL = "(empty)"
 
@@ -62,7 +82,7 @@ class GroupTotals:
     images: int = 0
     cost: dict[str, Decimal] = field(default_factory=dict)  # currency → amount
 
-    def add(self, r: JobResult) -> None:
+    def add(self, r: ResultRow) -> None:
         self.jobs += 1
         if r.status == "succeeded":
             self.succeeded += 1
@@ -100,7 +120,7 @@ class Rollup:
         self.other = GroupTotals()  # rows whose value came after max_groups others
         self.seen_columns: set[str] = set()  # columns some row actually had
 
-    def add(self, r: JobResult) -> None:
+    def add(self, r: ResultRow) -> None:
         key = tuple(self._value(r, c) for c in self.columns)
         group = self.groups.get(key)
         if group is None:
@@ -110,7 +130,7 @@ class Rollup:
             group = self.groups[key] = GroupTotals()
         group.add(r)
 
-    def _value(self, r: JobResult, column: str) -> str:
+    def _value(self, r: ResultRow, column: str) -> str:
         if column in RESULT_FIELDS:
             self.seen_columns.add(column)
             return str(getattr(r, column))
@@ -142,11 +162,11 @@ class Rollups:
     def __bool__(self) -> bool:
         return bool(self.rollups)
 
-    def add(self, r: JobResult) -> None:
+    def add(self, r: ResultRow) -> None:
         for rollup in self.rollups:
             rollup.add(r)
 
-    def add_all(self, results: Iterable[JobResult]) -> Rollups:
+    def add_all(self, results: Iterable[ResultRow]) -> Rollups:
         for r in results:
             self.add(r)
         return self

@@ -46,15 +46,15 @@ from qwenedit.api import api_key_from_env
 from qwenedit.budget import Budget, check_currencies
 from qwenedit.canary import CanaryOutcome, CanaryPlan, Question, QuoteApproval
 from qwenedit.canary import choose as choose_canary
-from qwenedit.errors import DestinationUnusable, JobCode, ManifestInvalid
+from qwenedit.catalog import ModelTable, cost, format_money, load_models, normalize_model, normalize_region
+from qwenedit.errors import DestinationUnusable, InputError, JobCode, ManifestInvalid, MixedCurrencies
 from qwenedit.htmlreport import CONTACT_LIMIT, write_html_report
-from qwenedit.inputs import InputError, InputResolver, data_uri_bytes
+from qwenedit.inputs import InputResolver, data_uri_bytes
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex, Ledger
 from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
-from qwenedit.models import RateLimit, normalize_model, normalize_region
 from qwenedit.options import RunOptions
-from qwenedit.pacer import PacerPool, parse_rate_overrides
+from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import (
     DEFAULT_OUTPUT_HOSTS,
     RunContext,
@@ -66,7 +66,7 @@ from qwenedit.pipeline import (
     skipped_result,
 )
 from qwenedit.policy import policy_for
-from qwenedit.pricing import MixedCurrencies, PriceTable, cost, format_money, load_prices
+from qwenedit.rates import model_limits
 from qwenedit.redact import install_log_redaction
 from qwenedit.regions import run_routes
 from qwenedit.report import ResultSpool, save_reports, write_reports
@@ -140,7 +140,7 @@ class Prepared:
     """A manifest checked against a run's options: its validation and quote, the price table."""
 
     validation: Validation
-    prices: PriceTable
+    prices: ModelTable
 
 
 def prepare(options: RunOptions) -> Prepared:
@@ -150,7 +150,7 @@ def prepare(options: RunOptions) -> Prepared:
     jobs' prices), ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors, breaches
     of the run's policy among them: ``qwenedit.policy``).
     """
-    prices = load_prices(options.prices)
+    prices = load_models(options.prices)
     budget = options.budget_amount()
     policy = policy_for(options)  # a row that breaks it is a row error: refused before any call
     validation = validate_manifest(options.manifest, **manifest_reading(options, prices), policy=policy)
@@ -168,7 +168,7 @@ def prepare(options: RunOptions) -> Prepared:
     return Prepared(validation, prices)
 
 
-def manifest_reading(options: RunOptions, prices: PriceTable) -> dict[str, Any]:
+def manifest_reading(options: RunOptions, prices: ModelTable) -> dict[str, Any]:
     """How a run reads its manifest (the same for validating it and for iterating its jobs)."""
     return {
         "region": options.region,
@@ -730,7 +730,7 @@ class Run:
                 "wall_time_s": round(time.monotonic() - stats.started, 3),
                 "requests_sent": stats.requests_sent,
                 "request_rate": round(stats.request_rate(), 4),
-                "rps_limit": o.rps,
+                "rates": list(o.rates),
                 "models": {
                     model: {
                         **pacing,
@@ -790,30 +790,9 @@ class Run:
         )
 
 
-@dataclass(frozen=True)
-class _SharedLimits:
-    """A model table's limits scaled to the share of them this run may use."""
-
-    limits: PriceTable
-    share: float
-
-    def rate_limit(self, model: str) -> RateLimit:
-        return _scaled(self.limits.rate_limit(model), self.share)
-
-
-def _scaled(limit: RateLimit, share: float) -> RateLimit:
-    return RateLimit(limit.count * share, limit.period_s)
-
-
-def pacer_pool(options: RunOptions, table: PriceTable) -> PacerPool:
-    """Pacers at each model's limit (the table's, or the options' overrides), times ``rate_share``."""
-    share = options.rate_share
-    overrides = {
-        model: _scaled(limit, share) for model, limit in parse_rate_overrides(options.model_rps).items()
-    }
-    if options.rps is not None:
-        overrides.setdefault(None, RateLimit.per_second(options.rps * share))
-    return PacerPool(limits=_SharedLimits(table, share), overrides=overrides)
+def pacer_pool(options: RunOptions, table: ModelTable) -> PacerPool:
+    """Pacers at each model's limit: the options' ``rates``, else the table's, times ``rate_share``."""
+    return PacerPool(model_limits(options.rates, table, options.rate_share))
 
 
 @contextlib.contextmanager

@@ -17,6 +17,9 @@ The sharded flow (``flows/sharded.py``) does the I/O; everything it decides is c
   ``1/(margin·rps/m)`` s, puts at most ``⌈margin·rps/m⌉`` requests in any one-second window, so together
   they never exceed what one process pacing at ``rps`` would. For ``rps = 2`` that is ``m ≤ 2`` (two
   shards at 1 req/s, gaps 1.02 s, at most 1 each per window); further shards of that account wait.
+  ``rps`` is each model's own count per period (a per-minute limit is the same proof over a minute):
+  ``plan_shards`` takes every model's limit and uses the smallest ``m`` that is safe for all of them
+  (``shard_share``); each shard then paces every model at the same share of that model's own limit.
   Shards on different accounts (or regions: separate endpoints, separate quotas) each get the full rate.
   Shards that share an account also keep a headroom (``SHARED_HEADROOM``, 0.9 of their share): the
   proof above holds only while each request arrives within the pacer's 2 % margin (~20 ms at 1 req/s)
@@ -43,10 +46,12 @@ from typing import Any
 
 import pandas as pd
 
+from qwenedit.catalog import RateLimit
 from qwenedit.errors import JobCode
 from qwenedit.jobs import Job
 from qwenedit.ledger import Charge, Done
 from qwenedit.pacer import DEFAULT_MARGIN
+from qwenedit.rates import scaled
 from qwenedit.report import STATUSES, JobResult, escape_formula
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -134,50 +139,67 @@ def split_budget(budget: Decimal | None, weights: Sequence[Decimal]) -> list[Dec
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One shard: which jobs, which account (the name of the env var holding its key), what rate."""
+    """One shard: which jobs, which account (the name of the env var holding its key), what rates."""
 
     index: int
     jobs: int
     account: str
-    rps: float
+    share: float  # of every model's limit as the parent may use it: 1 alone on an account
+    rates: Mapping[str, RateLimit]  # each model's limit for this shard (the parent's × share)
     budget: Decimal | None
     parallel: int  # how many shards of this account may run at once
+
+
+def shard_share(
+    limits: Iterable[RateLimit],
+    shards: int,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    shared_headroom: float = SHARED_HEADROOM,
+) -> tuple[int, float]:
+    """``(parallel, share)`` for ``shards`` shards of one account running models with these ``limits``
+    (each model's own): at most ``parallel`` of them at once, each pacing every model at ``share`` of
+    that model's limit. ``parallel`` is the smallest ``safe_parallelism`` over the models' counts per
+    period (one shard paces all its models at once); alone, a shard keeps the whole limit (share 1),
+    else it gets ``shared_headroom / parallel``."""
+    counts = sorted({limit.count for limit in limits})
+    if not counts:
+        raise ValueError("no rate limits to share: the shards run no model")
+    parallel = min(safe_parallelism(count, shards, margin) for count in counts)
+    return parallel, 1.0 if parallel == 1 else shared_headroom / parallel
 
 
 def plan_shards(
     sizes: Sequence[int],
     accounts: Sequence[str],
-    rps: float,
+    limits: Mapping[str, RateLimit],
     *,
     budget: Decimal | None = None,
     weights: Sequence[Decimal] | None = None,
     margin: float = DEFAULT_MARGIN,
     shared_headroom: float = SHARED_HEADROOM,
 ) -> list[ShardPlan]:
-    """Assign shards to accounts round-robin and give each the rate its account can safely share:
-    the full ``rps`` alone on an account, else ``shared_headroom × rps / parallel``."""
+    """Assign shards to accounts round-robin and give each the share of every model's limit
+    (``limits``: model → its limit as the parent run may use it) its account can safely split
+    (``shard_share``)."""
     if not accounts:
         raise ValueError("at least one account (the name of an env var holding an API key) is needed")
     if len(set(accounts)) != len(accounts):
         raise ValueError(f"accounts listed twice: {sorted({a for a in accounts if accounts.count(a) > 1})}")
-    if rps <= 0:
-        raise ValueError(f"rps must be positive, got {rps}")
     if not 0 < shared_headroom <= 1:
         raise ValueError(f"shared_headroom must be in (0, 1], got {shared_headroom}")
     owners = [accounts[i % len(accounts)] for i in range(len(sizes))]
-    parallel = {a: safe_parallelism(rps, owners.count(a), margin) for a in set(owners)}
+    split = {
+        a: shard_share(limits.values(), owners.count(a), margin=margin, shared_headroom=shared_headroom)
+        for a in set(owners)
+    }
     budgets = split_budget(budget, list(weights) if weights is not None else [Decimal(s) for s in sizes])
-    return [
-        ShardPlan(
-            index=i,
-            jobs=size,
-            account=owners[i],
-            rps=rps if parallel[owners[i]] == 1 else shared_headroom * rps / parallel[owners[i]],
-            budget=budgets[i],
-            parallel=parallel[owners[i]],
-        )
-        for i, size in enumerate(sizes)
-    ]
+    plans = []
+    for i, size in enumerate(sizes):
+        parallel, share = split[owners[i]]
+        rates = {model: scaled(limit, share) for model, limit in sorted(limits.items())}
+        plans.append(ShardPlan(i, size, owners[i], share, rates, budgets[i], parallel))
+    return plans
 
 
 # --- consolidation ---------------------------------------------------------------------------------

@@ -54,19 +54,6 @@ def default_grace(timeout_s: float) -> float:
 # --- the run side -----------------------------------------------------------------------------------
 
 
-class CallAbandoned(errors.TransportError):
-    """A hard stop stopped waiting for a call that was sent: the API may have billed it. Never retried."""
-
-    retryable = False
-    possibly_billed = True
-
-
-class UnsentCallAbandoned(errors.TransportError):
-    """A hard stop ended a call before its request went out: nothing was billed. Never retried."""
-
-    retryable = False
-
-
 async def _first(main: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:
     """``(True, result)`` if ``main`` finished first, ``(False, None)`` if ``stop`` was set first
     (``main`` is then cancelled and awaited)."""
@@ -99,7 +86,7 @@ class StopAwareGate:
         await self._gate.before_send()
         if self._stopping():
             self._gate.after_send()  # the next request does not wait for these headers
-            raise UnsentCallAbandoned("RunStopped", "run stopped before this call was sent")
+            raise errors.UnsentCallAbandoned("RunStopped", "run stopped before this call was sent")
 
     def after_send(self) -> None:
         self._gate.after_send()
@@ -135,12 +122,12 @@ class StoppableClient(DashScopeClient):
         if won and answer is not None:
             return answer
         if sent:
-            raise CallAbandoned(
+            raise errors.CallAbandoned(
                 "RunStopped",
                 "run stopped at once while this call was open: its answer was not awaited and it may "
                 "have been billed; the same command calls it again",
             )
-        raise UnsentCallAbandoned("RunStopped", "run stopped at once before this call was sent")
+        raise errors.UnsentCallAbandoned("RunStopped", "run stopped at once before this call was sent")
 
 
 # --- the signal side ----------------------------------------------------------------------------------
@@ -250,11 +237,9 @@ def graceful_stop(
 
 __all__ = [
     "STOP_SIGNALS",
-    "CallAbandoned",
     "GracefulStop",
     "StopAwareGate",
     "StoppableClient",
-    "UnsentCallAbandoned",
     "default_grace",
     "graceful_stop",
 ]

@@ -7,7 +7,7 @@ attribute or index access (``{a.b}``, ``{a[0]}``), conversions (``{a!r}``), form
 split once with ``string.Formatter().parse`` and filled by concatenating its literal parts with the
 row's cell values (stripped), never by ``str.format``.
 
-A row's own non-empty ``prompt`` wins over the template (``manifest.py`` applies that rule); a row the
+A row's own non-empty ``prompt`` wins over the template (``manifest/rules.py`` applies that rule); a row the
 template is used for needs every field to be a non-empty column of that row, else ``fill`` names
 each missing or empty one.
 """
@@ -18,11 +18,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from qwenedit.errors import QwenEditError
-
-
-class TemplateError(QwenEditError, ValueError):
-    """The prompt template itself is malformed (bad field syntax, or empty)."""
+from qwenedit.errors import TemplateError
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from qwenedit.api import (
     DashScopeClient,
     EditRequest,
     EditResult,
-    MissingApiKey,
     api_key_from_env,
     build_body,
     build_headers,
     parse_response,
     resolve_base_url,
 )
+from qwenedit.errors import MissingApiKey
 from qwenedit.jobs import Job
 
 FAKE_KEY = "sk-LEAKCANARY0123456789abcdef"

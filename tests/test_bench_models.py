@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.models import EDIT, MAX, PLUS, mixed_jobs, summarize, travel_spread, verdicts
-from qwenedit.models import RateLimit
+from qwenedit.catalog import RateLimit
 
 
 def test_the_mixed_manifest_spreads_max_rows_among_plus_and_edit() -> None:

@@ -1,5 +1,5 @@
 """The pacer at its edges: spacing at a count per period, no bursts, FIFO order, cancellation, push-back,
-adaptation after 429s, per-model pools and ``--rps`` overrides. Time is virtual: tests are instant."""
+adaptation after 429s and per-model pools (the ``--rps`` specs: tests/test_rates.py). Time is virtual: tests are instant."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from qwenedit.models import RateLimit, UnknownLimit, builtin_models
+from qwenedit.catalog import RateLimit, builtin_models
+from qwenedit.errors import UnknownLimit
 from qwenedit.pacer import (
     BACKOFF_FACTOR,
     DEFAULT_GUARD_S,
@@ -18,8 +19,8 @@ from qwenedit.pacer import (
     Pacer,
     PacerPool,
     pacer_key,
-    parse_rate_overrides,
 )
+from qwenedit.rates import model_limits
 from qwenedit.testing.rates import max_in_window
 
 MAX = "qwen-image-edit-max"
@@ -230,7 +231,7 @@ def test_rejects_nonsense_rates_and_guards() -> None:
 
 
 def test_pool_shares_one_pacer_per_endpoint_key_and_model() -> None:
-    pool = PacerPool(2.0)
+    pool = PacerPool(model_limits("2"))
     a = pool.get("http://x/", "sk-one", "m1")
     assert pool.get("http://x", "sk-one", "m1") is a
     assert pool.get("http://x", "sk-one", "m2") is not a
@@ -239,7 +240,7 @@ def test_pool_shares_one_pacer_per_endpoint_key_and_model() -> None:
 
 
 def test_a_pool_paces_each_model_at_its_own_limit() -> None:
-    pool = PacerPool(limits=builtin_models())
+    pool = PacerPool(model_limits(None, builtin_models()))
     assert pool.get("http://x", "sk-1", MAX).limit == RateLimit(2, 60)
     assert pool.get("http://x", "sk-1", PLUS).limit == RateLimit(2, 1)
     assert pool.rates([MAX, PLUS]) == {MAX: pytest.approx(1 / 30), PLUS: 2.0}
@@ -247,47 +248,20 @@ def test_a_pool_paces_each_model_at_its_own_limit() -> None:
         pool.get("http://x", "sk-1", "qwen-image-9")
 
 
-def test_overrides_win_per_model_then_globally() -> None:
-    per_model = PacerPool(limits=builtin_models(), overrides=parse_rate_overrides([f"{MAX}=4/min"]))
-    assert per_model.limit_for(MAX) == RateLimit(4, 60)
-    assert per_model.limit_for(PLUS) == RateLimit(2, 1)
-    both = PacerPool(limits=builtin_models(), overrides=parse_rate_overrides(["5", f"{MAX}=4/min"]))
-    assert (both.limit_for(MAX), both.limit_for(PLUS)) == (RateLimit(4, 60), RateLimit(5, 1))
-    assert PacerPool(3.0).limit_for(MAX) == RateLimit(3, 1)  # the old one-rate pool
-    assert PacerPool(3.0).rate == 3.0
+def test_a_pool_asks_its_limit_function_with_the_model_id_in_lower_case() -> None:
+    asked: list[str] = []
 
+    def limit_of(model: str) -> RateLimit:
+        asked.append(model)
+        return RateLimit(3, 1)
 
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        (["2"], {None: RateLimit(2, 1)}),
-        (
-            [f"{MAX}=2/min", "Qwen-Image-Edit=1.5"],
-            {MAX: RateLimit(2, 60), "qwen-image-edit": RateLimit(1.5, 1)},
-        ),
-        (f"{MAX}=3/min, 4", {MAX: RateLimit(3, 60), None: RateLimit(4, 1)}),
-        (None, {}),
-    ],
-)
-def test_rps_overrides_parse(values: list[str] | str | None, expected: dict[str | None, RateLimit]) -> None:
-    assert parse_rate_overrides(values) == expected
-
-
-@pytest.mark.parametrize(
-    ("values", "message"),
-    [
-        (["=2"], "the model is empty"),
-        ([f"{MAX}=fast"], "expected a rate like 2/s"),
-        (["2", "3"], "two rates for every model"),
-    ],
-)
-def test_bad_rps_overrides_name_the_value(values: list[str], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_rate_overrides(values)
+    pool = PacerPool(limit_of)
+    assert pool.get("http://x", "sk-1", "Qwen-Image-Edit-Plus").limit == RateLimit(3, 1)
+    assert asked == [PLUS]
 
 
 def test_pool_stats_are_per_model() -> None:
-    pool = PacerPool(limits=builtin_models())
+    pool = PacerPool(builtin_models().rate_limit)
     pool.get("http://x", "sk-1", PLUS).throttled()
     pool.get("http://x", "sk-2", PLUS)
     pool.get("http://x", "sk-1", MAX)
@@ -321,7 +295,7 @@ async def test_an_on_time_send_does_not_slow_the_pacer() -> None:
 
 
 def test_a_pools_per_minute_pacer_starts_with_one_percent_of_the_period_as_guard() -> None:
-    pool = PacerPool(limits=builtin_models())
+    pool = PacerPool(builtin_models().rate_limit)
     max_pacer = pool.get("http://x", "sk-1", MAX)
     assert max_pacer.guard_s == pytest.approx(0.6)
     assert max_pacer.interval == pytest.approx(30.3)  # ~1 % under the limit, never two together

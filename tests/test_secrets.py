@@ -233,7 +233,7 @@ async def test_the_flow_at_debug_level_leaks_no_secret_when_it_succeeds_or_fails
                     dest=f"s3://{canary_bucket}/{name}",
                     base_url=base_url,
                     report_dir=str(tmp_path / "runs"),
-                    rps=20.0,
+                    rates=("20",),
                     store_attempts=2,  # failing fast: two store tries (the default survives minutes of outage)
                     backoff_base=0.05,
                 )

@@ -12,15 +12,8 @@ import pytest
 
 from qwenedit import errors
 from qwenedit.api import EditRequest
-from qwenedit.stopping import (
-    CallAbandoned,
-    GracefulStop,
-    StopAwareGate,
-    StoppableClient,
-    UnsentCallAbandoned,
-    default_grace,
-    graceful_stop,
-)
+from qwenedit.errors import CallAbandoned, UnsentCallAbandoned
+from qwenedit.stopping import GracefulStop, StopAwareGate, StoppableClient, default_grace, graceful_stop
 
 KEY = "sk-stopping-test-0123456789"
 

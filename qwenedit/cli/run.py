@@ -256,22 +256,13 @@ def run(
     from qwenedit.options import RunOptions
     from qwenedit.run import new_run_id
 
-    bare = [v for v in rps or () if "=" not in v]
-    try:
-        global_rate = float(bare[-1].removesuffix("/s")) if bare else None
-    except ValueError:
-        console.print(
-            f"[red]error:[/] --rps: expected a number of requests per second or MODEL=RATE, got {bare[-1]!r}"
-        )
-        raise typer.Exit(2) from None
     try:
         options = RunOptions(
             manifest=manifest,
             dest=dest,
             region=region,
             base_url=base_url,
-            rps=global_rate,
-            model_rps=tuple(v for v in rps or () if "=" in v),
+            rates=tuple(rps or ()),
             max_in_flight=max_in_flight,
             chunk_size=chunk_size,
             budget=budget,
@@ -301,7 +292,8 @@ def run(
         )
     except ValidationError as err:
         for problem in err.errors():
-            field = "--" + "-".join(str(p) for p in problem["loc"]).replace("_", "-")
+            name = "-".join(str(p) for p in problem["loc"])
+            field = {"rates": "--rps"}.get(name, "--" + name.replace("_", "-"))
             console.print(f"[red]error:[/] {field}: {escape(problem['msg'])}")
         raise typer.Exit(2) from None
     summary = asyncio.run(_run(options, progress, yes))

@@ -21,21 +21,20 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from qwenedit.cli._app import app
-from qwenedit.jobs import DEFAULT_MODEL, DEFAULT_REGION
-from qwenedit.manifest import ROW_NUMBERS, ManifestError, Problem, Validation, validate_manifest
-from qwenedit.policy import Policy, make_policy
-from qwenedit.pricing import (
-    MixedCurrencies,
-    PriceFileError,
-    PriceTable,
+from qwenedit.catalog import (
+    ModelTable,
     format_money,
-    load_prices,
+    load_models,
     normalize_model,
     normalize_region,
     parse_money,
 )
-from qwenedit.templates import TemplateError, parse_template
+from qwenedit.cli._app import app
+from qwenedit.errors import ManifestError, MixedCurrencies, PriceFileError, TemplateError
+from qwenedit.jobs import DEFAULT_MODEL, DEFAULT_REGION
+from qwenedit.manifest import ROW_NUMBERS, Problem, Validation, validate_manifest
+from qwenedit.policy import Policy, make_policy
+from qwenedit.templates import parse_template
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 EXIT_POLICY = 2  # what `qwenedit run` exits with for the same breaches
@@ -202,7 +201,7 @@ def _run(
     policy: Policy | None = None,
 ) -> int:
     try:
-        prices = load_prices(prices_path)
+        prices = load_models(prices_path)
     except PriceFileError as exc:
         raise _Fail(str(exc)) from None
     region, model = _check_defaults(prices, region, model)
@@ -273,7 +272,7 @@ def _run(
     return code
 
 
-def _check_defaults(prices: PriceTable, region: str, model: str) -> tuple[str, str]:
+def _check_defaults(prices: ModelTable, region: str, model: str) -> tuple[str, str]:
     r, m = normalize_region(region), normalize_model(model)
     if r not in prices.regions():
         raise _Fail(f"--region {region!r} is not a known region; known: {', '.join(prices.regions())}")

@@ -13,9 +13,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qwenedit.catalog import builtin_models
+from qwenedit.catalog.limits import MAX_DATA_URI_BYTES, MAX_IMAGE_BYTES, MAX_N
 from qwenedit.emulator.clock import Clock
 from qwenedit.emulator.ratelimit import rule_for_rps
-from qwenedit.models import builtin_models
 
 RenderMode = Literal["full", "fast"]
 
@@ -26,7 +27,7 @@ GENERATION_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 class ModelSpec:
     """What one model accepts: its maximum n, whether it honours ``size``, its rate limit."""
 
-    max_n: int = 6
+    max_n: int = MAX_N
     accepts_size: bool = True
     # Requests allowed per window. ``None``, or a per-second limit (window 1 s), means "the
     # server-wide ``rps``" (2.0 by default, the table's figure; tests raise it to run fast).
@@ -35,7 +36,7 @@ class ModelSpec:
 
 
 def default_models() -> dict[str, ModelSpec]:
-    """The image-edit models the real endpoint serves, from the one model table (qwenedit/models.py)."""
+    """The image-edit models the real endpoint serves, from the one model table (qwenedit/catalog/models.py)."""
     out = {}
     for name, spec in builtin_models().specs().items():
         limit = spec.rate_limit
@@ -117,8 +118,8 @@ class EmulatorConfig:
     unknown_model_404: bool = False  # False: 400 InvalidParameter "Model not exist."; True: 404 ModelNotFound
     max_prompt_chars: int = 800
     max_negative_prompt_chars: int = 500
-    max_data_uri_bytes: int = 10_485_760
-    max_image_bytes: int = 10 * 1024 * 1024
+    max_data_uri_bytes: int = MAX_DATA_URI_BYTES
+    max_image_bytes: int = MAX_IMAGE_BYTES
     max_body_bytes: int = 40 * 1024 * 1024
     download_timeout_s: float = 10.0
 

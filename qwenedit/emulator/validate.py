@@ -16,6 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from qwenedit.catalog.limits import (
+    MAX_DATA_URI_BYTES,
+    MAX_SIDE,
+    MIN_SIDE,
+    NEGATIVE_PROMPT_LIMIT,
+    PROMPT_LIMIT,
+    SEED_MAX,
+)
 from qwenedit.emulator.config import ModelSpec
 from qwenedit.inputs import sniff_image_format
 
@@ -48,8 +56,7 @@ MSG_INSPECTION = "Input or output data may contain inappropriate content."
 MSG_BAD_PATH = "url error, please check url！"
 MSG_TOO_LARGE = "Payload Too Large."
 
-SEED_MAX = 2_147_483_647
-SIZE_MIN, SIZE_MAX = 512, 2048
+SIZE_MIN, SIZE_MAX = MIN_SIDE, MAX_SIDE
 _SIZE_RE = re.compile(r"^\d+\*\d+$")
 _DATA_URI_HEADER_MAX = 256  # "data:<mime>;<params>;base64," is short; never scan a 10 MB payload for it
 
@@ -131,9 +138,9 @@ def validate_request(
     *,
     strict_size_n: bool = True,
     unknown_model_404: bool = False,
-    max_prompt_chars: int = 800,
-    max_negative_prompt_chars: int = 500,
-    max_data_uri_bytes: int = 10_485_760,
+    max_prompt_chars: int = PROMPT_LIMIT,
+    max_negative_prompt_chars: int = NEGATIVE_PROMPT_LIMIT,
+    max_data_uri_bytes: int = MAX_DATA_URI_BYTES,
     oss_resolve: bool = False,
 ) -> ValidRequest:
     """Check a parsed body in the order the real service does; return it normalised or raise Rejection."""

@@ -35,9 +35,9 @@ import pandas as pd
 import pytest
 
 import qwenedit.emulator.app as emulator_app
+from qwenedit.catalog import builtin_models
 from qwenedit.emulator import EmulatorServer
 from qwenedit.ledger import parse_done_key
-from qwenedit.pricing import default_prices
 from qwenedit.testing.procs import wait_until
 from qwenedit.testing.seaweed import SeaweedServer
 from tests.fixtures.s3 import S3Bucket, new_bucket
@@ -57,7 +57,7 @@ __all__ = [
     "write_manifest",
 ]
 
-PRICE = default_prices().unit_price("singapore", "qwen-image-edit-plus").amount  # 0.03 USD an image
+PRICE = builtin_models().unit_price("singapore", "qwen-image-edit-plus").amount  # 0.03 USD an image
 SHAPES = ("square.png", "wide.png", "tall.png")
 
 

@@ -26,7 +26,7 @@ def flow_params(manifest: Path, bucket: Any, emulator: Any, tmp_path: Path, **kw
         "dest": bucket.uri("out"),
         "base_url": emulator.base_url,
         "report_dir": str(tmp_path / "reports"),
-        "rps": 20.0,
+        "rates": ("20",),
         **kwargs,
     }
 
@@ -59,7 +59,7 @@ async def test_a_429_storm_from_pacing_at_three_times_the_limit_still_finishes_e
     spy = spy_on(emulator)
     rows = chaos_rows(12)
     manifest = write_manifest(rows)
-    params = flow_params(manifest, pipeline_env, emulator, tmp_path, rps=6.0, max_attempts=10)
+    params = flow_params(manifest, pipeline_env, emulator, tmp_path, rates=("6",), max_attempts=10)
     run = await timed_run(edit_manifest(RunOptions(**params)))
 
     assert emulator.stats()["throttled_429"] >= 3

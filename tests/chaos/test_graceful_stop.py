@@ -307,7 +307,7 @@ async def test_a_cancelled_deployment_run_drains_its_calls_and_a_new_run_of_the_
                 "manifest": str(manifest),
                 "dest": bucket.uri("out"),
                 "base_url": emulator.base_url,
-                "rps": 8,
+                "rates": ("8",),
                 "max_in_flight": MAX_IN_FLIGHT,
                 "report_dir": str(reports),
                 "run_id": run_id,

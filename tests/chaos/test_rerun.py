@@ -25,7 +25,12 @@ async def test_rerunning_failed_jsonl_never_calls_a_charged_job_again_and_finish
     spy = spy_on(emulator)
     rows = chaos_rows(4)
     manifest = write_manifest(rows)
-    common = {"dest": pipeline_env.uri("out"), "base_url": emulator.base_url, "rps": 20.0, "max_in_flight": 1}
+    common = {
+        "dest": pipeline_env.uri("out"),
+        "base_url": emulator.base_url,
+        "rates": ("20",),
+        "max_in_flight": 1,
+    }
     first = await timed_run(
         edit_manifest(RunOptions(manifest=str(manifest), report_dir=str(tmp_path / "r1"), **common))
     )

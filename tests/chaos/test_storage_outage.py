@@ -30,7 +30,7 @@ def params(manifest: Path, bucket: Any, emulator: Any, tmp_path: Path, **kwargs:
         "dest": bucket.uri("out"),
         "base_url": emulator.base_url,
         "report_dir": str(tmp_path / "reports"),
-        "rps": 10.0,
+        "rates": ("10",),
         **kwargs,
     }
 

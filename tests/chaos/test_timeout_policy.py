@@ -27,7 +27,7 @@ def params(manifest: Path, bucket: Any, emulator: Any, tmp_path: Path, **kwargs:
         "dest": bucket.uri("out"),
         "base_url": emulator.base_url,
         "report_dir": str(tmp_path / "reports"),
-        "rps": 20.0,
+        "rates": ("20",),
         "timeout_s": 1.5,
         **kwargs,
     }

@@ -29,13 +29,13 @@ from flows.scheduled import (
     marker_key,
 )
 from flows.sharded import _as_text_frame, consolidate, write_shards
+from qwenedit.catalog import RateLimit, load_models, parse_money
 from qwenedit.errors import ShardsFailed as ShardsFailedError
 from qwenedit.inputs import InputResolver
 from qwenedit.jobs import Job
 from qwenedit.ledger import Charge, Done, Ledger
 from qwenedit.options import RunOptions
 from qwenedit.pacer import DEFAULT_MARGIN
-from qwenedit.pricing import load_prices, parse_money
 from qwenedit.report import JobResult, ResultSpool, RunTotals, write_reports
 from qwenedit.shards import (
     chunk_sizes,
@@ -50,6 +50,7 @@ from qwenedit.shards import (
     shard_manifest_key,
     shard_row,
     shard_run_id,
+    shard_share,
     split_budget,
     window_bound,
 )
@@ -102,33 +103,64 @@ def test_shard_names_are_derived_from_the_parent_run() -> None:
 # --- quota -----------------------------------------------------------------------------------------
 
 
+PLUS, MAX = "qwen-image-edit-plus", "qwen-image-edit-max"
+PER_SECOND = {PLUS: RateLimit(2, 1)}
+BOTH = {PLUS: RateLimit(2, 1), MAX: RateLimit(2, 60)}
+
+
 def test_two_shards_of_one_account_each_get_half_the_rate_and_two_accounts_each_the_full_rate() -> None:
-    one = plan_shards([30, 30], ["KEY_A"], 2.0, shared_headroom=1.0)
-    assert [(p.account, p.rps, p.parallel) for p in one] == [("KEY_A", 1.0, 2), ("KEY_A", 1.0, 2)]
-    two = plan_shards([30, 30], ["KEY_A", "KEY_B"], 2.0)
-    assert [(p.account, p.rps, p.parallel) for p in two] == [("KEY_A", 2.0, 1), ("KEY_B", 2.0, 1)]
-    four = plan_shards([10, 10, 10, 10], ["KEY_A", "KEY_B"], 2.0, shared_headroom=1.0)
-    assert [(p.account, p.rps) for p in four] == [
-        ("KEY_A", 1.0),
-        ("KEY_B", 1.0),
-        ("KEY_A", 1.0),
-        ("KEY_B", 1.0),
+    one = plan_shards([30, 30], ["KEY_A"], PER_SECOND, shared_headroom=1.0)
+    assert [(p.account, p.rates, p.parallel) for p in one] == [
+        ("KEY_A", {PLUS: RateLimit(1, 1)}, 2),
+        ("KEY_A", {PLUS: RateLimit(1, 1)}, 2),
+    ]
+    two = plan_shards([30, 30], ["KEY_A", "KEY_B"], PER_SECOND)
+    assert [(p.account, p.share, p.parallel) for p in two] == [("KEY_A", 1.0, 1), ("KEY_B", 1.0, 1)]
+    four = plan_shards([10, 10, 10, 10], ["KEY_A", "KEY_B"], PER_SECOND, shared_headroom=1.0)
+    assert [(p.account, p.share) for p in four] == [
+        ("KEY_A", 0.5),
+        ("KEY_B", 0.5),
+        ("KEY_A", 0.5),
+        ("KEY_B", 0.5),
     ]
 
 
 def test_shards_sharing_an_account_keep_a_headroom_and_a_shard_alone_does_not() -> None:
-    shared = plan_shards([30, 30], ["KEY_A"], 2.0)
-    assert [p.rps for p in shared] == [pytest.approx(0.9), pytest.approx(0.9)]
-    assert [p.rps for p in plan_shards([30], ["KEY_A"], 2.0)] == [2.0]
+    shared = plan_shards([30, 30], ["KEY_A"], PER_SECOND)
+    assert [p.rates[PLUS].rate for p in shared] == [pytest.approx(0.9), pytest.approx(0.9)]
+    assert [p.rates for p in plan_shards([30], ["KEY_A"], PER_SECOND)] == [PER_SECOND]
     with pytest.raises(ValueError):
-        plan_shards([1, 1], ["KEY_A"], 2.0, shared_headroom=1.5)
+        plan_shards([1, 1], ["KEY_A"], PER_SECOND, shared_headroom=1.5)
+
+
+def test_each_shard_paces_every_model_at_its_share_of_that_models_own_limit() -> None:
+    plans = plan_shards([10, 10], ["KEY_A"], BOTH)
+    assert [p.share for p in plans] == [pytest.approx(0.45)] * 2
+    for plan in plans:
+        assert plan.rates[PLUS].period_s == 1 and plan.rates[PLUS].count == pytest.approx(0.9)
+        assert plan.rates[MAX].period_s == 60 and plan.rates[MAX].count == pytest.approx(0.9)  # not 0.9/s
+
+
+def test_the_shards_of_one_account_run_only_as_many_at_once_as_every_model_allows() -> None:
+    # 5/s alone would let 5 shards run at once, 2/min only 2: the pair must be safe for both.
+    fast = {PLUS: RateLimit(5, 1)}
+    assert shard_share(fast.values(), 5) == (5, pytest.approx(0.9 / 5))
+    assert shard_share([*fast.values(), RateLimit(2, 60)], 5) == (2, pytest.approx(0.45))
+    assert shard_share([RateLimit(5, 1)], 4) == (1, 1.0)  # 4 at 5/4 each could put 6 in a second
+    with pytest.raises(ValueError, match="no rate limits"):
+        shard_share([], 2)
+
+
+def test_a_higher_limit_lets_more_shards_of_one_account_run_at_once() -> None:
+    plans = plan_shards([5, 5, 5, 5, 5], ["KEY_A"], {PLUS: RateLimit(5, 1)}, shared_headroom=1.0)
+    assert {(p.parallel, p.rates[PLUS]) for p in plans} == {(5, RateLimit(1, 1))}
 
 
 def test_more_shards_than_the_window_allows_run_at_most_two_at_a_time_on_one_account() -> None:
     # Three shards at 2/3 req/s each could all land in the same second: 3 > 2.
     assert window_bound(2.0, 3) == 3
-    plans = plan_shards([10, 10, 10], ["KEY_A"], 2.0, shared_headroom=1.0)
-    assert {(p.parallel, p.rps) for p in plans} == {(2, 1.0)}
+    plans = plan_shards([10, 10, 10], ["KEY_A"], PER_SECOND, shared_headroom=1.0)
+    assert {(p.parallel, p.rates[PLUS]) for p in plans} == {(2, RateLimit(1, 1))}
     assert safe_parallelism(1.0, 4) == 1
     assert safe_parallelism(5.0, 4) == 1  # 2 × ⌈2.45⌉ = 6 > 5: only one at a time, at 5 req/s
     assert safe_parallelism(5.0, 5) == 5
@@ -136,9 +168,9 @@ def test_more_shards_than_the_window_allows_run_at_most_two_at_a_time_on_one_acc
 
 def test_accounts_must_be_distinct_and_present() -> None:
     with pytest.raises(ValueError, match="twice"):
-        plan_shards([1, 1], ["KEY_A", "KEY_A"], 2.0)
+        plan_shards([1, 1], ["KEY_A", "KEY_A"], PER_SECOND)
     with pytest.raises(ValueError):
-        plan_shards([1], [], 2.0)
+        plan_shards([1], [], PER_SECOND)
 
 
 def _pacer_times(rate: float, phase: float, count: int, jitter: float, rng: random.Random) -> list[float]:
@@ -171,7 +203,7 @@ def test_budget_is_split_in_proportion_and_never_sums_above_the_whole() -> None:
     assert sum(p for p in parts if p is not None) <= Decimal("10")
     assert split_budget(Decimal("1"), [Decimal(0), Decimal(0)]) == [Decimal("0.5"), Decimal("0.5")]
     assert split_budget(None, [Decimal(1)]) == [None]
-    plans = plan_shards([3, 1], ["K"], 2.0, budget=Decimal("4"))
+    plans = plan_shards([3, 1], ["K"], PER_SECOND, budget=Decimal("4"))
     assert [p.budget for p in plans] == [Decimal("3"), Decimal("1")]
 
 
@@ -302,7 +334,7 @@ def test_consolidated_report_merges_a_finished_shard_and_a_crashed_one_in_manife
     out = tmp_path / "shards"
     out.mkdir()
     options = RunOptions(manifest=str(manifest), dest=str(tmp_path / "dest"))
-    job_ids, per_shard, _ = write_shards(options, sizes, prices=load_prices(None), out_dir=out)
+    job_ids, per_shard, _ = write_shards(options, sizes, prices=load_models(None), out_dir=out)
     for i in range(2):
         dest.put_bytes(shard_manifest_key("R", i), (out / f"shard-{i:02d}.jsonl").read_bytes())
     root = str(manifest.parent)
@@ -310,7 +342,7 @@ def test_consolidated_report_merges_a_finished_shard_and_a_crashed_one_in_manife
     _shard_report(dest, "R-s00", shard0, tmp_path / "reports")
     ledger = Ledger(dest)
     ledger.write_done(_done("job-003", "R-s01"))
-    plans = plan_shards(sizes, ["K"], 2.0)
+    plans = plan_shards(sizes, ["K"], PER_SECOND)
     outcomes = [
         FlowRun(flow_id=uuid4(), state=Completed()),
         FlowRun(flow_id=uuid4(), state=Crashed(message="worker killed")),
@@ -417,7 +449,7 @@ async def test_the_parent_gives_each_shard_its_share_and_reports_once(
         ("R-s01", "KEY_B", 1.0),  # KEY_B's only shard: the full rate
         ("R-s02", "KEY_A", pytest.approx(0.45)),
     ]
-    assert summary["shards"][0]["rps"] == pytest.approx(0.9)  # of a model limited to 2/s
+    assert summary["shards"][0]["rates"] == {PLUS: "0.9/s"}  # the manifest's model, limited to 2/s
     # 3/7, 2/7, 2/7 of the budget: each shard's share of the worst-case cost
     assert [parse_money(str(c["budget"])) for c in calls] == [
         (Decimal("0.09"), "USD"),

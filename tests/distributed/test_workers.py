@@ -266,7 +266,7 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
         options = RunOptions(
             manifest=str(manifest),
             dest=bucket.uri("two-workers"),
-            rps=2.0,
+            rates=("2",),
             report_dir=str(reports),
             run_id="sharded-run",
         )
@@ -279,8 +279,8 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
 
         assert summary["by_status"]["succeeded"] == JOBS, summary
         assert [s["state"] for s in summary["shards"]] == ["COMPLETED", "COMPLETED"]
-        assert [s["rps"] for s in summary["shards"]] == [
-            pytest.approx(0.9)
+        assert [s["rates"] for s in summary["shards"]] == [
+            {"qwen-image-edit-plus": "0.9/s"}
         ] * 2  # 1 req/s each, 10 % headroom
         assert len(outputs(bucket, "two-workers/")) == JOBS
         results = s3_frame(bucket, "two-workers/_runs/sharded-run/results.csv")

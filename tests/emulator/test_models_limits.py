@@ -11,6 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from qwenedit.catalog import builtin_models
 from qwenedit.emulator import EmulatorServer
 from qwenedit.emulator.config import (
     GENERATION_PATH,
@@ -23,7 +24,6 @@ from qwenedit.emulator.config import (
     model_limit,
 )
 from qwenedit.emulator.faults import FaultDice
-from qwenedit.models import builtin_models
 from qwenedit.testing.clock import FakeClock
 from tests.emulator.helpers import KEY, body
 

@@ -27,7 +27,7 @@ async def run_here(
         "dest": bucket.uri(prefix),
         "base_url": emulator.base_url,
         "report_dir": str(tmp_path / "reports"),
-        "rps": 20.0,
+        "rates": ("20",),
         **options,
     }
     return await run_manifest(RunOptions(**params), approve=approve)

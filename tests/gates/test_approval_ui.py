@@ -36,7 +36,7 @@ def options_for(manifest: Path, bucket: Any, emulator: Any, tmp_path: Path, **kw
         dest=bucket.uri("out"),
         base_url=emulator.base_url,
         report_dir=str(tmp_path / "reports"),
-        rps=20.0,
+        rates=("20",),
         run_id=new_run_id(),
         **kwargs,
     )

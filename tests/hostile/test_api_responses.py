@@ -37,7 +37,7 @@ def params(manifest: Path, bucket: Any, base_url: str, tmp_path: Path, **kwargs:
         "dest": bucket.uri("out"),
         "base_url": base_url,
         "report_dir": str(tmp_path / "reports"),
-        "rps": 20.0,
+        "rates": ("20",),
         **kwargs,
     }
 

@@ -216,7 +216,7 @@ async def test_a_symlink_leaving_the_input_root_fails_its_job_at_run_time_and_it
                 dest=pipeline_env.uri("out"),
                 base_url=emulator.base_url,
                 report_dir=str(tmp_path / "reports"),
-                rps=20.0,
+                rates=("20",),
             )
         )
     )
@@ -260,7 +260,7 @@ async def test_a_decompression_bomb_is_never_decoded_by_the_run_and_its_refusal_
                 dest=pipeline_env.uri("out"),
                 base_url=emulator.base_url,
                 report_dir=str(tmp_path / "reports"),
-                rps=20.0,
+                rates=("20",),
             )
         )
     )

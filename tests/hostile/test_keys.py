@@ -54,7 +54,7 @@ async def test_odd_job_ids_and_a_unicode_prefix_with_spaces_store_at_the_exact_k
         "dest": pipeline_env.uri(ODD_PREFIX),
         "base_url": emulator.base_url,
         "report_dir": str(tmp_path / "reports"),
-        "rps": 20.0,
+        "rates": ("20",),
     }
     first = await timed_run(edit_manifest(RunOptions(**params)))
     table = read_results(first.summary or {})
@@ -90,7 +90,7 @@ async def test_a_local_destination_with_spaces_unicode_and_percent_signs_works_a
         "dest": str(dest),
         "base_url": emulator.base_url,
         "report_dir": str(tmp_path / "reports"),
-        "rps": 20.0,
+        "rates": ("20",),
     }
     first = await edit_manifest(RunOptions(**params))
     assert first["by_status"]["succeeded"] == 4

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from qwenedit.errors import InputError
 from qwenedit.inputs import (
     MAX_DATA_URI_BYTES,
-    InputError,
     InputResolver,
     data_uri_for,
     inspect_image,

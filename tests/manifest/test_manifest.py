@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from qwenedit.catalog import ModelSpec, ModelTable, Price, RateLimit, builtin_models
+from qwenedit.errors import ManifestError
 from qwenedit.jobs import Job
-from qwenedit.manifest import ManifestError, Problem, iter_jobs, manifest_base, validate_manifest
-from qwenedit.models import ModelSpec, RateLimit
-from qwenedit.pricing import Price, PriceTable, default_prices
+from qwenedit.manifest import Problem, iter_jobs, manifest_base, validate_manifest
 from tests.manifest.conftest import HEADER, FakeWeb, Route, image_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,15 +173,15 @@ def test_user_priced_models_become_known(folder: Path) -> None:
         f"job_id,image_1,prompt,model,n,size\na,a.png,p,{NEW_SNAPSHOT},1,1024*1024\n"
     )
     assert validate_manifest(folder / "m.csv").errors == 1
-    prices = default_prices().merged(
-        PriceTable({("singapore", NEW_SNAPSHOT): Price(Decimal("0.03"), "USD")}, NEW_SPEC)
+    prices = builtin_models().merged(
+        ModelTable({("singapore", NEW_SNAPSHOT): Price(Decimal("0.03"), "USD")}, NEW_SPEC)
     )
     result = validate_manifest(folder / "m.csv", prices=prices)
     assert result.ok and result.quote.totals == {"USD": Decimal("0.03")}
 
 
 def test_a_priced_model_without_a_known_rate_limit_is_refused(folder: Path) -> None:
-    prices = default_prices().merged(PriceTable({("singapore", NEW_SNAPSHOT): Price(Decimal("0.03"), "USD")}))
+    prices = builtin_models().merged(ModelTable({("singapore", NEW_SNAPSHOT): Price(Decimal("0.03"), "USD")}))
     (folder / "m.csv").write_text(f"job_id,image_1,prompt,model\na,a.png,p,{NEW_SNAPSHOT}\n")
     [problem] = validate_manifest(folder / "m.csv", prices=prices).problems
     assert problem.message() == (
@@ -191,8 +191,8 @@ def test_a_priced_model_without_a_known_rate_limit_is_refused(folder: Path) -> N
 
 
 def test_a_model_priced_in_one_region_only_is_refused_in_the_other(folder: Path) -> None:
-    prices = default_prices().merged(
-        PriceTable({("singapore", NEW_SNAPSHOT): Price(Decimal("0.03"), "USD")}, NEW_SPEC)
+    prices = builtin_models().merged(
+        ModelTable({("singapore", NEW_SNAPSHOT): Price(Decimal("0.03"), "USD")}, NEW_SPEC)
     )
     (folder / "m.csv").write_text(f"job_id,image_1,prompt,model,region\na,a.png,p,{NEW_SNAPSHOT},beijing\n")
     [problem] = validate_manifest(folder / "m.csv", prices=prices).problems

@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from qwenedit.catalog import ModelSpec, Price, RateLimit, builtin_models, load_models
+from qwenedit.errors import PriceFileError, UnknownLimit, UnknownModel
 from qwenedit.manifest import validate_manifest
-from qwenedit.models import (
-    ModelSpec,
-    PriceFileError,
-    RateLimit,
-    UnknownLimit,
-    UnknownModel,
-    builtin_models,
-    load_models,
-)
-from qwenedit.pricing import Price, load_prices
 from tests.manifest.conftest import HEADER, image_bytes
 
 
@@ -113,7 +105,7 @@ def test_a_new_snapshot_is_one_row_copying_rules_with_like(tmp_path: Path) -> No
             ]
         )
     )
-    table = load_prices(path)
+    table = load_models(path)
     spec = table.spec("qwen-image-edit-2026-09-01")
     assert (spec.max_n, spec.size, spec.prompt_extend, spec.rate_limit) == (1, None, False, RateLimit(2, 1))
     assert table.unit_price("singapore", "qwen-image-edit-2026-09-01").amount == Decimal("0.04")
@@ -122,7 +114,7 @@ def test_a_new_snapshot_is_one_row_copying_rules_with_like(tmp_path: Path) -> No
 def test_a_price_only_row_keeps_the_built_in_rules_and_limit(tmp_path: Path) -> None:
     path = tmp_path / "prices.csv"
     path.write_text("region,model,unit_price,currency\nbeijing,qwen-image-edit-max,0.5,CNY\n")
-    table = load_prices(path)
+    table = load_models(path)
     assert table.unit_price("beijing", "qwen-image-edit-max") == Price(Decimal("0.5"), "CNY")
     assert table.spec("qwen-image-edit-max") == builtin_models().spec("qwen-image-edit-max")
 
@@ -176,7 +168,7 @@ def test_a_model_the_file_prices_and_limits_validates(folder: Path) -> None:
     prices = folder / "p.csv"
     prices.write_text("region,model,unit_price,currency,rate_limit\nsingapore,qwen-image-3.0,0.05,USD,1/s\n")
     (folder / "m.csv").write_text(f"{HEADER},model\na,a.png,,,p,qwen-image-3.0\n")
-    assert validate_manifest(folder / "m.csv", prices=load_prices(prices)).ok
+    assert validate_manifest(folder / "m.csv", prices=load_models(prices)).ok
 
 
 def test_the_old_price_table_call_keeps_built_in_rules() -> None:

@@ -8,22 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from qwenedit.jobs import Job
-from qwenedit.pricing import (
-    MixedCurrencies,
+from qwenedit.catalog import (
+    ModelTable,
     Price,
-    PriceFileError,
-    PriceTable,
     Quote,
-    UnknownPrice,
+    builtin_models,
     cost,
-    default_prices,
     format_money,
-    load_prices,
+    load_models,
     normalize_region,
     parse_money,
     quote,
 )
+from qwenedit.errors import MixedCurrencies, PriceFileError, UnknownPrice
+from qwenedit.jobs import Job
 
 PLUS = ("qwen-image-edit-plus", "qwen-image-edit-plus-2025-10-30", "qwen-image-edit-plus-2025-12-15")
 MAX = ("qwen-image-edit-max", "qwen-image-edit-max-2026-01-16")
@@ -42,18 +40,18 @@ MAX = ("qwen-image-edit-max", "qwen-image-edit-max-2026-01-16")
     ],
 )
 def test_default_prices_are_the_seed_list_prices_in_usd(region: str, model: str, amount: str) -> None:
-    assert default_prices().unit_price(region, model) == Price(Decimal(amount), "USD")
+    assert builtin_models().unit_price(region, model) == Price(Decimal(amount), "USD")
 
 
 def test_an_unpriced_model_is_refused_not_guessed() -> None:
     with pytest.raises(UnknownPrice, match="no price known for model 'qwen-image-9' in region 'singapore'"):
-        default_prices().unit_price("singapore", "qwen-image-9")
+        builtin_models().unit_price("singapore", "qwen-image-9")
     with pytest.raises(UnknownPrice):
-        default_prices().unit_price("virginia", "qwen-image-edit-plus")
+        builtin_models().unit_price("virginia", "qwen-image-edit-plus")
 
 
 def test_region_and_model_names_are_matched_case_insensitively_with_aliases() -> None:
-    table = default_prices()
+    table = builtin_models()
     assert table.unit_price("Singapore", "QWEN-IMAGE-EDIT-PLUS").amount == Decimal("0.03")
     assert table.unit_price("ap-southeast-1", "qwen-image-edit").amount == Decimal("0.045")
     assert table.unit_price("cn-beijing", "qwen-image-edit").amount == Decimal("0.043")
@@ -62,7 +60,7 @@ def test_region_and_model_names_are_matched_case_insensitively_with_aliases() ->
 
 
 def test_cost_is_exact_decimal_arithmetic() -> None:
-    beijing = default_prices().unit_price("beijing", "qwen-image-edit-plus")
+    beijing = builtin_models().unit_price("beijing", "qwen-image-edit-plus")
     assert cost(3, beijing) == Decimal("0.086013")
     assert cost(1_000_000, beijing) == Decimal("28671.000000")
     assert cost(0, beijing) == 0
@@ -90,7 +88,7 @@ def test_user_price_file_in_json_overrides_and_extends(tmp_path: Path) -> None:
             ]
         )
     )
-    table = load_prices(path)
+    table = load_models(path)
     assert table.unit_price("singapore", "qwen-image-edit-plus") == Price(Decimal("0.025"), "USD")
     assert table.unit_price("singapore", "qwen-image-edit-max") == Price(Decimal("0.07"), "USD")
     assert table.unit_price("beijing", "qwen-image-edit") == Price(
@@ -108,19 +106,19 @@ def test_user_price_file_in_csv_can_state_cny(tmp_path: Path) -> None:
         "\n"
         "beijing,qwen-image-edit,0.3,CNY\n"
     )
-    table = load_prices(path)
+    table = load_models(path)
     assert table.unit_price("beijing", "qwen-image-edit-plus") == Price(Decimal("0.2"), "CNY")
     assert cost(3, table.unit_price("beijing", "qwen-image-edit")) == Decimal("0.9")
 
 
 def test_no_price_file_means_the_defaults_and_json_may_wrap_the_list(tmp_path: Path) -> None:
-    assert load_prices(None) == default_prices()
+    assert load_models(None) == builtin_models()
     path = tmp_path / "p.json"
     path.write_text(
         '{"prices": [{"region": "beijing", "model": "qwen-image-edit", "unit_price": 0.3, '
         '"currency": "CNY"}]}'
     )
-    assert load_prices(path).unit_price("beijing", "qwen-image-edit") == Price(Decimal("0.3"), "CNY")
+    assert load_models(path).unit_price("beijing", "qwen-image-edit") == Price(Decimal("0.3"), "CNY")
 
 
 @pytest.mark.parametrize(
@@ -167,15 +165,15 @@ def test_bad_price_files_are_refused_with_the_entry_at_fault(
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(PriceFileError) as err:
-        load_prices(path)
+        load_models(path)
     assert str(err.value) == f"price file {str(path)!r}{suffix}"
 
 
 def test_missing_price_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PriceFileError, match="does not exist"):
-        load_prices(tmp_path / "nope.json")
+        load_models(tmp_path / "nope.json")
     with pytest.raises(PriceFileError, match="is a directory"):
-        load_prices(tmp_path)
+        load_models(tmp_path)
 
 
 def _job(job_id: str, region: str, model: str, n: int) -> Job:
@@ -189,7 +187,7 @@ def test_quote_counts_jobs_images_and_cost_per_region_and_model() -> None:
         _job("c", "singapore", "qwen-image-edit", 1),
         _job("d", "beijing", "qwen-image-edit-plus", 3),
     ]
-    q = quote(jobs, default_prices())
+    q = quote(jobs, builtin_models())
     assert [(ln.region, ln.model, ln.jobs, ln.images, ln.cost) for ln in q.lines] == [
         ("beijing", "qwen-image-edit-plus", 1, 3, Decimal("0.086013")),
         ("singapore", "qwen-image-edit", 1, 1, Decimal("0.045")),
@@ -203,8 +201,8 @@ def test_quote_counts_jobs_images_and_cost_per_region_and_model() -> None:
 
 
 def test_quote_never_adds_different_currencies() -> None:
-    table = default_prices().merged(
-        PriceTable({("beijing", "qwen-image-edit-plus"): Price(Decimal("0.2"), "CNY")})
+    table = builtin_models().merged(
+        ModelTable({("beijing", "qwen-image-edit-plus"): Price(Decimal("0.2"), "CNY")})
     )
     q = quote(
         [_job("a", "beijing", "qwen-image-edit-plus", 2), _job("b", "singapore", "qwen-image-edit", 1)], table

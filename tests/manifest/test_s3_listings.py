@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from qwenedit.inputs import InputError, InputResolver, PrefixListings, s3_prefix
+from qwenedit.errors import InputError
+from qwenedit.inputs import InputResolver, PrefixListings, s3_prefix
 from tests.fixtures.s3 import S3Bucket
 
 
@@ -119,10 +120,10 @@ def test_a_key_missing_from_the_listing_falls_back_to_head(moto_bucket: S3Bucket
 def test_listed_size_over_the_limit_is_refused_like_a_head(moto_bucket: S3Bucket) -> None:
     moto_bucket.client.put_object(Bucket=moto_bucket.bucket, Key="big/a.png", Body=b"x" * 2048)
     resolver, _ = counting_resolver(moto_bucket, list_after_heads=0, s3_mode="data_uri")
-    import qwenedit.inputs as inputs
+    import qwenedit.inputs.resolver as resolver_module
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inputs, "_max_inline_raw", lambda: 1024)
+        mp.setattr(resolver_module, "max_inline_raw", lambda: 1024)
         with pytest.raises(InputError, match="the API takes at most"):
             resolver.identity(f"s3://{moto_bucket.bucket}/big/a.png")
     assert resolver.listings.lists == 1

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from qwenedit.errors import TemplateError
 from qwenedit.manifest import iter_jobs, validate_manifest
-from qwenedit.templates import PromptTemplate, TemplateError, parse_template
+from qwenedit.templates import PromptTemplate, parse_template
 from tests.manifest.conftest import image_bytes, run_validate
 
 TEMPLATE = "Put the {product} on a {background} background"

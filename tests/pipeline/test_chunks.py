@@ -88,7 +88,7 @@ async def test_jobs_run_in_chunks_named_by_row_range_and_an_unchanged_rerun_crea
             dest=pipeline_env.uri("out"),
             base_url=emulator.base_url,
             report_dir=str(tmp_path / "reports"),
-            rps=50.0,
+            rates=("50",),
             chunk_size=2,
         )
 
@@ -142,7 +142,7 @@ async def test_a_failed_chunk_does_not_fail_its_siblings_and_its_rows_are_report
         dest=pipeline_env.uri("out"),
         base_url=emulator.base_url,
         report_dir=str(tmp_path / "reports"),
-        rps=50.0,
+        rates=("50",),
         chunk_size=2,
     )
     summary = await edit_manifest(options)

@@ -29,7 +29,7 @@ async def run(manifest: Path, bucket: Any, emulator: Any, tmp_path: Path, **kwar
         "dest": bucket.uri("out"),
         "base_url": emulator.base_url,
         "report_dir": str(tmp_path / "reports"),
-        "rps": 20.0,
+        "rates": ("20",),
         **kwargs,
     }
     summary: dict[str, Any] = await edit_manifest(RunOptions(**params))
@@ -183,7 +183,7 @@ async def test_injected_5xx_and_throttling_end_every_job_with_a_result_and_nothi
     emulator = emulator_factory(rps=4.0, fail_500=0.1, fail_503=0.1, seed=11)
     manifest = write_manifest(simple_rows(16))
     # Pace above the emulator's limit on purpose so that real 429s happen too.
-    summary = await run(manifest, pipeline_env, emulator, tmp_path, rps=8.0, max_attempts=8)
+    summary = await run(manifest, pipeline_env, emulator, tmp_path, rates=("8",), max_attempts=8)
     table = results(summary)
     assert set(table["status"]) <= {"succeeded", "failed"}
     assert all(r["error_code"] for _, r in table[table["status"] == "failed"].iterrows())
@@ -203,7 +203,7 @@ async def test_invalid_key_trips_the_breaker_after_one_call(
 ) -> None:
     emulator = emulator_factory(rps=20.0, keys=["sk-someone-else"])
     manifest = write_manifest(simple_rows(10))
-    summary = await run(manifest, pipeline_env, emulator, tmp_path, rps=2.0)
+    summary = await run(manifest, pipeline_env, emulator, tmp_path, rates=("2",))
     table = results(summary)
     assert emulator.stats()["requests"] == 1
     assert summary["stopped_by"]["code"] == "InvalidApiKey"
@@ -241,7 +241,7 @@ async def test_requests_never_exceed_the_limit_in_any_second_and_none_are_thrott
         tmp_path / "emulator", rps=5, latency_median=0.4, latency_p99=1.5, render="fast", seed=3
     ) as emulator:
         manifest = write_manifest(simple_rows(30))
-        summary = await run(manifest, pipeline_env, emulator, tmp_path, rps=5.0)
+        summary = await run(manifest, pipeline_env, emulator, tmp_path, rates=("5",))
         log = emulator.arrivals()
         stats = emulator.stats()
     arrivals = [a["time"] for a in log]

@@ -1,6 +1,6 @@
 """The model table: the one source of what each image-edit model accepts, how fast it may be called,
-and what it costs. Validation (``manifest.py``), pricing (``pricing.py``), pacing (``pacer.py``) and the
-emulator (``emulator/config.py``) all read it.
+and what it costs. Validation (``manifest/``), costing (``catalog/money.py``), pacing (``pacer.py``) and
+the emulator (``emulator/config.py``) all read it.
 
 Per model id (dated snapshots are rows of their own):
 
@@ -41,69 +41,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from qwenedit.errors import QwenEditError
-
-# The regions the API serves these models from (docs/dashscope-api.md §0), and the names people also write for
-# them. Matching is case-insensitive.
-REGION_ALIASES: dict[str, str] = {
-    "singapore": "singapore",
-    "intl": "singapore",
-    "international": "singapore",
-    "ap-southeast-1": "singapore",
-    "beijing": "beijing",
-    "cn": "beijing",
-    "china": "beijing",
-    "cn-beijing": "beijing",
-}
-
-USD = "USD"
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-
-
-class PricingError(QwenEditError):
-    """Base class of pricing failures."""
-
-
-class UnknownPrice(PricingError):
-    """No unit price is known for this (region, model): refused rather than guessed."""
-
-
-class PriceFileError(PricingError):
-    """The user price (model) file cannot be read or has an invalid entry."""
-
-
-class UnknownModel(QwenEditError):
-    """The model table does not know this model."""
-
-
-class UnknownLimit(QwenEditError):
-    """No rate limit is known for this model: refused rather than guessed."""
-
-
-def normalize_region(name: str) -> str:
-    """The canonical region name for ``name`` (aliases and case folded); unknown names are returned
-    lower-cased so the caller's error message can name them."""
-    key = name.strip().lower()
-    return REGION_ALIASES.get(key, key)
-
-
-def normalize_model(name: str) -> str:
-    """Model ids are lower-case on the API; accept any case in a manifest."""
-    return name.strip().lower()
-
-
-@dataclass(frozen=True)
-class Price:
-    """The price of one generated image."""
-
-    amount: Decimal
-    currency: str
-
-    def __str__(self) -> str:
-        from qwenedit.pricing import format_money  # formatting lives with the money helpers
-
-        return format_money(self.amount, self.currency)
-
+from qwenedit.catalog.limits import MAX_N, MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE
+from qwenedit.catalog.money import CURRENCY_CODE, USD, Price
+from qwenedit.catalog.names import normalize_model, normalize_region
+from qwenedit.errors import PriceFileError, UnknownLimit, UnknownModel, UnknownPrice
 
 # --- rate limits --------------------------------------------------------------------------------
 
@@ -184,9 +125,9 @@ def parse_rate(text: str | float) -> RateLimit:
 class SizeRule:
     """What ``size`` (``"W*H"``) a model accepts."""
 
-    min_side: int = 512
-    max_side: int = 2048
-    multiple: int = 16  # the API rounds each side to the nearest multiple
+    min_side: int = MIN_SIDE
+    max_side: int = MAX_SIDE
+    multiple: int = SIZE_MULTIPLE  # the API rounds each side to the nearest multiple
     only_with_n1: bool = True  # the Dec-2025 docs: "size may only be set when n = 1"
 
 
@@ -195,7 +136,7 @@ class ModelSpec:
     """Rules and limit of one model id (its prices live in the ``ModelTable``, per region)."""
 
     name: str
-    max_n: int = 6
+    max_n: int = MAX_N
     size: SizeRule | None = SizeRule()
     prompt_extend: bool = True
     rate_limit: RateLimit | None = None
@@ -229,8 +170,8 @@ _BUILTIN: tuple[tuple[str, int, SizeRule | None, bool, RateLimit, dict[str, tupl
 class ModelTable:
     """Per model: its ``ModelSpec``; per (region, model): its unit ``Price``.
 
-    ``ModelTable(prices)`` (the old ``PriceTable(prices)`` call) takes the built-in rules and limits for
-    the models it knows; ``specs`` replaces them. ``merged`` lays another table over this one.
+    ``ModelTable(prices)`` takes the built-in rules and limits for the models it knows; ``specs``
+    replaces them. ``merged`` lays another table over this one.
     """
 
     def __init__(
@@ -481,7 +422,7 @@ def _read_entry(
         if not amount.is_finite() or amount < 0:
             raise fail(f"unit_price must be a finite number ≥ 0, got {str(raw_amount)!r}")
         currency = str(entry["currency"]).strip().upper()
-        if not _CURRENCY.match(currency):
+        if not CURRENCY_CODE.match(currency):
             raise fail(f"currency must be a 3-letter code like USD or CNY, got {str(entry['currency'])!r}")
         prices[(normalize_region(str(entry["region"])), model)] = Price(amount, currency)
 

@@ -1,13 +1,13 @@
-"""The cost of a call and the quote for a whole manifest, from the unit prices of the model table.
+"""Money: the price of one image, the cost of a call, the quote for a whole manifest, amounts as text.
 
 All money is ``decimal.Decimal`` with its currency attached; nothing here ever uses floats, and
 amounts in different currencies are never added together (a quote keeps one total per currency).
 
-The unit prices live in the one model table (``qwenedit/models.py``, which also holds each model's
-rules and rate limit); ``PriceTable`` is that table. The built-in prices are the seed document's list
-prices (Max from docs/dashscope-api.md §6). Prices change, so a user price file (JSON or CSV with ``region,
-model, unit_price, currency``, optionally ``rate_limit`` and ``like``) can override or extend it; a
-model with no price is refused (``UnknownPrice``), never guessed.
+The unit prices live in the one model table (``catalog/models.py``, which also holds each model's
+rules and rate limit). The built-in prices are the seed document's list prices (Max from
+docs/dashscope-api.md §6). Prices change, so a user price file (JSON or CSV with ``region, model,
+unit_price, currency``, optionally ``rate_limit`` and ``like``) can override or extend it; a model with
+no price is refused (``UnknownPrice``), never guessed.
 
 The API bills per *generated* image (``usage.image_count``), so ``cost = image_count × unit price``.
 A quote prices the worst case: every requested image (``n`` per job) generated.
@@ -19,75 +19,31 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from qwenedit.models import (
-    REGION_ALIASES,
-    ModelTable,
-    Price,
-    PriceFileError,
-    PricingError,
-    UnknownPrice,
-    builtin_models,
-    load_models,
-    normalize_model,
-    normalize_region,
-    read_model_file,
-)
+from qwenedit.catalog.names import normalize_model, normalize_region
+from qwenedit.errors import MixedCurrencies, PricingError
 
-__all__ = [
-    "REGION_ALIASES",
-    "MixedCurrencies",
-    "Price",
-    "PriceFileError",
-    "PriceTable",
-    "PricingError",
-    "Quote",
-    "QuoteLine",
-    "UnknownPrice",
-    "cost",
-    "default_prices",
-    "format_money",
-    "load_prices",
-    "normalize_model",
-    "normalize_region",
-    "parse_money",
-    "quote",
-    "read_price_file",
-]
-
-_USD = "USD"
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-
-# The price table *is* the model table (qwenedit/models.py): one source for prices, rules and limits.
-# ``PriceTable({(region, model): Price})`` still builds a table of just those prices, with the built-in
-# rules and limits.
-PriceTable = ModelTable
+USD = "USD"
+CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
+"""A currency as the catalog accepts it: three capital letters (USD, CNY)."""
 
 
-class MixedCurrencies(PricingError):
-    """Amounts in different currencies were about to be added or compared."""
+@dataclass(frozen=True)
+class Price:
+    """The price of one generated image."""
+
+    amount: Decimal
+    currency: str
+
+    def __str__(self) -> str:
+        return format_money(self.amount, self.currency)
 
 
-def default_prices() -> PriceTable:
-    """The built-in list prices (USD), with every built-in model's rules and limit."""
-    return builtin_models()
+class UnitPrices(Protocol):
+    """Anything that prices one image of a model in a region (``catalog.models.ModelTable``)."""
 
-
-def load_prices(path: str | Path | None) -> PriceTable:
-    """The default table with the user's price file (JSON or CSV) merged over it.
-
-    JSON: a list of ``{"region", "model", "unit_price", "currency"}`` objects (or ``{"prices": [...]}``);
-    numbers are read as exact decimals. CSV: a header with those four column names. Both may add the
-    optional ``rate_limit`` and ``like`` columns of the model table (see ``qwenedit.models``).
-    """
-    return load_models(path)
-
-
-def read_price_file(path: str | Path) -> PriceTable:
-    """Only the entries in a user price file; raises ``PriceFileError`` with the entry at fault."""
-    return read_model_file(path)
+    def unit_price(self, region: str, model: str) -> Price: ...
 
 
 def cost(image_count: int, price: Price) -> Decimal:
@@ -98,7 +54,7 @@ def cost(image_count: int, price: Price) -> Decimal:
 def format_money(amount: Decimal, currency: str) -> str:
     """``$0.36`` for USD, ``0.2 CNY`` otherwise; never rounds (prices have up to 6 decimals)."""
     text = _plain(amount)
-    if currency == _USD:
+    if currency == USD:
         return f"${text}"
     return f"{text} {currency}"
 
@@ -110,19 +66,19 @@ def _plain(amount: Decimal) -> str:
     return f"{whole}.{frac.ljust(2, '0')}"
 
 
-def parse_money(text: str, default_currency: str = _USD) -> tuple[Decimal, str]:
+def parse_money(text: str, default_currency: str = USD) -> tuple[Decimal, str]:
     """``"50"``, ``"50 USD"``, ``"USD 50"``, ``"$50"`` or ``"12.5 CNY"`` → (amount, currency).
 
     Raises ``ValueError`` with a readable reason."""
     s = text.strip().replace(",", "")
     currency = default_currency
     if s.startswith("$"):
-        s, currency = s[1:].strip(), _USD
+        s, currency = s[1:].strip(), USD
     parts = s.split()
     if len(parts) == 2:
-        if _CURRENCY.match(parts[0].upper()):
+        if CURRENCY_CODE.match(parts[0].upper()):
             currency, s = parts[0].upper(), parts[1]
-        elif _CURRENCY.match(parts[1].upper()):
+        elif CURRENCY_CODE.match(parts[1].upper()):
             s, currency = parts[0], parts[1].upper()
         else:
             raise ValueError(f"expected an amount like 50 or 50 USD, got {text!r}")
@@ -200,7 +156,7 @@ class Quote:
     def currencies(self) -> list[str]:
         return sorted(self.totals)
 
-    def total(self, currency: str = _USD) -> Decimal:
+    def total(self, currency: str = USD) -> Decimal:
         """The worst-case cost in ``currency``; raises ``MixedCurrencies`` if any cost is in another one."""
         totals = self.totals
         others = sorted(set(totals) - {currency})
@@ -210,7 +166,7 @@ class Quote:
             )
         return totals.get(currency, Decimal(0))
 
-    def fits(self, budget: Decimal | None, currency: str = _USD) -> bool:
+    def fits(self, budget: Decimal | None, currency: str = USD) -> bool:
         """Whether the worst case is within ``budget`` (always true without one)."""
         if budget is None:
             return True
@@ -237,7 +193,7 @@ class Quote:
         }
 
 
-def quote(jobs: Iterable[Any], prices: PriceTable) -> Quote:
+def quote(jobs: Iterable[Any], prices: UnitPrices) -> Quote:
     """The quote for anything with ``region``, ``model`` and ``n`` (e.g. ``Job``s)."""
     q = Quote()
     for job in jobs:

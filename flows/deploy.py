@@ -139,7 +139,7 @@ async def deploy_all(
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
             ),
-            description=f"Runs every new manifest under {watch} (marker: <manifest>.processed.json).",
+            description=f"Runs every new manifest under {watch} (markers: {dest}/_watch/).",
             **common,
         )
     return ids

@@ -30,6 +30,7 @@ from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
 from prefect.states import Completed, State
 
+from flows import runlog
 from qwenedit.canary import Question
 from qwenedit.options import RunOptions
 from qwenedit.report import markdown_summary
@@ -73,7 +74,7 @@ async def edit_manifest(options: RunOptions) -> dict[str, Any]:
     """Run every job of ``options.manifest`` into ``options.dest``; returns the run summary."""
     async with open_run(options) as run:
         # Installed here, inside the flow run: Prefect's engine replaces the SIGTERM handler when it starts.
-        with run.activate(), graceful_stop(run, stop_grace(options)):
+        with run.activate(), graceful_stop(run, stop_grace(options)), runlog.narrate(run):
             progress = asyncio.create_task(_publish_progress(run))
             try:
                 await run.execute(edit_chunk, approve=run.approver or approval_in_ui(options))
@@ -81,6 +82,7 @@ async def edit_manifest(options: RunOptions) -> dict[str, Any]:
                 progress.cancel()
                 await asyncio.wait({progress}, timeout=PREFECT_CALL_LIMIT_S if run.stopping else None)
             summary = await run.finish()
+            runlog.ended(summary)
             publish = _publish_artifacts(run, summary)
             if run.stopping:  # a Ctrl-C also stops an ephemeral Prefect server: never wait a minute on it
                 with contextlib.suppress(TimeoutError):
@@ -112,6 +114,7 @@ def approval_in_ui(options: RunOptions) -> Approver:
 
     async def approve(outcome: Question) -> bool:
         form = CanaryApproval.with_initial_data(description=outcome.markdown(), approve=False)
+        runlog.approval_asked(options, options.approval_timeout_s)
         try:
             answer = await apause_flow_run(
                 wait_for_input=form, timeout=int(options.approval_timeout_s), key=outcome.key
@@ -120,7 +123,9 @@ def approval_in_ui(options: RunOptions) -> Approver:
             log.warning(
                 "no approval within %.0f s: the rest of the run is not started", options.approval_timeout_s
             )
+            runlog.approval_answered(options, False, " (no answer in time)")
             return False
+        runlog.approval_answered(options, bool(answer.approve))
         return bool(answer.approve)
 
     return approve

@@ -11,23 +11,14 @@ import json
 import random
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import pandas as pd
 import pytest
 from PIL import Image
-from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.objects import FlowRun
 from prefect.states import Completed, Crashed
 
-from flows.scheduled import (
-    dest_for,
-    idempotency_key,
-    is_current,
-    is_manifest_key,
-    manifest_version,
-    marker_key,
-)
 from flows.sharded import _as_text_frame, consolidate, write_shards
 from qwenedit.catalog import RateLimit, load_models, parse_money
 from qwenedit.errors import ShardsFailed as ShardsFailedError
@@ -364,37 +355,6 @@ def test_consolidated_report_merges_a_finished_shard_and_a_crashed_one_in_manife
     assert pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).shape == frame.shape
 
 
-# --- scheduler helpers -----------------------------------------------------------------------------
-
-
-def test_only_manifests_outside_reserved_folders_are_picked_up() -> None:
-    assert is_manifest_key("drop-1.csv") and is_manifest_key("2026/01/drop.JSONL")
-    assert not is_manifest_key("drop-1.csv.processed.json")
-    assert not is_manifest_key("out/_runs/R/results.csv")
-    assert not is_manifest_key("_ledger/x/done.json")
-    assert not is_manifest_key(".hidden.csv")
-    assert not is_manifest_key("notes.txt")
-
-
-def test_markers_destinations_and_keys_are_derived_from_the_manifest() -> None:
-    assert marker_key("a/b.csv") == "a/b.csv.processed.json"
-    assert dest_for("s3://bkt/edited/", "2026/drop.jsonl") == "s3://bkt/edited/2026/drop"
-    assert idempotency_key("s3://b/x.csv", "etag:1", 1) == "qwenedit-manifest:s3://b/x.csv#etag:1"
-    assert idempotency_key("s3://b/x.csv", "etag:1", 2).endswith("#attempt-2")
-    assert is_current({"version": "etag:1"}, "etag:1")
-    assert not is_current({"version": "etag:1"}, "etag:2") and not is_current(None, "etag:1")
-
-
-def test_a_local_manifest_version_changes_with_its_content(tmp_path: Path) -> None:
-    dest = LocalDestination(tmp_path)
-    dest.put_bytes("drop.csv", b"job_id,image_1,prompt\n")
-    first = manifest_version(dest, "drop.csv")
-    assert first.startswith("sha256:") and first == manifest_version(dest, "drop.csv")
-    dest.put_bytes("drop.csv", b"job_id,image_1,prompt\nx,a.png,p\n")
-    assert manifest_version(dest, "drop.csv") != first
-    assert json.loads(json.dumps({"version": first}))["version"] == first
-
-
 # --- the parent flow's logic, with run_deployment replaced by a fake shard runner --------------------
 
 
@@ -515,98 +475,3 @@ async def test_a_model_priced_only_by_the_price_file_runs_sharded_and_is_recover
     summary = json.loads((tmp_path / "dest" / "_runs" / "R" / "summary.json").read_text())
     # shard 1 crashed: its rows were rebuilt from the ledger, reading its manifest with the run's prices
     assert summary["jobs"] == 4 and summary["shards"][1]["report"] == "ledger"
-
-
-# --- the scheduler's logic, with run_deployment replaced by a fake edit deployment -------------------
-
-
-class FakeEditDeployment:
-    """Stands in for ``arun_deployment``: idempotency keys map to runs, like the Prefect API does."""
-
-    def __init__(self, fail: set[str] | None = None) -> None:
-        self.fail = fail or set()
-        self.runs: dict[str, FlowRun] = {}
-        self.started: list[str] = []
-
-    async def __call__(
-        self, name: str, *, parameters: dict[str, object], idempotency_key: str, timeout: float | None
-    ) -> FlowRun:
-        assert timeout == 0  # the scheduler looks first, then waits itself
-        if idempotency_key in self.runs:
-            return self.runs[idempotency_key]
-        self.started.append(idempotency_key)
-        options = parameters["options"]
-        assert isinstance(options, dict)
-        manifest = str(options["manifest"])
-        state: State[Any]
-        if any(manifest.endswith(f) for f in self.fail):
-            state = Crashed(message="boom")
-        else:
-            state = Completed()
-            summary = {"by_status": {"succeeded": 1}, "run_id": options["run_id"]}
-            LocalDestination(str(options["dest"])).put_bytes(
-                f"_runs/{options['run_id']}/summary.json", json.dumps(summary).encode()
-            )
-        run = FlowRun(flow_id=uuid4(), state=state, parameters=parameters)
-        self.runs[idempotency_key] = run
-        return run
-
-
-@pytest.fixture
-def no_tick_artifact(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def skip(tick: object) -> None:
-        return None
-
-    monkeypatch.setattr("flows.scheduled._publish", skip)
-
-
-async def test_each_manifest_version_runs_once_and_failures_leave_no_marker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_tick_artifact: None
-) -> None:
-    from flows.scheduled import process_new_manifests
-
-    fake = FakeEditDeployment(fail={"bad.csv"})
-    monkeypatch.setattr("flows.scheduled.arun_deployment", fake)
-    watched = LocalDestination(tmp_path / "incoming")
-    for key in ("a.csv", "sub/b.jsonl", "bad.csv", "notes.txt", "_runs/x/results.csv"):
-        watched.put_bytes(key, f"content of {key}".encode())
-    prefix, dest = str(tmp_path / "incoming"), str(tmp_path / "edited")
-
-    first = await process_new_manifests.fn(prefix=prefix, dest=dest)
-    assert sorted(Path(p["manifest"]).name for p in first["processed"]) == ["a.csv", "b.jsonl"]
-    assert [Path(p["manifest"]).name for p in first["failed"]] == ["bad.csv"]
-    marker = json.loads(watched.get_bytes("sub/b.jsonl.processed.json") or b"{}")
-    assert marker["summary"]["by_status"] == {"succeeded": 1} and marker["dest"] == f"{dest}/sub/b"
-    assert watched.get_bytes("bad.csv.processed.json") is None
-
-    second = await process_new_manifests.fn(prefix=prefix, dest=dest)
-    assert len(second["skipped"]) == 2 and second["processed"] == []
-    # The failed attempt is found again by its key; a fresh attempt is made with the next key.
-    assert [Path(p["manifest"]).name for p in second["failed"]] == ["bad.csv"]
-    assert sum(1 for k in fake.started if "a.csv" in k) == 1
-    bad_attempts = [k.rsplit("#", 1)[-1] for k in fake.started if "bad.csv" in k]
-    assert bad_attempts[1:] == ["attempt-2"]  # one new attempt per tick, not a retry storm
-
-    watched.put_bytes("a.csv", b"a new version of the drop")
-    third = await process_new_manifests.fn(prefix=prefix, dest=dest)
-    assert [Path(p["manifest"]).name for p in third["processed"]] == ["a.csv"]
-    assert sum(1 for k in fake.started if "a.csv" in k) == 2
-
-
-async def test_a_tick_that_crashed_after_starting_a_run_attaches_to_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_tick_artifact: None
-) -> None:
-    from flows.scheduled import process_new_manifests
-
-    fake = FakeEditDeployment()
-    monkeypatch.setattr("flows.scheduled.arun_deployment", fake)
-    watched = LocalDestination(tmp_path / "in")
-    watched.put_bytes("drop.csv", b"x")
-    await process_new_manifests.fn(prefix=str(tmp_path / "in"), dest=str(tmp_path / "out"))
-    (tmp_path / "in" / "drop.csv.processed.json").unlink()  # the marker write was lost with the crash
-
-    again = await process_new_manifests.fn(prefix=str(tmp_path / "in"), dest=str(tmp_path / "out"))
-    assert len(fake.started) == 1  # no second run: the same idempotency key found the first
-    first_run_id = next(iter(fake.runs.values())).parameters["options"]["run_id"]
-    assert again["processed"][0]["run_id"] == first_run_id
-    assert json.loads(watched.get_bytes("drop.csv.processed.json") or b"{}")["run_id"] == first_run_id

@@ -351,7 +351,7 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
             "process-new-manifests/nightly", poll_interval=1, timeout=180, as_subflow=False
         )
         assert tick.state is not None and tick.state.is_completed(), tick.state
-        marker = s3_json(bucket, "incoming/drop-2.csv.processed.json")
+        marker = s3_json(bucket, "edited/_watch/drop-2.csv.json")
         assert marker["manifest"] == drop_uri and marker["state"] == "COMPLETED"
         assert marker["summary"]["by_status"]["succeeded"] == DROP_JOBS
         assert len(outputs(bucket, "edited/drop-2/")) == DROP_JOBS
@@ -380,6 +380,6 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
         assert states == ["CANCELLED", "COMPLETED"], states
         assert [run_option(r, "manifest") for r in edit_runs].count(drop_uri) == 1
         assert len(emulator.ledger()) == calls_after_first
-        assert s3_json(bucket, "incoming/drop-2.csv.processed.json")["run_id"] == marker["run_id"]
+        assert s3_json(bucket, "edited/_watch/drop-2.csv.json")["run_id"] == marker["run_id"]
 
     print("\nDISTRIBUTED-METRICS " + json.dumps(metrics))

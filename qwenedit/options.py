@@ -105,12 +105,6 @@ class RunOptions(BaseModel):
         (),
         description="s3:// and https:// inputs only from under these folders (repeatable; default: any)",
     )
-    max_manifest_bytes: int | None = Field(
-        None, ge=1, description="refuse a manifest file larger than this many bytes (as stored)"
-    )
-    max_manifest_decompressed_bytes: int | None = Field(
-        None, ge=1, description="refuse a manifest whose text (after gunzip) exceeds this many bytes"
-    )
     approve_above: str | None = Field(
         None, description='ask before the first call when the quote is above this, e.g. "20" or "150 CNY"'
     )

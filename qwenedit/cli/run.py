@@ -223,13 +223,6 @@ def run(
             help="policy: s3:// and https:// inputs only from under this folder (repeatable)",
         ),
     ] = None,
-    max_manifest_bytes: Annotated[
-        int | None, typer.Option("--max-manifest-bytes", help="refuse a larger manifest file")
-    ] = None,
-    max_manifest_decompressed_bytes: Annotated[
-        int | None,
-        typer.Option("--max-manifest-decompressed-bytes", help="refuse a manifest larger once gunzipped"),
-    ] = None,
     approve_above: Annotated[
         str | None,
         typer.Option("--approve-above", help='ask before the first call when the quote is above this: "20"'),
@@ -284,8 +277,6 @@ def run(
             max_n=max_n,
             max_rows=max_rows,
             allow_input_prefix=tuple(allow_input_prefix or ()),
-            max_manifest_bytes=max_manifest_bytes,
-            max_manifest_decompressed_bytes=max_manifest_decompressed_bytes,
             approve_above=approve_above,
             region_endpoint=tuple(region_endpoint or ()),
             run_id=new_run_id(),

@@ -216,3 +216,32 @@ async def test_in_a_flow_run_nobody_approving_in_time_declines_with_no_call(
     )
     summary = await asyncio.wait_for(edit_manifest(options), timeout=120)
     declined_without_a_call(summary, emulator, jobs=3)
+
+
+# --- a sharded run: asked once by the parent, never by each shard ----------------------------------------
+
+
+async def test_a_sharded_run_above_the_amount_asks_once_for_the_whole_manifest_and_a_no_starts_no_shard(
+    write_manifest: Any, tmp_path: Path
+) -> None:
+    from flows.sharded import approved_above
+    from qwenedit.errors import RunDeclined
+    from qwenedit.options import RunOptions
+    from qwenedit.run import prepare
+
+    options = RunOptions(
+        manifest=str(write_manifest(simple_rows(4))), dest=str(tmp_path / "out"), approve_above="0.1"
+    )
+    prepared = prepare(options)
+    questions: list[Question] = []
+
+    async def answer(question: Question, yes: bool) -> bool:
+        questions.append(question)
+        return yes
+
+    with pytest.raises(RunDeclined, match="no shard was started"):
+        await approved_above(options, prepared, lambda q: answer(q, False))
+    await approved_above(options, prepared, lambda q: answer(q, True))
+    assert [(q.jobs, q.projected) for q in questions] == [(4, FOUR_ROWS_QUOTE)] * 2  # the whole manifest
+    await approved_above(options.with_changes(approve_above="0.12"), prepared, lambda q: answer(q, False))
+    assert len(questions) == 2  # at the amount: not asked

@@ -66,3 +66,16 @@ def test_routes_resolve_endpoints_and_default_the_key_to_the_runs(monkeypatch: p
     assert routes["beijing"] == Route("beijing", "http://127.0.0.1:9001", "KEY_SG")
     routes = run_routes(options(region_endpoint=("beijing=KEY_BJ",)))
     assert routes["beijing"] == Route("beijing", "https://dashscope.aliyuncs.com", "KEY_BJ")
+
+
+async def test_a_regions_endpoint_never_shows_its_key_in_a_repr() -> None:
+    from qwenedit.api import DashScopeClient
+    from qwenedit.pipeline import Served
+
+    key = "sk-region-secret-0123456789abcdef"
+    client = DashScopeClient(key, "http://127.0.0.1:9")
+    try:
+        served = Served("beijing", client, "http://127.0.0.1:9", key)
+        assert key not in repr(served) and key[3:15] not in repr(served)
+    finally:
+        await client.aclose()

@@ -52,7 +52,7 @@ from qwenedit.htmlreport import CONTACT_LIMIT, write_html_report
 from qwenedit.inputs import InputResolver, data_uri_bytes
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex, Ledger
-from qwenedit.manifest import Validation, iter_jobs, manifest_base, validate_manifest
+from qwenedit.manifest import ManifestSource, Validation, iter_jobs, manifest_base, validate_manifest
 from qwenedit.options import RunOptions
 from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import (
@@ -143,8 +143,9 @@ class Prepared:
     prices: ModelTable
 
 
-def prepare(options: RunOptions) -> Prepared:
+def prepare(options: RunOptions, source: ManifestSource | None = None) -> Prepared:
     """Every check on the options and the manifest that must pass before anything is spent (blocking).
+    ``source``: the manifest already opened (the run's own copy), else ``options.manifest``.
 
     Raises ``PricingError`` (bad price file, budget or ``approve_above`` in another currency than the
     jobs' prices), ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors, breaches
@@ -153,7 +154,8 @@ def prepare(options: RunOptions) -> Prepared:
     prices = load_models(options.prices)
     budget = options.budget_amount()
     policy = policy_for(options)  # a row that breaks it is a row error: refused before any call
-    validation = validate_manifest(options.manifest, **manifest_reading(options, prices), policy=policy)
+    manifest = source or options.manifest
+    validation = validate_manifest(manifest, **manifest_reading(options, prices), policy=policy)
     if not validation.ok:
         raise ManifestInvalid(validation)
     if budget is not None:
@@ -260,7 +262,10 @@ class Run:
         install_log_redaction(*keys.values())  # no credential in any log line, whoever logs it
         own = normalize_region(o.region)
         api_key = keys[own]
-        prepared = await asyncio.to_thread(prepare, o)
+        # One copy of the manifest for the whole run (a remote one is downloaded once): what runs is what
+        # was validated against the policy, quoted and approved; a dropper cannot swap it in between.
+        self.source = await asyncio.to_thread(self._stack.enter_context, ManifestSource.open(o.manifest))
+        prepared = await asyncio.to_thread(prepare, o, self.source)
         budget = o.budget_amount()
         prices = prepared.prices
         self.validation = prepared.validation
@@ -671,7 +676,7 @@ class Run:
     def _classify(self, index: DoneIndex) -> Iterator[tuple[str, Job, Any]]:
         """Each manifest row: done at its fingerprint (skip), bad input (fail) or pending."""
         o, ctx = self.options, self.ctx
-        jobs = iter_jobs(o.manifest, **manifest_reading(o, self.prices))
+        jobs = iter_jobs(self.source, **manifest_reading(o, self.prices))
         known: dict[str, str] = {}  # the same image on many rows is identified once per run (bounded)
         for job in jobs:
             try:

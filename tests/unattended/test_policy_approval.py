@@ -245,3 +245,37 @@ async def test_a_sharded_run_above_the_amount_asks_once_for_the_whole_manifest_a
     assert [(q.jobs, q.projected) for q in questions] == [(4, FOUR_ROWS_QUOTE)] * 2  # the whole manifest
     await approved_above(options.with_changes(approve_above="0.12"), prepared, lambda q: answer(q, False))
     assert len(questions) == 2  # at the amount: not asked
+
+
+async def test_a_manifest_swapped_after_validation_and_approval_is_not_what_runs(
+    pipeline_env: Any, emulator: Any, images_dir: Path, tmp_path: Path
+) -> None:
+    """A dropper who replaces the manifest while the run waits for approval changes nothing: the run reads
+    the one copy it validated against the policy, quoted and had approved."""
+    client, bucket = pipeline_env.client, pipeline_env.bucket
+    for image in images_dir.iterdir():
+        client.put_object(Bucket=bucket, Key=f"drops/{image.name}", Body=image.read_bytes())
+    lines = ["job_id,image_1,prompt"] + [
+        f"{r['job_id']},{r['image_1']},{r['prompt']}" for r in simple_rows(3)
+    ]
+    client.put_object(Bucket=bucket, Key="drops/jobs.csv", Body="\n".join(lines).encode())
+    swapped = ["job_id,image_1,prompt,model,n"] + [
+        f"evil-{i},square.png,x,qwen-image-edit-max,6" for i in range(9)
+    ]
+
+    async def swap_then_approve(question: Question) -> bool:
+        client.put_object(Bucket=bucket, Key="drops/jobs.csv", Body="\n".join(swapped).encode())
+        return True
+
+    summary = await run_here(
+        pipeline_env.uri("drops/jobs.csv"),  # an s3:// manifest, as the watcher runs them
+        pipeline_env,
+        emulator,
+        tmp_path,
+        approve=swap_then_approve,
+        approve_above="0.01",
+        allow_model=("qwen-image-edit-plus",),
+        max_n=1,
+    )
+    assert summary["by_status"]["succeeded"] == 3 and summary["jobs"] == 3
+    assert [(e["model"], e["image_count"]) for e in emulator.ledger()] == [("qwen-image-edit-plus", 1)] * 3

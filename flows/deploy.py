@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         type=_parse_param,
         default=[],
-        help="a RunOptions field NAME=VALUE (JSON value) the scheduler gives every edit run, e.g. api_key_env=KEY_B",
+        help="a RunOptions field NAME=VALUE (JSON value, else text) the scheduler gives every edit run, "
+        "e.g. api_key_env=KEY_B or rates=1/s",
     )
     parser.add_argument("--only", default=",".join(ALL_PARTS), help=f"comma list of {', '.join(ALL_PARTS)}")
     args = parser.parse_args(argv)

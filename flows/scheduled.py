@@ -31,6 +31,9 @@ deployment (``edit-manifest/edit``) and waits for it, one manifest at a time.
 - **Spend caps.** Every run gets ``spend_ledger = dest`` (unless the deployment names one), so all the
   watcher's runs count against the same daily / monthly caps; once a run stops at a shared cap, the
   tick starts no more runs (``not_started`` rows).
+- **Inputs.** Where the deployment sets no ``allow_input_prefix``, a manifest dropped in ``s3://bucket/``
+  may read ``s3://`` / ``https://`` inputs only from ``s3://bucket/`` (for a local watched folder, set
+  ``allow_input_prefix`` in the deployment).
 - **No overlap.** The scheduler's deployment has ``concurrency_limit=1`` with ``CANCEL_NEW``: a tick
   that comes while the previous one still runs is cancelled, never queued. The edit deployment has
   ``concurrency_limit=1``, so runs on the account never overlap, whoever starts them.
@@ -61,7 +64,6 @@ from prefect.deployments import arun_deployment
 from flows.runlog import emit, forward_run_logs
 from qwenedit.errors import ManifestInvalid
 from qwenedit.options import RunOptions
-from qwenedit.policy import own_bucket_inputs
 from qwenedit.redact import redact
 from qwenedit.run import new_run_id
 from qwenedit.shards import MANIFEST_SUFFIXES
@@ -278,6 +280,13 @@ def artifact_key(uri: str) -> str:
     return f"watch-{slug}-{hashlib.sha256(uri.encode('utf-8')).hexdigest()[:10]}"
 
 
+def bucket_root(uri: str) -> str | None:
+    """``s3://bucket/`` for an ``s3://`` URI, else None."""
+    if not uri.startswith("s3://"):
+        return None
+    return "s3://" + uri[len("s3://") :].split("/", 1)[0] + "/"
+
+
 def _reason(err: BaseException) -> str:
     text = redact(f"{type(err).__name__}: {err}")
     return text if len(text) <= REASON_MAX_CHARS else text[: REASON_MAX_CHARS - 1] + "…"
@@ -452,7 +461,16 @@ async def _one(
     fields: dict[str, Any] = {**parameters, "manifest": uri, "dest": manifest_dest, "run_id": new_run_id()}
     if "spend_ledger" in RunOptions.model_fields and not parameters.get("spend_ledger"):
         fields["spend_ledger"] = tick.dest  # every run of this watcher counts against the same caps
-    options = own_bucket_inputs(RunOptions.model_validate(fields))  # no prefix set: the drop's own bucket
+    own_bucket = bucket_root(uri)
+    if (
+        own_bucket
+        and "allow_input_prefix" in RunOptions.model_fields
+        and not parameters.get("allow_input_prefix")
+    ):
+        fields["allow_input_prefix"] = [
+            own_bucket
+        ]  # a dropped manifest reads remote inputs from its bucket only
+    options = RunOptions.model_validate(fields)
     run_parameters = {"options": options.model_dump(mode="json")}
 
     async def passed_over(run: FlowRun) -> bool:

@@ -39,11 +39,15 @@ class RunOptions(BaseModel):
     dest: str = Field(description="s3://bucket/prefix or a local folder")
     region: str = Field("singapore", description="default region of rows without one (prices, endpoint)")
     base_url: str | None = Field(None, description="API root (e.g. the emulator); default: the region's")
-    model: str | None = Field(None, description="default model of rows without one")
+    model: str | None = Field(
+        None, description="default model of rows without one (default: qwen-image-edit-plus)"
+    )
     prices: str | None = Field(None, description="price file overriding the built-in table")
-    input_root: str | None = Field(None, description="local input images may only come from here")
+    input_root: str | None = Field(
+        None, description="local input images may only come from here (default: the manifest's folder)"
+    )
     budget: str | None = Field(
-        None, description='stop before spend could exceed this, e.g. "50" or "350 CNY"'
+        None, description='spending limit, e.g. "50" or "350 CNY": a run stops before spend could exceed it'
     )
     rates: tuple[str, ...] = Field(
         (),
@@ -94,16 +98,16 @@ class RunOptions(BaseModel):
     )
     # The policy (qwenedit.policy): limits a manifest cannot change; a row that breaks one is refused
     # before any call. The watcher takes them from its deployment's parameters.
-    allow_model: tuple[str, ...] = Field(
-        (), description="models rows may use (repeatable; default: any model)"
+    allow_model: tuple[str, ...] = Field((), description="policy: a model rows may use (default: any model)")
+    max_n: int | None = Field(
+        None, ge=1, description="policy: most images one row may ask for (default: no limit)"
     )
-    max_n: int | None = Field(None, ge=1, description="most images one row may ask for (default: no limit)")
     max_rows: int | None = Field(
-        None, ge=1, description="most data rows a manifest may have (default: no limit)"
+        None, ge=1, description="policy: most data rows a manifest may have (default: no limit)"
     )
     allow_input_prefix: tuple[str, ...] = Field(
         (),
-        description="s3:// and https:// inputs only from under these folders (repeatable; default: any)",
+        description="policy: s3:// and https:// inputs only from under this folder (default: any)",
     )
     approve_above: str | None = Field(
         None, description='ask before the first call when the quote is above this, e.g. "20" or "150 CNY"'
@@ -111,7 +115,7 @@ class RunOptions(BaseModel):
     region_endpoint: tuple[str, ...] = Field(
         (),
         description="serve rows of another region at its own endpoint and key: "
-        '"REGION=URL,KEY_ENV" (repeatable; e.g. "beijing=https://dashscope.aliyuncs.com,KEY_BJ")',
+        '"REGION=URL,KEY_ENV" (e.g. "beijing=https://dashscope.aliyuncs.com,KEY_BJ")',
     )
     report_dir: str = Field("runs", description="local folder for run reports")
     run_id: str | None = Field(None, description="the run's id (default: time + random suffix)")

@@ -241,13 +241,4 @@ def policy_for(options: RunOptions) -> Policy:
     )
 
 
-def own_bucket_inputs(options: RunOptions) -> RunOptions:
-    """The options of a watched manifest: where the deployment sets no input prefix, its inputs may
-    come only from the manifest's own bucket (``s3://bucket``); anything else is left as it is."""
-    if options.allow_input_prefix or not options.manifest.startswith("s3://"):
-        return options
-    bucket = options.manifest[len("s3://") :].split("/", 1)[0]
-    return options.with_changes(allow_input_prefix=(f"s3://{bucket}",)) if bucket else options
-
-
-__all__ = ["Breach", "Policy", "make_policy", "own_bucket_inputs", "parse_prefix", "policy_for"]
+__all__ = ["Breach", "Policy", "make_policy", "parse_prefix", "policy_for"]

@@ -22,7 +22,9 @@ the spec and the reason.
 A model's limit for a run (``model_limits``) is, first match wins: its own override, the every-model
 rate, the model table's limit (``UnknownLimit`` for a model the table has no limit for: refused, never
 guessed) — then multiplied by ``rate_share``, the fraction of the account's limits this run may use
-(a shard of a run that shares an account gets a part). ``PacerPool`` is built from that function.
+(a shard of a run that shares an account gets a part). ``PacerPool`` is built from that function. An
+override naming a model the table does not list is refused when the run opens: a typo (``mx=1/min``)
+would otherwise leave that model at its table limit without a word.
 
 Shards of one run that share an account each get a part of it as their ``rate_share``
 (``qwenedit.shards.plan_shards``, from every model's own limit as ``model_limits`` gives it).
@@ -43,7 +45,9 @@ _PREFIX = "qwen-image-edit"
 
 
 class Limits(Protocol):
-    """Anything that knows a model's own limit (``qwenedit.models.ModelTable``)."""
+    """Anything that knows the models and their own limits (``qwenedit.catalog.ModelTable``)."""
+
+    def knows(self, model: str) -> bool: ...
 
     def rate_limit(self, model: str) -> RateLimit: ...
 
@@ -108,8 +112,9 @@ def parse_rates(values: Iterable[object] | str | float | None) -> Rates:
 
 def normalize_rates(values: Iterable[object] | str | float | None) -> tuple[str, ...]:
     """The specs as ``RunOptions.rates`` keeps them: checked, one spec per item, as written."""
-    parse_rates(values)
-    return tuple(_specs(values))
+    specs = _specs(values)
+    parse_rates(specs)
+    return tuple(specs)
 
 
 def scaled(limit: RateLimit, share: float) -> RateLimit:
@@ -123,9 +128,13 @@ def model_limits(
     rates: Rates | Iterable[str] | str | None, table: Limits | None = None, share: float = 1.0
 ) -> ModelLimit:
     """model → the limit a run paces it at: its override, else the every-model rate, else ``table``'s
-    limit (``UnknownLimit`` from the table if it has none), times ``share``."""
+    limit (``UnknownLimit`` from the table if it has none), times ``share``. An override for a model
+    ``table`` does not list (a typo: ``mx=1/min``) raises ``ValueError`` at once."""
     parsed = rates if isinstance(rates, Rates) else parse_rates(rates)
     scaled(RateLimit(1), share)  # refuse a bad share now, not at the first request
+    unknown = sorted(m for m in parsed.models if table is not None and not table.knows(m))
+    if unknown:
+        raise ValueError(f"--rps names a model the model table does not list: {', '.join(unknown)}")
 
     def limit_of(model: str) -> RateLimit:
         limit = parsed.override(model)
@@ -136,8 +145,3 @@ def model_limits(
         return scaled(limit, share)
 
     return limit_of
-
-
-def describe(limit_of: ModelLimit, models: Iterable[str]) -> dict[str, str]:
-    """model → its limit as text (``"0.9/s"``), for summaries."""
-    return {normalize_model(m): str(limit_of(m)) for m in sorted(set(models))}

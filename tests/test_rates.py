@@ -113,3 +113,9 @@ def test_short_model_names_expand_and_full_ids_stay() -> None:
         "qwen-image-edit-plus-2025-12-15",
         "",
     ]
+
+
+def test_an_override_for_a_model_the_table_does_not_list_is_refused_when_the_run_opens() -> None:
+    with pytest.raises(ValueError, match="does not list: qwen-image-edit-mx"):
+        model_limits(["mx=1/min"], builtin_models())
+    model_limits(["mx=1/min"])  # no table to check against (a fixed-rate pool in a test)

@@ -19,11 +19,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from qwenedit.cli._app import app
+from qwenedit.cli.options import BadOptions, option_flags, to_options
 
 console = Console(stderr=True)
 
@@ -139,101 +139,9 @@ def stop_message(summary: dict[str, Any]) -> str:
 
 
 @app.command()
+@option_flags()
 def run(
-    manifest: Annotated[str, typer.Argument(help="CSV or JSONL manifest: local path, s3:// or https://")],
-    dest: Annotated[str, typer.Option("--dest", help="s3://bucket/prefix or a local folder")],
-    region: Annotated[str, typer.Option(help="singapore or beijing (prices and endpoint)")] = "singapore",
-    base_url: Annotated[
-        str | None,
-        typer.Option("--base-url", envvar="DASHSCOPE_BASE_URL", help="API root, e.g. the emulator"),
-    ] = None,
-    rps: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="override the model table's limits: RATE for every model (req/s) or MODEL=RATE "
-            "(RATE like 2, 2/s, 2/min); repeatable"
-        ),
-    ] = None,
-    max_in_flight: Annotated[
-        int | None,
-        typer.Option(
-            "--max-in-flight", help="hard cap on calls open at once (default: sized from rates × latency)"
-        ),
-    ] = None,
-    chunk_size: Annotated[
-        int | None,
-        typer.Option("--chunk-size", help="jobs per Prefect task run (default: chosen by the run)"),
-    ] = None,
-    budget: Annotated[
-        str | None, typer.Option(help='stop before spend could exceed this: "50", "50 USD", "350 CNY"')
-    ] = None,
-    report_dir: Annotated[str, typer.Option("--report-dir", help="where run reports go")] = "runs",
-    input_root: Annotated[
-        str | None, typer.Option("--input-root", help="local images may only come from here")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="default model for rows without one")] = None,
-    prices: Annotated[str | None, typer.Option(help="price file overriding the built-in table")] = None,
-    max_attempts: Annotated[
-        int, typer.Option("--max-attempts", help="tries per job for retryable errors")
-    ] = 6,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for one API answer")] = 120.0,
-    stop_grace: Annotated[
-        float | None,
-        typer.Option(
-            "--stop-grace",
-            help="after Ctrl-C/SIGTERM, seconds the calls in flight get to finish (default: --timeout + 15)",
-        ),
-    ] = None,
-    recall_expired: Annotated[
-        bool, typer.Option("--recall-expired", help="pay again for jobs whose outputs expired unstored")
-    ] = False,
-    allow_output_host: Annotated[
-        list[str] | None, typer.Option("--allow-output-host", help="extra host allowed to serve outputs")
-    ] = None,
-    prompt_template: Annotated[
-        str | None,
-        typer.Option("--prompt-template", help='fill prompts from columns: "Put the {product} on white"'),
-    ] = None,
-    group_by: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--group-by", help="roll up jobs, images and cost per value of COLUMN (repeatable; a+b)"
-        ),
-    ] = None,
-    qa: Annotated[bool, typer.Option("--qa/--no-qa", help="check every stored output image")] = True,
-    qa_retries: Annotated[
-        int, typer.Option("--qa-retries", help="regenerate a job QA flagged up to K times (each billed)")
-    ] = 0,
-    canary: Annotated[
-        int, typer.Option("--canary", help="run N jobs first, report them, then ask before the rest")
-    ] = 0,
-    allow_model: Annotated[
-        list[str] | None, typer.Option("--allow-model", help="policy: models rows may use (repeatable)")
-    ] = None,
-    max_n: Annotated[
-        int | None, typer.Option("--max-n", help="policy: most images one row may ask for")
-    ] = None,
-    max_rows: Annotated[
-        int | None, typer.Option("--max-rows", help="policy: most data rows a manifest may have")
-    ] = None,
-    allow_input_prefix: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-input-prefix",
-            help="policy: s3:// and https:// inputs only from under this folder (repeatable)",
-        ),
-    ] = None,
-    approve_above: Annotated[
-        str | None,
-        typer.Option("--approve-above", help='ask before the first call when the quote is above this: "20"'),
-    ] = None,
-    region_endpoint: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--region-endpoint",
-            help="send rows of REGION to its own endpoint and key: REGION=URL,KEY_ENV (repeatable)",
-        ),
-    ] = None,
+    fields: dict[str, Any],
     yes: Annotated[
         bool, typer.Option("--yes", help="approve the canary and --approve-above in advance")
     ] = False,
@@ -244,48 +152,13 @@ def run(
     from qwenedit.redact import install_log_redaction
 
     install_log_redaction()  # before anything can log a signed request (validate reads s3:// manifests)
-    from pydantic import ValidationError
-
-    from qwenedit.options import RunOptions
     from qwenedit.run import new_run_id
 
     try:
-        options = RunOptions(
-            manifest=manifest,
-            dest=dest,
-            region=region,
-            base_url=base_url,
-            rates=tuple(rps or ()),
-            max_in_flight=max_in_flight,
-            chunk_size=chunk_size,
-            budget=budget,
-            report_dir=report_dir,
-            input_root=input_root,
-            model=model,
-            prices=prices,
-            max_attempts=max_attempts,
-            timeout_s=timeout,
-            stop_grace_s=stop_grace,
-            recall_expired=recall_expired,
-            allowed_output_hosts=tuple(allow_output_host or ()),
-            prompt_template=prompt_template,
-            group_by=tuple(group_by or ()),
-            qa=qa,
-            qa_retries=qa_retries,
-            canary=canary,
-            allow_model=tuple(allow_model or ()),
-            max_n=max_n,
-            max_rows=max_rows,
-            allow_input_prefix=tuple(allow_input_prefix or ()),
-            approve_above=approve_above,
-            region_endpoint=tuple(region_endpoint or ()),
-            run_id=new_run_id(),
-        )
-    except ValidationError as err:
-        for problem in err.errors():
-            name = "-".join(str(p) for p in problem["loc"])
-            field = {"rates": "--rps"}.get(name, "--" + name.replace("_", "-"))
-            console.print(f"[red]error:[/] {field}: {escape(problem['msg'])}")
+        options = to_options(fields, run_id=fields.get("run_id") or new_run_id())
+    except BadOptions as err:
+        for line in err.lines:
+            console.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
         raise typer.Exit(2) from None
     summary = asyncio.run(_run(options, progress, yes))
     print_summary(summary, Console())
@@ -368,7 +241,7 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any
             console.print("[red]manifest is invalid: nothing was run[/]")
         raise typer.Exit(2) from None
     except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
-        console.print(f"[red]error:[/] {escape(str(err))}")
+        console.print(Text.assemble(("error:", "red"), " ", str(err)), highlight=False)  # not markup
         raise typer.Exit(2) from None
     try:
         try:

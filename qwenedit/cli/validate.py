@@ -30,8 +30,9 @@ from qwenedit.catalog import (
     parse_money,
 )
 from qwenedit.cli._app import app
+from qwenedit.cli.options import option_flags
 from qwenedit.errors import ManifestError, MixedCurrencies, PriceFileError, TemplateError
-from qwenedit.jobs import DEFAULT_MODEL, DEFAULT_REGION
+from qwenedit.jobs import DEFAULT_MODEL
 from qwenedit.manifest import ROW_NUMBERS, Problem, Validation, validate_manifest
 from qwenedit.policy import Policy, make_policy
 from qwenedit.templates import parse_template
@@ -48,21 +49,14 @@ class _Fail(Exception):
         self.code = code
 
 
+SHARED_WITH_RUN = ("manifest", "region", "model", "budget", "prices", "input_root", "prompt_template")
+POLICY = ("allow_model", "max_n", "max_rows", "allow_input_prefix", "region_endpoint")  # qwenedit.policy
+
+
 @app.command()
+@option_flags(*SHARED_WITH_RUN, *POLICY)
 def validate(
-    manifest: Annotated[
-        str, typer.Argument(help="CSV or JSONL manifest: a local path, s3://bucket/key or https:// URL.")
-    ],
-    region: Annotated[
-        str, typer.Option(help="Region for rows that leave 'region' empty (singapore or beijing).")
-    ] = DEFAULT_REGION,
-    model: Annotated[str, typer.Option(help="Model for rows that leave 'model' empty.")] = DEFAULT_MODEL,
-    budget: Annotated[
-        str | None,
-        typer.Option(
-            help="Fail (exit 1) if the worst case costs more than this, e.g. 50 or '300 CNY'. USD by default."
-        ),
-    ] = None,
+    fields: dict[str, Any],
     check_images: Annotated[
         bool,
         typer.Option(
@@ -73,51 +67,14 @@ def validate(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
-    prices: Annotated[
-        Path | None,
-        typer.Option(
-            help="Price file (JSON or CSV: region, model, unit_price, currency) over the built-in prices."
-        ),
-    ] = None,
-    input_root: Annotated[
-        Path | None,
-        typer.Option(help="Folder local images may be read from (default: the manifest's folder)."),
-    ] = None,
     max_problems: Annotated[
         int,
         typer.Option(min=1, help="List at most this many errors and this many warnings (all are counted)."),
     ] = 1000,
-    prompt_template: Annotated[
-        str | None,
-        typer.Option(
-            help="Prompt for rows that leave 'prompt' empty, filled from their columns: "
-            "'Put the {product} on a white background'. Named fields only.",
-        ),
-    ] = None,
-    allow_model: Annotated[
-        list[str] | None, typer.Option("--allow-model", help="Policy: models rows may use (repeatable).")
-    ] = None,
-    max_n: Annotated[int | None, typer.Option("--max-n", min=1, help="Policy: most images per row.")] = None,
-    max_rows: Annotated[
-        int | None, typer.Option("--max-rows", min=1, help="Policy: most data rows in the manifest.")
-    ] = None,
-    allow_input_prefix: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-input-prefix",
-            help="Policy: s3:// and https:// inputs only from under this folder (repeatable).",
-        ),
-    ] = None,
-    region_endpoint: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--region-endpoint",
-            help="A region served at its own endpoint: REGION=URL,KEY_ENV (repeatable). Rows of any "
-            "other region than --region are refused, as `qwenedit run` refuses them.",
-        ),
-    ] = None,
 ) -> None:
-    """Check a manifest before a cent is spent: every problem (row, job_id, column, reason) and the cost."""
+    """Check a manifest before a cent is spent: every problem (row, job_id, column, reason) and the cost.
+
+    The options shared with `run` mean the same here; with --budget, exit 1 if the worst case exceeds it."""
     out = Console(soft_wrap=False, highlight=False)
     err = Console(stderr=True, highlight=False)
     # Pillow warns about huge images while --check-images opens them; we report those ourselves.
@@ -126,17 +83,17 @@ def validate(
         code = _run(
             out,
             err,
-            manifest,
-            region,
-            model,
-            budget,
+            fields["manifest"],
+            fields["region"],
+            fields["model"] or DEFAULT_MODEL,
+            fields["budget"],
             check_images,
             json_output,
-            prices,
-            input_root,
+            None if fields["prices"] is None else Path(fields["prices"]),
+            None if fields["input_root"] is None else Path(fields["input_root"]),
             max_problems,
-            prompt_template,
-            _policy(region, allow_model, max_n, max_rows, allow_input_prefix, region_endpoint),
+            fields["prompt_template"],
+            _policy(fields),
         )
     except _Fail as fail:
         _print_failure(out, err, fail, json_output)
@@ -152,22 +109,16 @@ def validate(
     raise typer.Exit(code)
 
 
-def _policy(
-    region: str,
-    allow_model: list[str] | None,
-    max_n: int | None,
-    max_rows: int | None,
-    allow_input_prefix: list[str] | None,
-    region_endpoint: list[str] | None,
-) -> Policy:
+def _policy(fields: dict[str, Any]) -> Policy:
+    """The policy the run's flags set (the same as ``qwenedit run`` builds from its options)."""
     try:
         return make_policy(
-            region=region,
-            allow_model=allow_model or (),
-            max_n=max_n,
-            max_rows=max_rows,
-            allow_input_prefix=allow_input_prefix or (),
-            region_endpoint=region_endpoint or (),
+            region=fields["region"],
+            allow_model=fields["allow_model"] or (),
+            max_n=fields["max_n"],
+            max_rows=fields["max_rows"],
+            allow_input_prefix=fields["allow_input_prefix"] or (),
+            region_endpoint=fields["region_endpoint"] or (),
         )
     except ValueError as exc:
         raise _Fail(f"policy: {exc}") from None
@@ -369,8 +320,8 @@ def _print_human(out: Console, result: Validation, budget_note: str, fits: bool 
     if result.breaches:
         out.print(
             Text(
-                f"✗ {result.breaches:,} breach{'' if result.breaches == 1 else 'es'} of the policy: `qwenedit run` with the same flags "
-                "refuses this manifest before any call.",
+                f"✗ {result.breaches:,} breach{'' if result.breaches == 1 else 'es'} of the policy: "
+                "`qwenedit run` with the same flags refuses this manifest before any call.",
                 style="bold red",
             )
         )

@@ -139,18 +139,3 @@ def test_a_malformed_prefix_is_refused_when_the_options_are_built(text: str) -> 
         parse_prefix(text)
     with pytest.raises(ValueError, match="allow_input_prefix"):
         RunOptions(manifest="m.csv", dest="out", allow_input_prefix=(text,))
-
-
-def test_a_watched_manifest_without_prefixes_reads_inputs_only_from_its_own_bucket() -> None:
-    from qwenedit.policy import own_bucket_inputs
-
-    watched = own_bucket_inputs(RunOptions(manifest="s3://drops/nightly/a.csv", dest="s3://out/x"))
-    assert watched.allow_input_prefix == ("s3://drops",)
-    policy = policy_for(watched)
-    assert policy.input_breach("s3://drops/nightly/img/a.png") is None
-    assert policy.input_breach("s3://private-bucket/secret.png") is not None
-    assert policy.input_breach("https://cdn.example.com/a.png") is not None
-    chosen = RunOptions(
-        manifest="s3://drops/a.csv", dest="out", allow_input_prefix=("https://cdn.example.com",)
-    )
-    assert own_bucket_inputs(chosen) is chosen  # the deployment's own prefixes win

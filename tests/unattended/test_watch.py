@@ -361,3 +361,23 @@ async def test_every_run_of_the_watcher_shares_the_spend_ledger_at_its_destinati
 async def test_a_destination_inside_the_watched_prefix_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="outside the prefix"):
         await tick(str(tmp_path / "in"), str(tmp_path / "in" / "out"))
+
+
+def test_a_watched_s3_manifest_reads_inputs_only_from_its_own_bucket_unless_the_deployment_says() -> None:
+    from flows.scheduled import bucket_root
+
+    assert bucket_root("s3://catalogue/incoming/a.csv") == "s3://catalogue/"
+    assert bucket_root("/srv/incoming/a.csv") is None
+
+
+@pytest.mark.skipif("allow_input_prefix" not in RunOptions.model_fields, reason="policy options not yet")
+async def test_runs_started_from_a_local_prefix_get_no_input_prefix_and_deployment_prefixes_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_prefect_api: list[Any]
+) -> None:
+    fake = FakeEditDeployment()
+    monkeypatch.setattr("flows.scheduled.arun_deployment", fake)
+    watched, _, prefix, dest = tick_dirs(tmp_path)
+    watched.put_bytes("a.csv", b"a")
+    await tick(prefix, dest)
+    await tick(prefix, str(tmp_path / "other"), parameters={"allow_input_prefix": ["s3://shared/img/"]})
+    assert [list(o["allow_input_prefix"]) for o in fake.options] == [[], ["s3://shared/img/"]]

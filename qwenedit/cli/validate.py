@@ -49,12 +49,21 @@ class _Fail(Exception):
         self.code = code
 
 
-SHARED_WITH_RUN = ("manifest", "region", "model", "budget", "prices", "input_root", "prompt_template")
 POLICY = ("allow_model", "max_n", "max_rows", "allow_input_prefix", "region_endpoint")  # qwenedit.policy
+SHARED_WITH_RUN = (
+    "manifest",
+    "region",
+    "model",
+    "budget",
+    "prices",
+    "input_root",
+    "prompt_template",
+    *POLICY,
+)
 
 
 @app.command()
-@option_flags(*SHARED_WITH_RUN, *POLICY)
+@option_flags(*SHARED_WITH_RUN)
 def validate(
     fields: dict[str, Any],
     check_images: Annotated[

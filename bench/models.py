@@ -222,7 +222,9 @@ async def _drive(
                 stats = pacers.stats()
                 log(
                     f"window {window.in_flight}/{window.size}; "
-                    + "; ".join(f"{m}: {s['granted']} sent, {s['throttles']} 429" for m, s in stats.items())
+                    + "; ".join(
+                        f"{m}: {s['granted']} permits, {s['throttles']} 429" for m, s in stats.items()
+                    )
                 )
 
         lags: list[float] = []

@@ -529,6 +529,11 @@ class ShardsFailed(RunError):
     """Some shard runs did not complete; the consolidated report lists their rows."""
 
 
+class SpendLedgerError(RunError):
+    """The spend ledger (``qwenedit.spend``) cannot be used: a store without conditional writes, an
+    unreadable record, caps in another currency than its records. Runs refuse to spend rather than guess."""
+
+
 # =========================================================================================================
 # Job error codes
 
@@ -542,7 +547,8 @@ class JobCode:
     OUTPUTS_EXPIRED: Final = "OutputsExpired"
     """The output URLs expired before the images were stored."""
     BUDGET_EXCEEDED: Final = "BudgetExceeded"
-    """Not started: the job could take the spend over the budget."""
+    """Not started (or a lost answer not retried): the job could take the spend over the budget or a
+    daily/monthly spend cap shared by runs."""
     RUN_STOPPED: Final = "RunStopped"
     """Not started: an account error or a graceful stop (a signal, a cancelled run) stopped the run."""
     NOT_APPROVED: Final = "NotApproved"

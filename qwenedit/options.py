@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -23,6 +23,9 @@ from qwenedit.catalog import parse_money
 from qwenedit.rates import normalize_rates
 from qwenedit.rollups import parse_group_by
 from qwenedit.templates import parse_template
+
+if TYPE_CHECKING:
+    from qwenedit.spend import Caps
 
 # A chunk is Prefect's unit of work: big enough that a million-row manifest is a few hundred task
 # runs, small enough that a chunk's task run shows progress every few minutes at 2 req/s.
@@ -48,6 +51,19 @@ class RunOptions(BaseModel):
     )
     budget: str | None = Field(
         None, description='spending limit, e.g. "50" or "350 CNY": a run stops before spend could exceed it'
+    )
+    spend_ledger: str | None = Field(
+        None,
+        description="s3://bucket/prefix or a folder whose spend log every run naming it shares "
+        "(default: the destination)",
+    )
+    daily_budget: str | None = Field(
+        None,
+        description='cap on the spend of every run of the spend ledger per UTC day, e.g. "20" or "150 CNY"',
+    )
+    monthly_budget: str | None = Field(
+        None,
+        description="cap on the spend of every run of the spend ledger per UTC month",
     )
     rates: tuple[str, ...] = Field(
         (),
@@ -118,10 +134,14 @@ class RunOptions(BaseModel):
         '"REGION=URL,KEY_ENV" (e.g. "beijing=https://dashscope.aliyuncs.com,KEY_BJ")',
     )
     report_dir: str = Field("runs", description="local folder for run reports")
-    run_id: str | None = Field(None, description="the run's id (default: time + random suffix)")
+    run_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",  # a folder and key part: no "/", never ".."
+        description="the run's id: letters, digits, . _ - (default: time + random suffix)",
+    )
     api_key_env: str = Field("DASHSCOPE_API_KEY", description="environment variable holding the API key")
 
-    @field_validator("budget")
+    @field_validator("budget", "daily_budget", "monthly_budget")
     @classmethod
     def _budget_is_money(cls, value: str | None) -> str | None:
         if value is None or not str(value).strip():
@@ -184,6 +204,24 @@ class RunOptions(BaseModel):
     @classmethod
     def _hosts_tuple(cls, value: Any) -> Any:
         return () if value is None else tuple(value)
+
+    @field_validator("monthly_budget")
+    @classmethod
+    def _caps_in_one_currency(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from qwenedit.spend import Caps
+
+        Caps.parse(info.data.get("daily_budget"), value)  # ValueError if the two differ in currency
+        return value
+
+    def spend_caps(self) -> Caps:
+        """The daily and monthly caps shared by every run of the spend ledger (``Caps.active``: any set)."""
+        from qwenedit.spend import Caps
+
+        return Caps.parse(self.daily_budget, self.monthly_budget)
+
+    def spend_ledger_uri(self) -> str:
+        """Where the shared spend log is kept: the option, else the destination."""
+        return self.spend_ledger or self.dest
 
     def budget_amount(self) -> tuple[Decimal, str] | None:
         """The budget as (amount, currency), or None for no budget."""

@@ -305,6 +305,8 @@ def _print_human(out: Console, result: Validation, budget_note: str, fits: bool 
         out.print(table)
     if budget_note:
         out.print(Text(budget_note[0].upper() + budget_note[1:], style="green" if fits else "bold red"))
+    for note in result.notices:
+        out.print(Text(f"note: {note}", style="yellow"))
 
     totals = ", ".join(format_money(a, c) for c, a in result.quote.totals.items()) or "$0.00"
     if code == EXIT_OK:

@@ -82,6 +82,7 @@ class Validation:
     quote: Quote = field(default_factory=Quote)
     delimiter: str | None = None
     breaches: int = 0  # errors that are breaches of the run's policy (qwenedit.policy)
+    notices: list[str] = field(default_factory=list)  # e.g. a legacy model and the one that replaces it
 
     @property
     def ok(self) -> bool:
@@ -111,6 +112,7 @@ class Validation:
             "problems_omitted": self.problems_omitted,
             "policy_breaches": self.breaches,
             "quote": self.quote.to_dict(),
+            "notices": list(self.notices),
         }
 
 

@@ -160,6 +160,7 @@ def _validate(
         store.add([Problem(too_many.row, None, None, too_many.reason, "error")])
     result.problems = store.sorted()
     result.errors, result.warnings = store.counts["error"], store.counts["warning"]
+    result.notices = prices.legacy_notices(line.model for line in result.quote.lines)
     return result
 
 

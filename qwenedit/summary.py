@@ -41,7 +41,7 @@ class StoppedBy:
     """Why a run stopped early; its JSON form carries only the fields of its cause."""
 
     cause: StopCause
-    reason: str = ""  # stop, declined
+    reason: str = ""  # stop, declined, spend_cap (its message: what the run log and the watcher show)
     code: str = ""  # breaker
     message: str = ""  # breaker, spend_cap
     limit: str = ""  # budget, spend_cap
@@ -86,7 +86,7 @@ _CAUSE_KEYS = {
     StopCause.BUDGET: ("limit",),
     StopCause.DECLINED: ("reason",),
     StopCause.STOP: ("reason",),
-    StopCause.SPEND_CAP: ("cap", "limit", "used", "period", "ledger", "message"),
+    StopCause.SPEND_CAP: ("cap", "limit", "used", "period", "ledger", "message", "reason"),
     StopCause.SHARD_FAILED: ("shards",),
 }
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from qwenedit.catalog import format_money
 from qwenedit.qa import thumbnail_data_uri
+from qwenedit.redact import redact_url
 from qwenedit.report import JobResult
 from qwenedit.summary import STATUSES, RunSummary
 
@@ -543,7 +544,9 @@ def _job_card(
 
 
 def _short(ref: str, keep: int = 48) -> str:
-    ref = ref.split("?", 1)[0]  # never show a presigned query string
+    """A reference to show: a URL without userinfo, query string or fragment (a presigned query *is* a
+    credential, ``user:pass@`` is one), cut to its last ``keep`` characters."""
+    ref = redact_url(ref) if "://" in ref else ref.split("?", 1)[0]
     return ref if len(ref) <= keep else "…" + ref[-(keep - 1) :]
 
 

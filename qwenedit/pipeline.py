@@ -24,8 +24,9 @@ traceback, the job fails at once (``run_job`` never raises).
 from __future__ import annotations
 
 import asyncio
-import fnmatch
+import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,8 +60,9 @@ T = TypeVar("T")
 
 DESCRIBED_ROWS = 300  # skipped rows that still carry prompt and inputs (the report's first contact rows)
 
-# Result buckets the API serves outputs from; the base URL's host is added per run.
-DEFAULT_OUTPUT_HOSTS = ("dashscope-result-*.aliyuncs.com", "*.oss-*.aliyuncs.com")
+# The result buckets the API documents (docs/dashscope-api.md §3: ``dashscope-result-{region}`` on
+# ``oss-{region}.aliyuncs.com``); the base URL's host is added per run, ``--allow-output-host`` adds more.
+DEFAULT_OUTPUT_HOSTS = ("dashscope-result-*.oss-*.aliyuncs.com",)
 
 
 def utcnow_iso() -> str:
@@ -68,13 +70,20 @@ def utcnow_iso() -> str:
 
 
 def host_allowed(url: str, patterns: Sequence[str]) -> bool:
-    """True if the URL is http(s) and its host matches one of the allowed host patterns."""
+    """True if the URL is http(s) and its host (or ``host:port``) matches one of the allowed host
+    patterns. A ``*`` stands for part of one DNS label, never a dot (as in TLS certificates):
+    ``dashscope-result-*.oss-*.aliyuncs.com`` does not match ``dashscope-result-x.evil.oss-y.aliyuncs.com``."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
     host = parts.hostname.lower()
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return any(fnmatch.fnmatchcase(host, p) or fnmatch.fnmatchcase(netloc, p) for p in patterns)
+    return any(_host_pattern(p).fullmatch(host) or _host_pattern(p).fullmatch(netloc) for p in patterns)
+
+
+@functools.lru_cache(maxsize=256)
+def _host_pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile("[^.]*".join(re.escape(part) for part in pattern.lower().split("*")))
 
 
 def output_key(job_id: str, k: int) -> str:

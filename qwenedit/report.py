@@ -4,7 +4,7 @@ Job results are appended to a spool file (one JSON line each) as jobs finish, in
 they finish, so memory stays flat however long the manifest is. At the end the spool becomes:
 
 - ``results.csv``: one row per manifest row, in manifest order, with the manifest's extra columns;
-  cells a spreadsheet would run as formulas are escaped with a leading apostrophe;
+  cells and column names a spreadsheet would run as formulas are escaped with a leading apostrophe;
 - ``summary.json``: counts by status, images, cost by region and model and in total, rates;
 - ``failed.jsonl``: failed and not-attempted rows in manifest form, ready to rerun.
 
@@ -212,8 +212,12 @@ def _skipped_filter(first: int) -> Callable[[bytes], bool]:
 
 def csv_header(extra_keys: Sequence[str]) -> list[str]:
     """results.csv's columns: the result columns, then the manifest's pass-through columns (a
-    pass-through column named like a result column keeps an ``extra:`` prefix)."""
-    return [*RESULT_COLUMNS, *(f"extra:{k}" if k in RESULT_COLUMNS else k for k in extra_keys)]
+    pass-through column named like a result column keeps an ``extra:`` prefix). Names come from the
+    manifest, so they are escaped like cells."""
+    return [
+        *RESULT_COLUMNS,
+        *(f"extra:{k}" if k in RESULT_COLUMNS else str(escape_formula(k)) for k in extra_keys),
+    ]
 
 
 def csv_row(record: dict[str, Any], extra_keys: Sequence[str]) -> list[Any]:
@@ -249,7 +253,9 @@ def results_frame(results: Iterable[JobResult], extra_keys: Sequence[str] | None
     columns = ["_row", *RESULT_COLUMNS, *(f"extra:{k}" for k in seen)]
     frame = pd.DataFrame.from_records(records, columns=columns)
     frame = frame.sort_values("_row", kind="stable").drop(columns="_row")
-    frame = frame.rename(columns={f"extra:{k}": k for k in seen if k not in RESULT_COLUMNS})
+    frame = frame.rename(
+        columns={f"extra:{k}": str(escape_formula(k)) for k in seen if k not in RESULT_COLUMNS}
+    )
     for col in frame.columns:
         frame[col] = frame[col].map(escape_formula)
     return frame.reset_index(drop=True)

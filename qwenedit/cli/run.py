@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qwenedit.cli._app import app
+from qwenedit.cli._text import plain
 from qwenedit.cli.options import BadOptions, option_flags, to_options
 from qwenedit.summary import RunSummary, StopCause
 
@@ -113,9 +114,10 @@ def print_summary(summary: RunSummary, out: Console) -> None:
             f"(kept; see the qa column of results.csv); {totals.qa_retries} regeneration(s)[/]"
         )
     if summary.rollups:
+        from qwenedit.cli._text import safe_rollups
         from qwenedit.rollups import text_rollups
 
-        out.print(text_rollups(list(summary.rollups)), markup=False, highlight=False)
+        out.print(text_rollups(safe_rollups(summary.rollups)), markup=False, highlight=False)
     if summary.stopped_by is not None:
         out.print(f"[red]{stop_message(summary)}[/]", highlight=False)
     out.print(f"reports: {summary.report_dir}/  (results.csv, summary.json, failed.jsonl, report.html)")
@@ -243,7 +245,11 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> RunSummary:
         try:
             start_prefect_server()  # a Ctrl-C must not stop it while the run drains
         except Exception as err:
-            console.print(f"[red]run failed:[/] Prefect API server: {type(err).__name__}: {err}")
+            console.print(
+                Text.assemble(
+                    ("run failed: ", "red"), plain(f"Prefect API server: {type(err).__name__}: {err}")
+                )
+            )
             raise typer.Exit(2) from None
         shown: list[Live] = []
         flow_run = asyncio.ensure_future(run_in_flow(run, terminal_approver(yes, shown)))

@@ -130,6 +130,9 @@ class EmulatorConfig:
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_body_bytes: int = 40 * 1024 * 1024
     download_timeout_s: float = 10.0
+    # URL inputs are fetched as the real API would: public addresses only, no redirects followed.
+    # True lets the emulator fetch loopback/private servers (the project's own tests: local S3).
+    allow_private_urls: bool = False
 
     # --- rate limiting (per account and model, counted on arrival) ---
     rps: float = 2.0

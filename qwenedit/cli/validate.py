@@ -32,7 +32,7 @@ from qwenedit.cli._text import plain, safe_json
 from qwenedit.cli.options import option_flags
 from qwenedit.errors import ManifestError, MixedCurrencies, PriceFileError, TemplateError
 from qwenedit.jobs import DEFAULT_MODEL
-from qwenedit.manifest import ROW_NUMBERS, Problem, Validation, validate_manifest
+from qwenedit.manifest import ROW_NUMBERS, ManifestLimits, Problem, Validation, validate_manifest
 from qwenedit.templates import parse_template
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
@@ -46,7 +46,29 @@ class _Fail(Exception):
         self.code = code
 
 
-SHARED_WITH_RUN = ("manifest", "region", "model", "budget", "prices", "input_root", "prompt_template")
+SHARED_WITH_RUN = (
+    "manifest",
+    "region",
+    "model",
+    "budget",
+    "prices",
+    "input_root",
+    "prompt_template",
+    "allow_private_urls",
+    "max_manifest_mib",
+    "max_manifest_decompressed_mib",
+    "max_manifest_rows",
+)
+
+
+def manifest_limits(fields: dict[str, Any]) -> ManifestLimits:
+    """The manifest limits the ``--max-manifest-*`` flags set (the same fields as ``RunOptions``)."""
+    mib = 1024 * 1024
+    return ManifestLimits(
+        max_bytes=fields["max_manifest_mib"] * mib,
+        max_decompressed_bytes=fields["max_manifest_decompressed_mib"] * mib,
+        max_rows=fields["max_manifest_rows"],
+    )
 
 
 @app.command()
@@ -57,7 +79,7 @@ def validate(
         bool,
         typer.Option(
             "--check-images",
-            help="Also open every local and S3 image (format, size, pixels) and HEAD every URL.",
+            help="Also open every local and S3 image (format, size, pixels) and HEAD every URL (public addresses only).",
         ),
     ] = False,
     json_output: Annotated[
@@ -89,6 +111,8 @@ def validate(
             None if fields["input_root"] is None else Path(fields["input_root"]),
             max_problems,
             fields["prompt_template"],
+            fields["allow_private_urls"],
+            manifest_limits(fields),
         )
     except _Fail as fail:
         _print_failure(out, err, fail, json_output)
@@ -129,6 +153,8 @@ def _run(
     input_root: Path | None,
     max_problems: int,
     prompt_template: str | None = None,
+    allow_private_urls: bool = False,
+    limits: ManifestLimits | None = None,
 ) -> int:
     try:
         prices = load_models(prices_path)
@@ -163,6 +189,8 @@ def _run(
             max_problems=max_problems,
             progress=(lambda n: status.update(f"Reading {manifest} … {n:,} rows")) if status else None,
             prompt_template=template,
+            allow_private_urls=allow_private_urls,
+            limits=limits,
         )
     except ManifestError as exc:
         raise _Fail(str(exc)) from None

@@ -30,7 +30,7 @@ from qwenedit.catalog import ModelTable, load_models, normalize_model
 from qwenedit.errors import DestinationUnusable, ManifestInvalid
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
-from qwenedit.manifest import Validation, manifest_base, validate_manifest
+from qwenedit.manifest import MIB, ManifestLimits, Validation, manifest_base, validate_manifest
 from qwenedit.options import RunOptions
 from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, RunContext, RunServices, RunState, RunStats
@@ -98,7 +98,18 @@ def manifest_reading(options: RunOptions, prices: ModelTable) -> dict[str, Any]:
         "prices": prices,
         "input_root": options.input_root,
         "prompt_template": options.prompt_template,
+        "limits": manifest_limits(options),
+        "allow_private_urls": options.allow_private_urls,
     }
+
+
+def manifest_limits(options: RunOptions) -> ManifestLimits:
+    """The options' bounds on reading a manifest (file size, decompressed size, rows)."""
+    return ManifestLimits(
+        max_bytes=options.max_manifest_mib * MIB,
+        max_decompressed_bytes=options.max_manifest_decompressed_mib * MIB,
+        max_rows=options.max_manifest_rows,
+    )
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ users read: its keys and shapes do not change); ``from_json()`` reads one back (
 - ``budget``: the spend limit (``limit``) would have been exceeded;
 - ``declined``: the canary was not approved (``reason``);
 - ``stop``: a signal or a stop request (``reason``);
-- ``spend_cap``: a daily or monthly cap shared by every run of a spend ledger (``cap``, ``limit``,
-  ``used``, ``period``, ``ledger``, ``message``; only ``message`` when the ledger could not be used);
+- ``spend_cap``: a daily or monthly cap shared by every run of a spend ledger (``reason``, ``cap``,
+  ``limit``, ``used``, ``period``, ``ledger``, ``message``; only ``reason`` and ``message`` when the
+  ledger could not be used);
 - ``shard_failed``: a shard run of a sharded run did not complete (``shards``).
 
 A sharded run's stop also lists its shards' own stops (``shard_stops``).

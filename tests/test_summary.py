@@ -28,7 +28,21 @@ STOPS: list[dict[str, Any]] = [
     {"cause": "budget", "limit": "5 USD"},
     {"cause": "declined", "reason": "the canary was not approved"},
     {"cause": "stop", "reason": "SIGINT"},
-    {"cause": "spend_cap", "message": "spend ledger could not be used: x"},
+    {
+        "cause": "spend_cap",
+        "reason": "spend ledger could not be used: x",
+        "message": "spend ledger could not be used: x",
+    },
+    {
+        "cause": "spend_cap",
+        "reason": "daily spend cap 0.75 USD reached",
+        "cap": "daily",
+        "limit": "0.75 USD",
+        "used": "0.75 USD",
+        "period": "2026-12-06",
+        "ledger": "s3://b/l",
+        "message": "daily spend cap 0.75 USD reached",
+    },
     {"cause": "shard_failed", "shards": [1], "shard_stops": [{"cause": "stop", "reason": "SIGTERM"}]},
 ]
 

@@ -1,7 +1,9 @@
 """`qwenedit validate`: every problem in a manifest at once, the quote, and whether it fits the budget.
 
 Exit codes: 0 valid (warnings allowed) and within budget; 1 invalid rows or over budget; 2 the
-manifest cannot be read or an option is wrong. Every failure ends in a message, never a traceback.
+manifest cannot be read, an option is wrong, or rows break the policy given by the policy flags
+(``--allow-model``, ``--max-n``, ``--max-rows``, ``--allow-input-prefix``; and a row of a region
+without an endpoint: ``--region-endpoint``), as ``qwenedit run`` with the same flags would refuse them. Every failure ends in a message, never a traceback.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from qwenedit.cli.options import option_flags
 from qwenedit.errors import ManifestError, MixedCurrencies, PriceFileError, TemplateError
 from qwenedit.jobs import DEFAULT_MODEL
 from qwenedit.manifest import ROW_NUMBERS, ManifestLimits, Problem, Validation, validate_manifest
+from qwenedit.policy import Policy, make_policy
 from qwenedit.templates import parse_template
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+EXIT_POLICY = 2  # what `qwenedit run` exits with for the same breaches
 
 
 class _Fail(Exception):
@@ -46,6 +50,7 @@ class _Fail(Exception):
         self.code = code
 
 
+POLICY = ("allow_model", "max_n", "max_rows", "allow_input_prefix", "region_endpoint")  # qwenedit.policy
 SHARED_WITH_RUN = (
     "manifest",
     "region",
@@ -58,6 +63,7 @@ SHARED_WITH_RUN = (
     "max_manifest_mib",
     "max_manifest_decompressed_mib",
     "max_manifest_rows",
+    *POLICY,
 )
 
 
@@ -113,6 +119,7 @@ def validate(
             fields["prompt_template"],
             fields["allow_private_urls"],
             manifest_limits(fields),
+            _policy(fields),
         )
     except _Fail as fail:
         _print_failure(out, err, fail, json_output)
@@ -126,6 +133,21 @@ def validate(
         )
         code = EXIT_UNREADABLE
     raise typer.Exit(code)
+
+
+def _policy(fields: dict[str, Any]) -> Policy:
+    """The policy the run's flags set (the same as ``qwenedit run`` builds from its options)."""
+    try:
+        return make_policy(
+            region=fields["region"],
+            allow_model=fields["allow_model"] or (),
+            max_n=fields["max_n"],
+            max_rows=fields["max_rows"],
+            allow_input_prefix=fields["allow_input_prefix"] or (),
+            region_endpoint=fields["region_endpoint"] or (),
+        )
+    except ValueError as exc:
+        raise _Fail(f"policy: {exc}") from None
 
 
 def _echo_json(payload: dict[str, Any]) -> None:
@@ -155,6 +177,7 @@ def _run(
     prompt_template: str | None = None,
     allow_private_urls: bool = False,
     limits: ManifestLimits | None = None,
+    policy: Policy | None = None,
 ) -> int:
     try:
         prices = load_models(prices_path)
@@ -191,6 +214,7 @@ def _run(
             prompt_template=template,
             allow_private_urls=allow_private_urls,
             limits=limits,
+            policy=policy,
         )
     except ManifestError as exc:
         raise _Fail(str(exc)) from None
@@ -213,6 +237,8 @@ def _run(
             over = format_money(result.quote.total(currency) - amount, currency)
             budget_note = f"budget {format_money(amount, currency)}: OVER by {over} (worst case {worst})"
     code = EXIT_OK if result.ok and fits is not False else EXIT_INVALID
+    if result.breaches:
+        code = EXIT_POLICY
     if json_output:
         payload: dict[str, Any] = result.to_dict()
         payload["budget"] = (
@@ -326,6 +352,14 @@ def _print_human(out: Console, result: Validation, budget_note: str, fits: bool 
         )
     else:
         out.print(Text("✗ Over budget.", style="bold red"))
+    if result.breaches:
+        out.print(
+            Text(
+                f"✗ {result.breaches:,} breach{'' if result.breaches == 1 else 'es'} of the policy: "
+                "`qwenedit run` with the same flags refuses this manifest before any call.",
+                style="bold red",
+            )
+        )
 
 
 def _count(n: int, word: str) -> str:

@@ -13,7 +13,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from qwenedit.catalog import ModelTable, Price, builtin_models
 from qwenedit.errors import InputError, ManifestError
@@ -24,6 +24,9 @@ from qwenedit.manifest.records import REQUIRED_CSV_COLUMNS, Header, Record, csv_
 from qwenedit.manifest.rules import Rules, check_record
 from qwenedit.manifest.source import ManifestLimits, ManifestSource
 from qwenedit.templates import PromptTemplate, parse_template
+
+if TYPE_CHECKING:
+    from qwenedit.policy import Policy
 
 BATCH_ROWS = 512
 CHECK_CACHE = 10_000  # image check outcomes remembered across batches
@@ -79,16 +82,19 @@ def validate_manifest(
     prompt_template: str | PromptTemplate | None = None,
     limits: ManifestLimits | None = None,
     allow_private_urls: bool = False,
+    policy: Policy | None = None,
 ) -> Validation:
     """Read the whole manifest and report every problem in it, with the quote for its valid rows.
 
     ``region``/``model`` are the defaults for rows that leave those cells empty (None: the package
     defaults, singapore and qwen-image-edit-plus). ``prompt_template`` fills the prompt of rows that
-    leave it empty (``templates.py``). Raises ``ManifestError`` only when the file cannot be read at
-    all or is over one of its ``limits`` (``ManifestLimits``), ``TemplateError`` (before reading) when
-    the template is malformed. ``allow_private_urls`` lets ``check_images`` fetch URLs on loopback and
-    private addresses (refused by default, as the API cannot reach them). The ``check_workers``
-    threads wait on I/O; their image decodes share one memory budget (``qwenedit.decode``).
+    leave it empty (``templates.py``). Every breach of ``policy`` is a row error (and counted in
+    ``breaches``), found before any image is looked at. Raises ``ManifestError`` only when the file
+    cannot be read at all or is over one of its ``limits`` (``ManifestLimits``), ``TemplateError``
+    (before reading) when the template is malformed. ``allow_private_urls`` lets ``check_images``
+    fetch URLs on loopback and private addresses (refused by default, as the API cannot reach them).
+    The ``check_workers`` threads wait on I/O; their image decodes share one memory budget
+    (``qwenedit.decode``).
     """
     template = parse_template(prompt_template)
     with ManifestSource.open(source, limits) as src:
@@ -106,6 +112,7 @@ def validate_manifest(
                 check_workers,
                 progress,
                 template,
+                policy,
             )
         finally:
             if own_resolver:
@@ -123,6 +130,7 @@ def _validate(
     check_workers: int,
     progress: Callable[[int], None] | None,
     template: PromptTemplate | None = None,
+    policy: Policy | None = None,
 ) -> Validation:
     result = Validation(source=src.name, format=src.format)
     store = ProblemStore(max_problems)
@@ -139,6 +147,8 @@ def _validate(
             jobs = []
             for rec in batch:
                 job = check_record(rec, rules)
+                if policy is not None and job is not None:  # before any image is looked at
+                    result.breaches += _check_policy(policy, rec, job, resolver)
                 result.rows += 1
                 jobs.append((rec, job))
             if pool is not None:
@@ -163,10 +173,22 @@ def _validate(
     store.add(header.problems)
     if not header.fatal and result.rows == 0:
         store.add([Problem(None, None, None, "has no rows: nothing to run", "error")])
+    too_many = policy.check_rows(result.rows) if policy is not None else None
+    if too_many is not None:
+        result.breaches += 1
+        store.add([Problem(too_many.row, None, None, too_many.reason, "error")])
     result.problems = store.sorted()
     result.errors, result.warnings = store.counts["error"], store.counts["warning"]
     result.notices = prices.legacy_notices(line.model for line in result.quote.lines)
     return result
+
+
+def _check_policy(policy: Policy, rec: Record, job: Job, resolver: InputResolver) -> int:
+    """Add each breach of the policy to the row's problems; how many there were."""
+    breaches = policy.check_job(job, [resolver.locate(ref).location for ref in job.images])
+    for breach in breaches:
+        rec.problem(breach.field, breach.reason)
+    return len(breaches)
 
 
 def _check_images(

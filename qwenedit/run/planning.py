@@ -29,7 +29,7 @@ from qwenedit.errors import InputError, JobCode
 from qwenedit.inputs import InputResolver
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex
-from qwenedit.manifest import iter_jobs
+from qwenedit.manifest import ManifestSource, iter_jobs
 from qwenedit.options import RunOptions
 from qwenedit.pipeline import RunServices, failed_result, skipped_result
 from qwenedit.report import JobResult
@@ -75,10 +75,12 @@ class Planner:
     prices: ModelTable
     resolver: InputResolver
     services: RunServices
+    source: ManifestSource | None = None  # the run's own copy of the manifest (else options.manifest)
 
     def classify(self, index: DoneIndex) -> Iterator[Planned]:
         """Each manifest row, in order: done at its fingerprint (Skip), bad input (Fail) or Pending."""
-        jobs = iter_jobs(self.options.manifest, **manifest_reading(self.options, self.prices))
+        manifest = self.source or self.options.manifest
+        jobs = iter_jobs(manifest, **manifest_reading(self.options, self.prices))
         known: dict[str, str] = {}  # the same image on many rows is identified once per run (bounded)
         for job in jobs:
             try:

@@ -10,7 +10,9 @@ the whole manifest validated and quoted (``ManifestInvalid``), the destination l
    the listing is recorded ``skipped`` on the spot — no task, no call, no per-row store request;
 3. groups the pending rows into chunks of consecutive rows and hands each ``Chunk`` to ``runner``
    (``run.chunks``; the flow makes each a Prefect task run, by default it runs directly);
-4. with ``options.canary``, runs the canary rows first and asks ``approve`` before the rest.
+4. with ``options.approve_above``, asks ``approve`` before the first call when the quote of the rows it
+   would call is above the amount (declined: nothing is called);
+5. with ``options.canary``, runs the canary rows first and asks ``approve`` before the rest.
 
 ``request_stop`` / ``stop_now`` are the two stop levels (``qwenedit.stopping`` calls them on signals).
 ``finish()`` writes the reports (``run.reports``) and returns the summary. Live counters are in
@@ -24,10 +26,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from qwenedit.canary import CanaryOutcome, CanaryPlan
+from qwenedit.canary import CanaryOutcome, CanaryPlan, Question, QuoteApproval
+from qwenedit.catalog import cost, format_money
 from qwenedit.errors import JobCode
 from qwenedit.jobs import Job
 from qwenedit.ledger import DoneIndex
@@ -44,7 +48,7 @@ from qwenedit.window import Window
 
 log = logging.getLogger("qwenedit.run")
 
-Approver = Callable[[CanaryOutcome], Awaitable[bool]]
+Approver = Callable[[Question], Awaitable[bool]]  # a canary's outcome, or a quote above --approve-above
 
 
 def exit_code(summary: RunSummary | Mapping[str, Any]) -> int:
@@ -127,7 +131,9 @@ class Run:
         return self._chunks.done if self._chunks is not None else 0
 
     def _planner(self) -> Planner:
-        return Planner(self.options, self.services.prices, self.wired.resolver, self.services)
+        return Planner(
+            self.options, self.services.prices, self.wired.resolver, self.services, self.wired.source
+        )
 
     def _reports(self) -> RunReports:
         return RunReports(self.out_dir, self.services, self.wired.resolver, self.state.spool)
@@ -143,7 +149,9 @@ class Run:
         self._chunks = Chunks(self.ctx, self.window, runner)
         index = await self.services.store(self.services.ledger.done_index)
         log.info("run %s: %d done markers listed at the destination", self.run_id, len(index))
-        if self.options.canary <= 0:
+        if self.options.approve_above is not None:
+            await self._approve_quote(index, approve)
+        if self.options.canary <= 0 or self.declined is not None:
             await self._pass(index, None)
             return
         plan, self.canary_ids = await asyncio.to_thread(
@@ -190,6 +198,35 @@ class Run:
         if running:
             await asyncio.wait(running)
 
+    async def _approve_quote(self, index: DoneIndex, decide: Approver | None) -> None:
+        """``approve_above``: before the first call, a run that could spend more than the amount asks
+        (nobody to ask, a "no", a stop or a timeout: it is declined and nothing is called)."""
+        limit = self.options.approve_above_amount()
+        assert limit is not None
+        amount, currency = limit
+        if self.validation.quote.fits(amount, currency):  # the whole manifest's worst case: no read needed
+            return
+        jobs, projected = await asyncio.to_thread(self._pending_quote, index)  # done rows cost nothing
+        if projected <= amount:
+            return
+        question = QuoteApproval(
+            jobs=jobs, projected=format_money(projected, currency), limit=format_money(amount, currency)
+        )
+        log.warning("run %s: %s; asking for approval", self.run_id, question.headline())
+        approved = await self._ask(decide, question) if decide is not None else False
+        if not approved and not self.stopping:
+            self.declined = f"{question.headline()}, and it was not approved"
+            log.warning("run %s: %s; no job is run", self.run_id, self.declined)
+
+    def _pending_quote(self, index: DoneIndex) -> tuple[int, Decimal]:
+        """The jobs this run would call (not done at their fingerprint) and their worst-case cost."""
+        jobs, total = 0, Decimal(0)
+        for item in self._planner().classify(index):
+            if isinstance(item, Pending):
+                jobs += 1
+                total += cost(item.job.n, self.services.prices.unit_price(item.job.region, item.job.model))
+        return jobs, total
+
     async def _canary_outcome(self, plan: CanaryPlan) -> CanaryOutcome:
         """The canary's summary, and report.html written for it with the projected spend of the rest."""
         summary = self.summary()
@@ -207,7 +244,7 @@ class Run:
         await asyncio.to_thread(self._reports().write_html, summary, self.canary_ids, headline)
         return outcome
 
-    async def _ask(self, decide: Approver, outcome: CanaryOutcome) -> bool:
+    async def _ask(self, decide: Approver, outcome: Question) -> bool:
         """The approver's answer; a stop (Ctrl-C at the question) ends the wait: not approved."""
         asking = asyncio.ensure_future(decide(outcome))
         stopped = asyncio.ensure_future(self._stop_asked.wait())

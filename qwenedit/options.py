@@ -119,6 +119,11 @@ class RunOptions(BaseModel):
     qa_retries: int = Field(
         0, ge=0, description="regenerate a job whose outputs QA flagged, up to this many times"
     )
+    dedupe: bool = Field(
+        False,
+        description="rows asking for the identical edit (same inputs, prompt and parameters) are called "
+        "once; the others get copies of its stored outputs, at no cost",
+    )
     canary: int = Field(0, ge=0, description="run this many jobs first, report them, and ask before the rest")
     approval_timeout_s: float = Field(
         3600.0, gt=0, description="how long a deployment run waits for approval"

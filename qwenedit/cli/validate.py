@@ -32,10 +32,21 @@ from qwenedit.catalog import (
 from qwenedit.cli._app import app
 from qwenedit.cli._text import plain, safe_json
 from qwenedit.cli.options import option_flags
+from qwenedit.dedupe import DuplicateGroup, find_duplicates
 from qwenedit.errors import ManifestError, MixedCurrencies, PriceFileError, TemplateError
+from qwenedit.inputs import InputResolver
 from qwenedit.jobs import DEFAULT_MODEL
-from qwenedit.manifest import ROW_NUMBERS, ManifestLimits, Problem, Validation, validate_manifest
+from qwenedit.manifest import (
+    ROW_NUMBERS,
+    ManifestLimits,
+    Problem,
+    Validation,
+    iter_jobs,
+    manifest_base,
+    validate_manifest,
+)
 from qwenedit.policy import Policy, make_policy
+from qwenedit.storage import make_s3_client
 from qwenedit.templates import parse_template
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
@@ -198,6 +209,7 @@ def _run(
         raise _Fail(f"--prompt-template: {exc}") from None
 
     status = None
+    groups: list[DuplicateGroup] = []
     if not json_output and err.is_terminal:
         status = err.status(f"Reading {manifest} …")
         status.start()
@@ -216,6 +228,7 @@ def _run(
             limits=limits,
             policy=policy,
         )
+        groups = _duplicates(result, manifest, region, model, prices, input_root, template, limits)
     except ManifestError as exc:
         raise _Fail(str(exc)) from None
     finally:
@@ -241,6 +254,8 @@ def _run(
         code = EXIT_POLICY
     if json_output:
         payload: dict[str, Any] = result.to_dict()
+        payload["duplicates"] = [g.to_dict() for g in groups]
+        payload["duplicate_rows"] = sum(len(g.duplicates) for g in groups)
         payload["budget"] = (
             None
             if budget is None
@@ -251,6 +266,42 @@ def _run(
     else:
         _print_human(out, result, budget_note, fits, code)
     return code
+
+
+def _duplicates(
+    result: Validation,
+    manifest: str,
+    region: str,
+    model: str,
+    prices: ModelTable,
+    input_root: Path | None,
+    template: Any,
+    limits: ManifestLimits | None = None,
+) -> list[DuplicateGroup]:
+    """Rows asking for the same edit as an earlier row, each group added to ``result`` as one warning
+    (located at the group's first row)."""
+    if result.valid_rows < 2:
+        return []
+    reading: dict[str, Any] = {
+        "region": region,
+        "model": model,
+        "prices": prices,
+        "input_root": input_root,
+        "prompt_template": template,
+        "on_invalid": "skip",
+        "limits": limits,
+    }
+    resolver = InputResolver(
+        input_root=input_root, manifest_dir=manifest_base(manifest), s3_client_factory=make_s3_client
+    )
+    try:
+        groups = find_duplicates(lambda: iter_jobs(manifest, **reading), resolver.identity)
+    finally:
+        resolver.close()
+    found = [Problem(g.row, g.job_id, None, g.reason(), severity="warning") for g in groups]
+    result.problems = sorted([*result.problems, *found], key=lambda p: p.row or 0)  # stable
+    result.warnings += len(found)
+    return groups
 
 
 def _check_defaults(prices: ModelTable, region: str, model: str) -> tuple[str, str]:

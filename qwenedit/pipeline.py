@@ -240,6 +240,7 @@ class RunState:
     breaker: Breaker = field(default_factory=Breaker)
     stop_reason: str | None = None  # set by a graceful stop: no new call starts, calls in flight finish
     unrecorded: set[int] = field(default_factory=set)  # rows handed to a chunk whose result is not spooled
+    on_record: Callable[[Job, JobResult], None] | None = None  # told of every recorded result (--dedupe)
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,8 @@ def record(ctx: RunContext, job: Job, result: JobResult) -> JobResult:
         ctx.state.rollups.add(result)
     ctx.state.stats.finished += 1
     ctx.state.unrecorded.discard(job.row)
+    if ctx.state.on_record is not None:
+        ctx.state.on_record(job, result)
     return result
 
 

@@ -54,6 +54,7 @@ class Skip:
 
     job: Job
     result: JobResult
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Planner:
             fp = fingerprint(job, identities)
             marker = index.find(job.job_id, fp)
             if marker is not None:
-                yield Skip(job, skipped_result(self.services, job, marker))
+                yield Skip(job, skipped_result(self.services, job, marker), fp)
             else:
                 yield Pending(job, fp, tuple(m.key for m in index.markers(job.job_id)))
 
@@ -150,7 +151,13 @@ class Planner:
         groups: dict[tuple[str, str], list[int]] = {}
         worst: dict[int, tuple[str, Decimal]] = {}
         job_ids: dict[int, str] = {}
+        seen: set[str] = set()  # --dedupe: a repeated edit is neither a canary row nor a cost of the rest
         for item in self.classify(index):
+            if self.options.dedupe and isinstance(item, Skip | Pending):
+                fp = item.fingerprint
+                if fp in seen:
+                    continue
+                seen.add(fp)
             if isinstance(item, Pending):
                 job = item.job
                 groups.setdefault((job.model, job.region), []).append(job.row)

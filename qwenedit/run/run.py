@@ -32,6 +32,7 @@ from typing import Any
 
 from qwenedit.canary import CanaryOutcome, CanaryPlan, Question, QuoteApproval
 from qwenedit.catalog import cost, format_money
+from qwenedit.dedupe import Leaders
 from qwenedit.errors import JobCode
 from qwenedit.jobs import Job
 from qwenedit.ledger import DoneIndex
@@ -40,7 +41,8 @@ from qwenedit.options import RunOptions
 from qwenedit.pipeline import RunContext, RunServices, RunState, RunStats, failed_result, record
 from qwenedit.report import JobResult
 from qwenedit.run.chunks import ChunkRunner, Chunks
-from qwenedit.run.planning import Pending, Planner
+from qwenedit.run.followers import run_follower
+from qwenedit.run.planning import Pending, Planner, Skip
 from qwenedit.run.reports import RunReports
 from qwenedit.run.wiring import Wired, new_run_id, wire
 from qwenedit.summary import ModelLine, RunSummary, StopCause, StoppedBy
@@ -74,6 +76,7 @@ class Run:
         self._chunks: Chunks | None = None
         self._abandon = asyncio.Event()  # set by stop_now: open calls end, reported possibly billed
         self._stop_asked = asyncio.Event()  # set by request_stop and stop_now: ends a pending approval
+        self.leaders = Leaders() if options.dedupe else None  # --dedupe: the first row of each edit
 
     # -- opening: every check, once ------------------------------------------------------------
 
@@ -147,6 +150,9 @@ class Run:
         projected spend, and the rest runs only if it returns True (no approver: the rest is declined).
         """
         self._chunks = Chunks(self.ctx, self.window, runner)
+        if self.leaders is not None:
+            leaders = self.leaders
+            self.state.on_record = lambda job, result: leaders.finished(job, result.status, result)
         index = await self.services.store(self.services.ledger.done_index)
         log.info("run %s: %d done markers listed at the destination", self.run_id, len(index))
         if self.options.approve_above is not None:
@@ -178,16 +184,28 @@ class Run:
         ctx, chunks = self.ctx, self._chunks
         assert chunks is not None
         size = self.options.chunk_size_for(self.stats.total_jobs)
-        running: set[asyncio.Task[None]] = set()
+        running: set[asyncio.Task[Any]] = set()
         pending: list[Pending] = []
         async for batch in self._planner().batches(index):
             for item in batch:
                 if select is not None and not select(item.job.row):
                     continue
                 if not isinstance(item, Pending):
+                    if isinstance(item, Skip) and self.leaders is not None:
+                        self.leaders.note_done(
+                            item.job, item.fingerprint, item.result.request_id, item.result.image_count
+                        )
                     record(ctx, item.job, item.result)
                 elif self.declined is not None:
                     record(ctx, item.job, self._declined_result(item.job))
+                elif (
+                    self.leaders is not None
+                    and (leader := self.leaders.leader_of(item.job, item.fingerprint)) is not None
+                ):  # the same edit as an earlier row: its outputs are copied, no call
+                    ctx.state.unrecorded.add(item.job.row)
+                    follower = asyncio.create_task(run_follower(ctx, self.leaders, item, leader))
+                    running.add(follower)
+                    follower.add_done_callback(running.discard)
                 else:
                     pending.append(item)
                     if len(pending) >= size:

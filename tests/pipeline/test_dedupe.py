@@ -115,7 +115,7 @@ async def test_dedupe_calls_each_edit_once_and_stores_every_jobs_outputs(
     assert len(emulator.ledger()) == 15
     assert again["by_status"]["skipped"] == 20
     ledger = Ledger(open_destination(str(out)))
-    assert ledger.job_records("sku-04").charges == []
+    assert ledger.charges("sku-04") == []
 
 
 async def test_a_crash_after_the_leaders_done_record_copies_on_the_rerun_without_paying(

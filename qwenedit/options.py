@@ -49,6 +49,17 @@ class RunOptions(BaseModel):
     input_root: str | None = Field(
         None, description="local input images may only come from here (default: the manifest's folder)"
     )
+    allow_private_urls: bool = Field(
+        False,
+        description="let --check-images fetch URLs on loopback/private addresses (the API cannot reach them)",
+    )
+    max_manifest_mib: int = Field(
+        1024, ge=1, description="refuse a manifest file (or download) larger than this, in MiB"
+    )
+    max_manifest_decompressed_mib: int = Field(
+        4096, ge=1, description="refuse a gzipped manifest that decompresses to more than this, in MiB"
+    )
+    max_manifest_rows: int = Field(2_000_000, ge=1, description="refuse a manifest with more rows than this")
     budget: str | None = Field(
         None, description='spending limit, e.g. "50" or "350 CNY": a run stops before spend could exceed it'
     )

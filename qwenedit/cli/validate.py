@@ -36,7 +36,15 @@ from qwenedit.dedupe import DuplicateGroup, find_duplicates
 from qwenedit.errors import ManifestError, MixedCurrencies, PriceFileError, TemplateError
 from qwenedit.inputs import InputResolver
 from qwenedit.jobs import DEFAULT_MODEL
-from qwenedit.manifest import ROW_NUMBERS, Problem, Validation, iter_jobs, manifest_base, validate_manifest
+from qwenedit.manifest import (
+    ROW_NUMBERS,
+    ManifestLimits,
+    Problem,
+    Validation,
+    iter_jobs,
+    manifest_base,
+    validate_manifest,
+)
 from qwenedit.policy import Policy, make_policy
 from qwenedit.storage import make_s3_client
 from qwenedit.templates import parse_template
@@ -62,8 +70,22 @@ SHARED_WITH_RUN = (
     "prices",
     "input_root",
     "prompt_template",
+    "allow_private_urls",
+    "max_manifest_mib",
+    "max_manifest_decompressed_mib",
+    "max_manifest_rows",
     *POLICY,
 )
+
+
+def manifest_limits(fields: dict[str, Any]) -> ManifestLimits:
+    """The manifest limits the ``--max-manifest-*`` flags set (the same fields as ``RunOptions``)."""
+    mib = 1024 * 1024
+    return ManifestLimits(
+        max_bytes=fields["max_manifest_mib"] * mib,
+        max_decompressed_bytes=fields["max_manifest_decompressed_mib"] * mib,
+        max_rows=fields["max_manifest_rows"],
+    )
 
 
 @app.command()
@@ -74,7 +96,7 @@ def validate(
         bool,
         typer.Option(
             "--check-images",
-            help="Also open every local and S3 image (format, size, pixels) and HEAD every URL.",
+            help="Also open every local and S3 image (format, size, pixels) and HEAD every URL (public addresses only).",
         ),
     ] = False,
     json_output: Annotated[
@@ -106,6 +128,8 @@ def validate(
             None if fields["input_root"] is None else Path(fields["input_root"]),
             max_problems,
             fields["prompt_template"],
+            fields["allow_private_urls"],
+            manifest_limits(fields),
             _policy(fields),
         )
     except _Fail as fail:
@@ -162,6 +186,8 @@ def _run(
     input_root: Path | None,
     max_problems: int,
     prompt_template: str | None = None,
+    allow_private_urls: bool = False,
+    limits: ManifestLimits | None = None,
     policy: Policy | None = None,
 ) -> int:
     try:
@@ -198,9 +224,11 @@ def _run(
             max_problems=max_problems,
             progress=(lambda n: status.update(f"Reading {manifest} … {n:,} rows")) if status else None,
             prompt_template=template,
+            allow_private_urls=allow_private_urls,
+            limits=limits,
             policy=policy,
         )
-        groups = _duplicates(result, manifest, region, model, prices, input_root, template)
+        groups = _duplicates(result, manifest, region, model, prices, input_root, template, limits)
     except ManifestError as exc:
         raise _Fail(str(exc)) from None
     finally:
@@ -248,6 +276,7 @@ def _duplicates(
     prices: ModelTable,
     input_root: Path | None,
     template: Any,
+    limits: ManifestLimits | None = None,
 ) -> list[DuplicateGroup]:
     """Rows asking for the same edit as an earlier row, each group added to ``result`` as one warning
     (located at the group's first row)."""
@@ -260,6 +289,7 @@ def _duplicates(
         "input_root": input_root,
         "prompt_template": template,
         "on_invalid": "skip",
+        "limits": limits,
     }
     resolver = InputResolver(
         input_root=input_root, manifest_dir=manifest_base(manifest), s3_client_factory=make_s3_client

@@ -22,7 +22,7 @@ from qwenedit.jobs import DEFAULT_MODEL, DEFAULT_REGION, Job
 from qwenedit.manifest.problems import Problem, ProblemStore, Validation
 from qwenedit.manifest.records import REQUIRED_CSV_COLUMNS, Header, Record, csv_records, jsonl_records
 from qwenedit.manifest.rules import Rules, check_record
-from qwenedit.manifest.source import ManifestSource
+from qwenedit.manifest.source import ManifestLimits, ManifestSource
 from qwenedit.templates import PromptTemplate, parse_template
 
 if TYPE_CHECKING:
@@ -36,10 +36,18 @@ def _records(src: ManifestSource, header_out: list[Header], rules: Rules) -> Ite
     if src.format == "csv":
         # With a prompt template the prompt column is optional: rows that leave it out get the template.
         required = REQUIRED_CSV_COLUMNS if rules.template is None else ("job_id", "image_1")
-        yield from csv_records(src, header_out, required)
+        records = csv_records(src, header_out, required)
     else:
         header_out.append(Header([]))
-        yield from jsonl_records(src)
+        records = jsonl_records(src)
+    limit = src.limits.max_rows
+    for count, rec in enumerate(records, start=1):
+        if count > limit:
+            raise ManifestError(
+                f"manifest {src.name!r} has more than {limit:,} rows; split it, or raise --max-manifest-rows "
+                "if it is meant to be this long"
+            )
+        yield rec
 
 
 def _batched(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -48,9 +56,14 @@ def _batched(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _make_resolver(
-    src: ManifestSource, input_root: str | os.PathLike[str] | None, s3_mode: S3Mode
+    src: ManifestSource,
+    input_root: str | os.PathLike[str] | None,
+    s3_mode: S3Mode,
+    allow_private_urls: bool = False,
 ) -> InputResolver:
-    return InputResolver(input_root=input_root, manifest_dir=src.base, s3_mode=s3_mode)
+    return InputResolver(
+        input_root=input_root, manifest_dir=src.base, s3_mode=s3_mode, allow_private_urls=allow_private_urls
+    )
 
 
 def validate_manifest(
@@ -67,6 +80,8 @@ def validate_manifest(
     check_workers: int = 16,
     progress: Callable[[int], None] | None = None,
     prompt_template: str | PromptTemplate | None = None,
+    limits: ManifestLimits | None = None,
+    allow_private_urls: bool = False,
     policy: Policy | None = None,
 ) -> Validation:
     """Read the whole manifest and report every problem in it, with the quote for its valid rows.
@@ -75,12 +90,16 @@ def validate_manifest(
     defaults, singapore and qwen-image-edit-plus). ``prompt_template`` fills the prompt of rows that
     leave it empty (``templates.py``). Every breach of ``policy`` is a row error (and counted in
     ``breaches``), found before any image is looked at. Raises ``ManifestError`` only when the file
-    cannot be read at all, ``TemplateError`` (before reading) when the template is malformed.
+    cannot be read at all or is over one of its ``limits`` (``ManifestLimits``), ``TemplateError``
+    (before reading) when the template is malformed. ``allow_private_urls`` lets ``check_images``
+    fetch URLs on loopback and private addresses (refused by default, as the API cannot reach them).
+    The ``check_workers`` threads wait on I/O; their image decodes share one memory budget
+    (``qwenedit.decode``).
     """
     template = parse_template(prompt_template)
-    with ManifestSource.open(source) as src:
+    with ManifestSource.open(source, limits) as src:
         own_resolver = resolver is None
-        resolver = resolver or _make_resolver(src, input_root, s3_mode)
+        resolver = resolver or _make_resolver(src, input_root, s3_mode, allow_private_urls)
         try:
             return _validate(
                 src,
@@ -219,6 +238,8 @@ def iter_jobs(
     input_root: str | os.PathLike[str] | None = None,
     on_invalid: Literal["raise", "skip"] = "raise",
     prompt_template: str | PromptTemplate | None = None,
+    limits: ManifestLimits | None = None,
+    allow_private_urls: bool = False,
 ) -> Iterator[Job]:
     """The manifest's rows as ``Job``s, in order, parsed exactly as ``validate_manifest`` parses them.
 
@@ -226,7 +247,10 @@ def iter_jobs(
     first error (or is skipped with ``on_invalid="skip"``). ``prompt_template`` as for validation.
     """
     template = parse_template(prompt_template)
-    with ManifestSource.open(source) as src, _make_resolver(src, input_root, "presign") as resolver:
+    with (
+        ManifestSource.open(source, limits) as src,
+        _make_resolver(src, input_root, "presign", allow_private_urls) as resolver,
+    ):
         rules = Rules(region or DEFAULT_REGION, model or DEFAULT_MODEL, prices or builtin_models(), resolver)
         rules.template = template
         headers: list[Header] = []

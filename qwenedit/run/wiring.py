@@ -30,7 +30,14 @@ from qwenedit.catalog import ModelTable, load_models, normalize_model, normalize
 from qwenedit.errors import DestinationUnusable, ManifestInvalid, MixedCurrencies
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
-from qwenedit.manifest import ManifestSource, Validation, manifest_base, validate_manifest
+from qwenedit.manifest import (
+    MIB,
+    ManifestLimits,
+    ManifestSource,
+    Validation,
+    manifest_base,
+    validate_manifest,
+)
 from qwenedit.options import RunOptions
 from qwenedit.pacer import PacerPool
 from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, RunContext, RunServices, RunState, RunStats, Served
@@ -111,7 +118,18 @@ def manifest_reading(options: RunOptions, prices: ModelTable) -> dict[str, Any]:
         "prices": prices,
         "input_root": options.input_root,
         "prompt_template": options.prompt_template,
+        "limits": manifest_limits(options),
+        "allow_private_urls": options.allow_private_urls,
     }
+
+
+def manifest_limits(options: RunOptions) -> ManifestLimits:
+    """The options' bounds on reading a manifest (file size, decompressed size, rows)."""
+    return ManifestLimits(
+        max_bytes=options.max_manifest_mib * MIB,
+        max_decompressed_bytes=options.max_manifest_decompressed_mib * MIB,
+        max_rows=options.max_manifest_rows,
+    )
 
 
 @dataclass(frozen=True)
@@ -144,7 +162,7 @@ async def wire(
     api_key = keys[own]
     # One copy of the manifest for the whole run (a remote one is downloaded once): what runs is what
     # was validated against the policy, quoted and approved; a dropper cannot swap it in between.
-    source = await asyncio.to_thread(stack.enter_context, ManifestSource.open(o.manifest))
+    source = await asyncio.to_thread(stack.enter_context, ManifestSource.open(o.manifest, manifest_limits(o)))
     prepared = await asyncio.to_thread(prepare, o, source)
     budget = o.budget_amount()
     prices = prepared.prices

@@ -92,7 +92,7 @@ ALERTS: tuple[Alert, ...] = (
         "failed",
         ("prefect.flow-run.Failed", "prefect.flow-run.Crashed"),
         "qwenedit: a run failed",
-        f"{_RUN} ({_WHERE}) ended {{{{ flow_run.state.name }}}}: {{{{ flow_run.state.message }}}}",
+        f"{_RUN} of {{{{ flow.name }}}} ended {{{{ flow_run.state.name }}}}: {{{{ flow_run.state.message }}}}",
         match={"prefect.resource.id": "prefect.flow-run.*"},
         match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOWS},
     ),

@@ -1,8 +1,11 @@
 """The ``edit_manifest`` Prefect flow: the run layer (``qwenedit.run``) with chunks as task runs.
 
-One async flow run per manifest. The run layer validates, lists what is done and skips it in bulk,
-and groups the remaining rows into chunks; each chunk is one ``edit-chunk`` task run named by its row
-range, whose final state message gives its outcome counts. A million-row manifest is therefore a few
+One async flow run per manifest, entered one of two ways: ``edit_manifest(options)`` (deployments,
+the library, tests) opens the run itself; ``edit_opened_run(OpenedRun.of(run, approve))`` (the CLI,
+through ``qwenedit/cli/_flows.py``) is given a run the caller already opened, as an explicit parameter.
+Both then do the same (``drive``). The run layer validates, lists what is done and skips it in bulk,
+and groups the remaining rows into chunks; each chunk is one ``edit-chunk`` task run, given its
+``Chunk`` and named by its row range, whose final state message gives its outcome counts. A million-row manifest is therefore a few
 hundred task runs, and an unchanged row creates none. Per-job detail lives in results.csv, the ledger
 and the results artifact; progress is a progress artifact updated during the run.
 """
@@ -29,13 +32,15 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
 from prefect.states import Completed, State
+from pydantic import BaseModel, PrivateAttr
 
 from flows import runlog
 from qwenedit.canary import CanaryOutcome
 from qwenedit.options import RunOptions
 from qwenedit.report import markdown_summary
-from qwenedit.run import Approver, ChunkSpec, Run, current_run, open_run, outcome_text
+from qwenedit.run import Approver, Chunk, Run, outcome_text
 from qwenedit.stopping import default_grace, graceful_stop
+from qwenedit.summary import RunSummary
 
 log = logging.getLogger("qwenedit.flow")
 
@@ -62,34 +67,75 @@ PREFECT_DRAIN_S = 22.0
 PREFECT_CALL_LIMIT_S = 5.0  # a Prefect API call while stopping (the ephemeral server may be gone)
 
 
-@task(name="edit-chunk", cache_policy=NO_CACHE, persist_result=False, task_run_name="{spec.name}")
-async def edit_chunk(spec: ChunkSpec) -> State[Any]:
-    """One chunk of consecutive rows through the run's shared pacers and window."""
-    counts = await current_run().run_chunk(spec)
-    return Completed(message=f"{spec.name}: {outcome_text(counts)}", data=counts)
+@task(name="edit-chunk", cache_policy=NO_CACHE, persist_result=False, task_run_name="{chunk.name}")
+async def edit_chunk(chunk: Chunk) -> State[Any]:
+    """One chunk of consecutive rows through the run's shared pacers and window.
+
+    The chunk is passed by reference: task parameters stay in this process (Prefect 3.8 sends a task
+    run's name and inputs' dependencies to its API, not the values), ``NO_CACHE`` computes no cache key
+    from it, and ``Chunk`` is no dataclass or collection, so Prefect neither walks nor copies it.
+    """
+    counts = await chunk.run()
+    return Completed(message=f"{chunk.name}: {outcome_text(counts)}", data=counts)
+
+
+class OpenedRun(BaseModel):
+    """A run the caller opened (the CLI: every check before Prefect starts), as the flow's parameter.
+
+    The Prefect UI shows its options (as for ``edit_manifest``); the run itself (clients, key, live
+    state) and the approver are private attributes: never serialised, never validated.
+    """
+
+    options: RunOptions
+    _run: Run | None = PrivateAttr(default=None)
+    _approve: Approver | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, run: Run, approve: Approver) -> OpenedRun:
+        opened = cls(options=run.options)
+        opened._run, opened._approve = run, approve
+        return opened
+
+    def unwrap(self) -> tuple[Run, Approver]:
+        if self._run is None or self._approve is None:
+            raise ValueError("an OpenedRun is made in-process by OpenedRun.of(run, approve), not from JSON")
+        return self._run, self._approve
 
 
 @flow(name="edit-manifest", log_prints=False)
 async def edit_manifest(options: RunOptions) -> dict[str, Any]:
     """Run every job of ``options.manifest`` into ``options.dest``; returns the run summary."""
-    async with open_run(options) as run:
-        # Installed here, inside the flow run: Prefect's engine replaces the SIGTERM handler when it starts.
-        with run.activate(), graceful_stop(run, stop_grace(options)), runlog.narrate(run):
-            progress = asyncio.create_task(_publish_progress(run))
-            try:
-                await run.execute(edit_chunk, approve=run.approver or approval_in_ui(options))
-            finally:
-                progress.cancel()
-                await asyncio.wait({progress}, timeout=PREFECT_CALL_LIMIT_S if run.stopping else None)
-            summary = await run.finish()
-            runlog.ended(summary)
-            publish = _publish_artifacts(run, summary)
-            if run.stopping:  # a Ctrl-C also stops an ephemeral Prefect server: never wait a minute on it
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(publish, PREFECT_CALL_LIMIT_S)
-            else:
-                await publish
-    return summary
+    async with Run(options) as run:
+        return await drive(run, approval_in_ui(options))
+
+
+@flow(name="edit-manifest", log_prints=False)
+async def edit_opened_run(opened: OpenedRun) -> dict[str, Any]:
+    """As ``edit_manifest``, for a run the caller opened and keeps open (the CLI)."""
+    run, approve = opened.unwrap()
+    return await drive(run, approve)
+
+
+async def drive(run: Run, approve: Approver) -> dict[str, Any]:
+    """Execute an open run with chunks as task runs, finish it, publish its artifacts; returns the
+    summary in its summary.json form (a flow run's result is data)."""
+    # Installed here, inside the flow run: Prefect's engine replaces the SIGTERM handler when it starts.
+    with graceful_stop(run, stop_grace(run.options)), runlog.narrate(run):
+        progress = asyncio.create_task(_publish_progress(run))
+        try:
+            await run.execute(edit_chunk, approve=approve)
+        finally:
+            progress.cancel()
+            await asyncio.wait({progress}, timeout=PREFECT_CALL_LIMIT_S if run.stopping else None)
+        summary = await run.finish()
+        runlog.ended(summary.to_json())
+        publish = _publish_artifacts(run, summary)
+        if run.stopping:  # a Ctrl-C also stops an ephemeral Prefect server: never wait a minute on it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(publish, PREFECT_CALL_LIMIT_S)
+        else:
+            await publish
+    return summary.to_json()
 
 
 def stop_grace(options: RunOptions) -> float:
@@ -139,10 +185,10 @@ def progress_text(run: Run) -> str:
     stats = run.stats
     t = stats.totals
     spend = ", ".join(f"{a} {c}" for c, a in t.total_cost().items()) or "0"
+    outcomes = " · ".join(f"{n} {status}" for status, n in stats.outcomes().items())
     return (
-        f"{stats.finished}/{stats.total_jobs} rows · {t.counts.get('succeeded', 0)} done · "
-        f"{t.counts.get('skipped', 0)} skipped · {t.counts.get('failed', 0) + t.counts.get('not_attempted', 0)} failed · "
-        f"{t.images} images · {spend} · {stats.request_rate():.2f} req/s · "
+        f"{stats.finished}/{stats.total_jobs} rows · {outcomes} · {t.images} images · {spend} · "
+        f"{stats.requests_sent} requests · {stats.request_rate():.2f} req/s · "
         f"chunks {run.chunks_done}/{run.chunks_started}"
     )
 
@@ -170,10 +216,10 @@ async def _publish_progress(run: Run) -> None:
         log.info("progress artifact not published: %s", type(err).__name__)
 
 
-async def _publish_artifacts(run: Run, summary: dict[str, Any]) -> None:
+async def _publish_artifacts(run: Run, summary: RunSummary) -> None:
     try:
         # The rows that did something (an unchanged rerun of a million rows publishes an empty table).
-        results, _ = run.ctx.spool.in_manifest_order(skipped_after=0)
+        results, _ = run.state.spool.in_manifest_order(skipped_after=0)
         rows = [
             {col: str(getattr(r, col)) for col in ARTIFACT_COLUMNS}
             for r in itertools.islice(results, ARTIFACT_ROW_LIMIT)
@@ -196,4 +242,4 @@ async def _publish_artifacts(run: Run, summary: dict[str, Any]) -> None:
         log.info("artifacts not published: %s", type(err).__name__)
 
 
-__all__ = ["RunOptions", "edit_chunk", "edit_manifest"]
+__all__ = ["OpenedRun", "RunOptions", "drive", "edit_chunk", "edit_manifest", "edit_opened_run"]

@@ -254,7 +254,7 @@ def ended(summary: dict[str, Any]) -> None:
 def _stop_detail(stopped: Any) -> str:
     if not isinstance(stopped, dict):
         return ""
-    detail = stopped.get("reason") or stopped.get("limit") or stopped.get("message") or ""
+    detail = stopped.get("reason") or stopped.get("message") or stopped.get("limit") or ""
     return str(detail)
 
 

@@ -269,7 +269,7 @@ def stop_text(summary: dict[str, Any] | None) -> str:
     stopped = (summary or {}).get("stopped_by") or {}
     if not isinstance(stopped, dict):
         return "stopped"
-    detail = stopped.get("reason") or stopped.get("limit") or stopped.get("message") or ""
+    detail = stopped.get("reason") or stopped.get("message") or stopped.get("limit") or ""
     return f"stopped ({stopped.get('cause', 'stop')}{': ' + str(detail) if detail else ''})"
 
 

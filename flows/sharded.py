@@ -31,6 +31,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ from qwenedit.shards import (
     shard_run_id,
 )
 from qwenedit.storage import open_destination
+from qwenedit.summary import RunSummary, StopCause, StoppedBy, Totals
 
 log = logging.getLogger("qwenedit.sharded")
 
@@ -195,30 +197,28 @@ async def edit_manifest_sharded(
         prepared.prices,
     )
     wall = time.monotonic() - started
-    summary = {
-        "run_id": run_id,
-        "manifest": options.manifest,
-        "dest": options.dest,
-        "endpoint": resolve_base_url(options.region, options.base_url),
-        **summary,
-        "budget": options.budget,
-        "wall_time_s": round(wall, 3),
-        "request_rate": round(summary["requests_sent"] / wall, 4) if wall > 0 else 0.0,
-        "rates": list(options.rates),
-        "accounts": accounts,
-    }
     out_dir = Path(options.report_dir) / run_id
-    summary["report_dir"] = str(out_dir)
+    summary = summary.with_changes(
+        manifest=options.manifest,
+        dest=options.dest,
+        endpoint=resolve_base_url(options.region, options.base_url),
+        budget=options.budget,
+        wall_time_s=round(wall, 3),
+        request_rate=round(summary.requests_sent / wall, 4) if wall > 0 else 0.0,
+        rates=list(options.rates),
+        accounts=accounts,
+        report_dir=str(out_dir),
+    )
     await asyncio.to_thread(write_consolidated, destination, run_id, out_dir, frame, summary, failed)
     await _publish_artifacts(run_id, summary)
-    bad = [s for s in summary["shards"] if s["state"] != "COMPLETED"]
+    bad = [s for s in summary.shards or () if s["state"] != "COMPLETED"]
     if bad:
         names = ", ".join(s["run_id"] for s in bad)
         raise ShardsFailed(
             f"{len(bad)} of {len(plans)} shard runs did not complete ({names}); "
             f"their rows are in {out_dir / 'results.csv'}; rerun the same manifest to resume"
         )
-    return summary
+    return summary.to_json()
 
 
 def _state_name(outcome: FlowRun | str) -> str:
@@ -229,7 +229,7 @@ def _state_name(outcome: FlowRun | str) -> str:
 
 def _read_shard_report(
     destination: Any, shard_id: str, report_dir: str | None
-) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, Any]]] | None:
+) -> tuple[pd.DataFrame, RunSummary, list[dict[str, Any]]] | None:
     """A completed shard's results.csv, summary.json and failed.jsonl: from the destination (any
     machine), else from the local report dir (same machine); None if neither has all three."""
 
@@ -247,7 +247,7 @@ def _read_shard_report(
             csv_bytes, summary_bytes, failed_bytes = (p or b"" for p in parts)
             frame = pd.read_csv(io.BytesIO(csv_bytes), dtype=str, keep_default_na=False)
             failed = [json.loads(line) for line in failed_bytes.decode("utf-8").splitlines() if line.strip()]
-            return frame, json.loads(summary_bytes), failed
+            return frame, RunSummary.from_json(json.loads(summary_bytes)), failed
     return None
 
 
@@ -267,11 +267,12 @@ def consolidate(
     report_dir: str | None,
     input_root: str | None,
     prices: ModelTable | None = None,
-) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]]]:
-    """The shards' reports merged; rows of shards without a report rebuilt from the ledger."""
+) -> tuple[RunSummary, pd.DataFrame, list[dict[str, Any]]]:
+    """The shards' reports merged; rows of shards without a report rebuilt from the ledger. The summary
+    has the run's totals, stop and shards; the caller adds what it knows of the run."""
     ledger = Ledger(destination)
     frames: list[pd.DataFrame] = []
-    parts: list[dict[str, Any]] = []
+    parts: list[RunSummary | Totals] = []
     failed: list[dict[str, Any]] = []
     shard_info: list[dict[str, Any]] = []
     for plan, outcome in zip(plans, outcomes, strict=True):
@@ -299,8 +300,12 @@ def consolidate(
             failed.extend(shard_failed)
             lost = set(missing_jobs(frame, wanted))
             reason = f"shard run {sid} reported no result for the job"
-            for key in ("wall_time_s", "requests_sent", "request_rate", "throttled_429", "stopped_by"):
-                info[key] = shard_summary.get(key)
+            info["wall_time_s"] = shard_summary.wall_time_s
+            info["requests_sent"] = shard_summary.requests_sent
+            info["request_rate"] = shard_summary.request_rate
+            info["throttled_429"] = shard_summary.throttled_429
+            stop = shard_summary.stopped_by
+            info["stopped_by"] = None if stop is None else stop.to_json()
         else:
             lost = set(wanted)
             reason = outcome if isinstance(outcome, str) else f"shard run {sid} ended {state}"
@@ -312,7 +317,7 @@ def consolidate(
             totals = RunTotals()
             for result in recovered:
                 totals.add(result)
-            parts.append(totals.to_dict())
+            parts.append(totals.totals())
             failed.extend(r.manifest_row for r in recovered if r.manifest_row is not None)
             info["recovered_rows"] = len(recovered)
         shard_info.append(info)
@@ -320,16 +325,26 @@ def consolidate(
     extras = [c for c in frame.columns if c not in RESULT_COLUMNS]
     frame = order_frame(frame.reindex(columns=[*RESULT_COLUMNS, *extras]).fillna(""), job_ids)
     merged = merge_summaries(parts)
-    stops = merged.pop("stopped_by")
-    unfinished = [s["index"] for s in shard_info if s["state"] != "COMPLETED"]
+    stops = merged.stops
+    unfinished = tuple(s["index"] for s in shard_info if s["state"] != "COMPLETED")
+    stopped_by: StoppedBy | None = None
     if unfinished:
-        merged["stopped_by"] = {"cause": "shard_failed", "shards": unfinished, "shard_stops": stops}
+        stopped_by = StoppedBy(StopCause.SHARD_FAILED, shards=unfinished, shard_stops=stops)
     elif stops:
-        merged["stopped_by"] = {**stops[0], "shard_stops": stops}
-    else:
-        merged["stopped_by"] = None
-    merged["shards"] = shard_info
-    return merged, frame, order_failed_rows(failed, job_ids)
+        stopped_by = replace(stops[0], shard_stops=stops)
+    summary = RunSummary(
+        run_id=run_id,
+        manifest="",
+        dest="",
+        endpoint="",
+        totals=merged.totals,
+        report_dir=str(Path(report_dir or "runs") / run_id),
+        stopped_by=stopped_by,
+        requests_sent=merged.requests_sent,
+        throttled_429=merged.throttled_429,
+        shards=shard_info,
+    )
+    return summary, frame, order_failed_rows(failed, job_ids)
 
 
 def write_consolidated(
@@ -337,7 +352,7 @@ def write_consolidated(
     run_id: str,
     out_dir: Path,
     frame: pd.DataFrame,
-    summary: dict[str, Any],
+    summary: RunSummary,
     failed: list[dict[str, Any]],
 ) -> None:
     """results.csv, summary.json and failed.jsonl into ``out_dir`` and ``{dest}/_runs/{run_id}/``."""
@@ -345,7 +360,7 @@ def write_consolidated(
     paths = {name: out_dir / name for name in ("results.csv", "summary.json", "failed.jsonl")}
     frame.to_csv(paths["results.csv"], index=False)
     paths["summary.json"].write_text(
-        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     paths["failed.jsonl"].write_text(
         "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in failed), encoding="utf-8"
@@ -353,9 +368,9 @@ def write_consolidated(
     save_reports(destination, run_id, paths)
 
 
-async def _publish_artifacts(run_id: str, summary: dict[str, Any]) -> None:
+async def _publish_artifacts(run_id: str, summary: RunSummary) -> None:
     try:
-        table = [{k: str(v) for k, v in s.items()} for s in summary["shards"]]
+        table = [{k: str(v) for k, v in s.items()} for s in summary.shards or ()]
         await acreate_table_artifact(
             key=f"shards-{run_id.lower()}"[:60], table=table, description=f"Shard runs of {run_id}"
         )

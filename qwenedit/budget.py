@@ -88,12 +88,15 @@ class Budget:
 
     def spend_cap_stop(self) -> dict[str, str] | None:
         """The run's ``stopped_by`` when the shared caps stopped it: ``cause`` ``spend_cap``, the cap, its
-        limit and period, and a ``message`` naming it (or why the spend ledger could not be used)."""
+        limit and period, and a ``message`` (also as ``reason``) naming it, or why the spend ledger could not
+        be used."""
         if self.shared is None or not self.shared.stopped:
             return None
         if self.shared.reached is not None:
-            return {"cause": "spend_cap", **self.shared.reached.to_dict()}
-        return {"cause": "spend_cap", "message": f"spend ledger could not be used: {self.shared.failure}"}
+            reached = self.shared.reached.to_dict()
+            return {"cause": "spend_cap", "reason": reached["message"], **reached}
+        message = f"spend ledger could not be used: {self.shared.failure}"
+        return {"cause": "spend_cap", "reason": message, "message": message}
 
     def refusal(self) -> str:
         """Why a call was not started: the shared caps' reason, else the run's own budget."""

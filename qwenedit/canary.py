@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
+
+from qwenedit.summary import RunSummary
 
 K = TypeVar("K", bound=Hashable)
 
@@ -54,18 +56,18 @@ class CanaryOutcome:
     """What the person deciding sees: the canary's results, the projected spend, the report."""
 
     jobs: int
-    summary: dict[str, Any]
+    summary: RunSummary
     remaining_jobs: int
     projected: str
     report: str  # path of report.html written for the canary
 
     def markdown(self) -> str:
-        by = self.summary["by_status"]
-        cost = ", ".join(f"{a} {c}" for c, a in self.summary["total_cost"].items()) or "0"
+        totals = self.summary.totals
+        cost = ", ".join(f"{a} {c}" for c, a in totals.total_cost.items()) or "0"
         return (
-            f"**Canary: {self.jobs} jobs** — {by['succeeded']} succeeded, {by['failed']} failed; "
-            f"{self.summary['images_stored']} images stored, cost {cost}; "
-            f"{self.summary.get('qa_flagged_images', 0)} images flagged by QA.\n\n"
+            f"**Canary: {self.jobs} jobs** — {totals.count('succeeded')} succeeded, "
+            f"{totals.count('failed')} failed; {totals.images_stored} images stored, cost {cost}; "
+            f"{totals.qa_flagged_images} images flagged by QA.\n\n"
             f"**The rest: {self.remaining_jobs} jobs, projected spend at most {self.projected}.**\n\n"
             f"Report: `{self.report}`"
         )

@@ -54,6 +54,7 @@ def main(out: Path = ROOT / "demo-out") -> int:
                 # The canary's 3 calls come first; the 4th call (the first after it) answers with a
                 # blank image, which output QA flags.
                 next_faults=["ok", "ok", "ok", "blank_output"],
+                allow_private_urls=True,  # inputs are presigned URLs of the loopback S3 server
             )
         ) as emulator,
     ):

@@ -5,8 +5,8 @@ reasons, and a contact sheet: each job's inputs → outputs as small embedded JP
 loads nothing from anywhere (images are ``data:`` URIs, the CSS is inline, there is no script, and a
 Content-Security-Policy forbids anything else), so it reads the same from a bucket, an email or a disk.
 
-Input: the run's summary dict (``report.RunTotals.to_dict()`` plus the run layer's keys; ``rollups``
-as ``Rollups.to_dict()`` makes it; unknown scalar keys are listed under "Run details"), the job results
+Input: the run's ``RunSummary`` or its summary.json document (``rollups`` as ``Rollups.to_dict()``
+makes it; keys the page does not show are listed under "Run details"), the job results
 (one pass, any length), and two callables that return an image's bytes: ``read_output(uri)`` for a
 stored output (the destination reader) and ``read_input(ref)`` for an input reference as the manifest
 wrote it (the input resolver; ``data:`` URIs are decoded here). Either may be None (no thumbnails on
@@ -38,7 +38,9 @@ from typing import Any
 
 from qwenedit.catalog import format_money
 from qwenedit.qa import thumbnail_data_uri
-from qwenedit.report import STATUSES, JobResult
+from qwenedit.redact import redact_url
+from qwenedit.report import JobResult
+from qwenedit.summary import STATUSES, RunSummary
 
 ImageReader = Callable[[str], bytes | None]
 
@@ -242,15 +244,25 @@ class _Thumbs:
         return thumbnail_data_uri(data, self.side)
 
 
-def render_html_report(summary: Mapping[str, Any], results: Iterable[JobResult], **options: Any) -> str:
+def render_html_report(
+    summary: RunSummary | Mapping[str, Any], results: Iterable[JobResult], **options: Any
+) -> str:
     """The whole page as one string (``write_html_report`` streams it to a file instead); ``options``
     as for ``_page``: ``read_output``, ``read_input``, ``canary``, ``headline``, ``inputs_of``,
     ``prompt_of``, ``contact_limit``, ``flagged_limit``, ``table_limit``, ``thumb_side``, ``workers``."""
-    return "".join(_page(summary, results, **options))
+    return "".join(_page(_document(summary), results, **options))
+
+
+def _document(summary: RunSummary | Mapping[str, Any]) -> Mapping[str, Any]:
+    """The page renders the summary.json document (every key of it: unknown ones under "Run details")."""
+    return summary.to_json() if isinstance(summary, RunSummary) else summary
 
 
 def write_html_report(
-    path: str | os.PathLike[str], summary: Mapping[str, Any], results: Iterable[JobResult], **options: Any
+    path: str | os.PathLike[str],
+    summary: RunSummary | Mapping[str, Any],
+    results: Iterable[JobResult],
+    **options: Any,
 ) -> Path:
     """Write ``report.html`` to ``path`` (atomically: a reader never sees half a page); options as
     for ``render_html_report``."""
@@ -258,7 +270,7 @@ def write_html_report(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
-        for chunk in _page(summary, results, **options):
+        for chunk in _page(_document(summary), results, **options):
             fh.write(chunk)
     os.replace(tmp, target)
     return target
@@ -526,7 +538,9 @@ def _job_card(
 
 
 def _short(ref: str, keep: int = 48) -> str:
-    ref = ref.split("?", 1)[0]  # never show a presigned query string
+    """A reference to show: a URL without userinfo, query string or fragment (a presigned query *is* a
+    credential, ``user:pass@`` is one), cut to its last ``keep`` characters."""
+    ref = redact_url(ref) if "://" in ref else ref.split("?", 1)[0]
     return ref if len(ref) <= keep else "…" + ref[-(keep - 1) :]
 
 

@@ -113,7 +113,11 @@ class RunOptions(BaseModel):
         3600.0, gt=0, description="how long a deployment run waits for approval"
     )
     report_dir: str = Field("runs", description="local folder for run reports")
-    run_id: str | None = Field(None, description="the run's id (default: time + random suffix)")
+    run_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",  # a folder and key part: no "/", never ".."
+        description="the run's id: letters, digits, . _ - (default: time + random suffix)",
+    )
     api_key_env: str = Field("DASHSCOPE_API_KEY", description="environment variable holding the API key")
 
     @field_validator("budget", "daily_budget", "monthly_budget")

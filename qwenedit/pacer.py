@@ -11,16 +11,22 @@ requests span at least ``period_s + guard_s``: up to ``guard_s`` of variation be
 therefore spaced evenly too (Max: one request every ~30.3 s, never two together), never sent as a burst.
 A pool's pacers start with ``guard_s`` = 40 ms, or 1 % of the period if that is more (Max: 0.6 s).
 
-``guard_s`` adapts (AIMD on the spacing):
+``guard_s`` adapts (AIMD on the spacing): a fixed guard costs a fixed slice of every spacing (10 ms is
+4 % of the 250 ms spacing at 4 req/s), paid for nothing where the network is quiet, so the guard
+shrinks while requests arrive cleanly and grows when the API refuses one.
 
 - **Multiplicative backoff.** ``throttled()`` (a 429 ``Throttling*`` or ``Throttling.BurstRate``)
   multiplies the guard by ``BACKOFF_FACTOR`` (at least ``+MIN_BACKOFF_STEP_S``), at most once per
   ``period_s + guard_s``: the requests already sent at the old spacing may still be refused, and one
   cause must not back off twice. The guard never exceeds a quarter of the period.
-- **Memory.** The guard a throttle happened at, ×1.25, becomes the floor: recovery never returns to a
-  spacing that was refused.
-- **Slow recovery.** After every ``RECOVERY_PERMITS`` permits without a throttle the guard shrinks by
-  ``RECOVERY_STEP_S`` (additive), down to the floor.
+- **Memory.** The guard a throttle happened at, ×``FLOOR_FACTOR``, becomes the floor: recovery never
+  returns to a spacing that was refused.
+- **Recovery while clean.** After every ``RECOVERY_PERMITS`` permits without a throttle the guard
+  shrinks by ``RECOVERY_FACTOR`` (at least ``RECOVERY_STEP_S``), down to the floor — which starts at
+  ``min_guard`` (5 ms, or 0.1 % of the period if that is more), below the starting guard: on a quiet
+  network the pacer converges on the limit itself.
+- **History.** Every change of the guard is kept (time since the pacer started, new guard; at most
+  ``HISTORY_POINTS``, thinned evenly when full) and shown in ``snapshot()`` for the summary and bench.
 
 Behaviour at the edges:
 
@@ -59,12 +65,16 @@ from qwenedit.catalog import RateLimit, normalize_model
 DEFAULT_MARGIN = 0.98
 DEFAULT_GUARD_S = 0.04  # ~40 ms of arrival jitter absorbed from the start (2/s: 0.96 of the limit)
 MIN_GUARD_FRACTION = 0.01  # ...and at least 1 % of the period: per-minute limits get 0.6 s for ~1 %
-BACKOFF_FACTOR = 1.5
+BACKOFF_FACTOR = 2.0
 MIN_BACKOFF_STEP_S = 0.005
 MAX_GUARD_FRACTION = 0.25  # of the period
 FLOOR_FACTOR = 1.25
 RECOVERY_PERMITS = 10
+RECOVERY_FACTOR = 0.85
 RECOVERY_STEP_S = 0.001
+MIN_GUARD_S = 0.005
+MIN_GUARD_PERIOD_FRACTION = 0.001
+HISTORY_POINTS = 256
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -88,8 +98,11 @@ class Pacer:
         if not 0 <= guard_s <= MAX_GUARD_FRACTION * limit.period_s:
             raise ValueError(f"guard_s must be in [0, {MAX_GUARD_FRACTION} × period], got {guard_s}")
         self.limit = limit
-        self._guard = self._floor = guard_s
+        self._guard = guard_s
+        self._floor = min(guard_s, min_guard(limit))
         self._clock = clock
+        self._origin = clock()
+        self._history: list[tuple[float, float]] = [(0.0, guard_s)]
         self._sleep = sleep
         self._lock = asyncio.Lock()
         self._next = float("-inf")  # earliest time the next permit may be granted
@@ -198,6 +211,7 @@ class Pacer:
         self._next = max(self._next, self._last + self.interval)
         self._hold_until = now + self.limit.period_s + self._guard
         self.backoffs += 1
+        self._note_guard()
         return True
 
     def penalize(self, seconds: float) -> None:
@@ -214,6 +228,7 @@ class Pacer:
             "backoffs": self.backoffs,
             "guard_s": round(self._guard, 6),
             "paced_rate": round(1.0 / self.interval, 6),
+            "guard_history": [[round(t, 3), round(g, 6)] for t, g in self._history],
         }
 
     @property
@@ -224,7 +239,20 @@ class Pacer:
         self._calm += 1
         if self._calm >= RECOVERY_PERMITS:
             self._calm = 0
-            self._guard = max(self._floor, self._guard - RECOVERY_STEP_S)
+            shrunk = max(self._floor, min(self._guard * RECOVERY_FACTOR, self._guard - RECOVERY_STEP_S))
+            if shrunk != self._guard:
+                self._guard = shrunk
+                self._note_guard()
+
+    def _note_guard(self) -> None:
+        self._history.append((self._clock() - self._origin, self._guard))
+        if len(self._history) > HISTORY_POINTS:  # keep the first point and every other one after it
+            self._history = self._history[:1] + self._history[2::2]
+
+
+def min_guard(limit: RateLimit) -> float:
+    """The smallest guard a pacer at ``limit`` shrinks to while requests arrive cleanly."""
+    return max(MIN_GUARD_S, MIN_GUARD_PERIOD_FRACTION * limit.period_s)
 
 
 def initial_guard(limit: RateLimit, guard_s: float = DEFAULT_GUARD_S) -> float:

@@ -1,8 +1,9 @@
 """One job, start to finish: resume check → budget → pacer → API call → charge record → copy → done.
 
 The run layer (``qwenedit.run``) decides in bulk which rows are already done and hands every other
-job here with its fingerprint. Everything a job needs is in the ``RunContext`` shared by the jobs of
-one run; this module knows nothing of Prefect.
+job here with its fingerprint. A job is given a ``RunContext``: the run's fixed ``RunServices``
+(clients, destination, pacers, prices, settings; frozen) and its mutable ``RunState`` (result spool,
+totals, budget, breaker, stop reason); this module knows nothing of Prefect.
 
 The order of the steps is the contract:
 
@@ -23,8 +24,9 @@ traceback, the job fails at once (``run_job`` never raises).
 from __future__ import annotations
 
 import asyncio
-import fnmatch
+import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +52,7 @@ from qwenedit.report import JobResult, ResultSpool, RunTotals
 from qwenedit.retry import RetryPolicy
 from qwenedit.rollups import Rollups
 from qwenedit.storage import CopyError, Destination, copy_url
+from qwenedit.summary import STATUSES
 
 log = logging.getLogger("qwenedit.pipeline")
 
@@ -57,8 +60,9 @@ T = TypeVar("T")
 
 DESCRIBED_ROWS = 300  # skipped rows that still carry prompt and inputs (the report's first contact rows)
 
-# Result buckets the API serves outputs from; the base URL's host is added per run.
-DEFAULT_OUTPUT_HOSTS = ("dashscope-result-*.aliyuncs.com", "*.oss-*.aliyuncs.com")
+# The result buckets the API documents (docs/dashscope-api.md §3: ``dashscope-result-{region}`` on
+# ``oss-{region}.aliyuncs.com``); the base URL's host is added per run, ``--allow-output-host`` adds more.
+DEFAULT_OUTPUT_HOSTS = ("dashscope-result-*.oss-*.aliyuncs.com",)
 
 
 def utcnow_iso() -> str:
@@ -66,13 +70,20 @@ def utcnow_iso() -> str:
 
 
 def host_allowed(url: str, patterns: Sequence[str]) -> bool:
-    """True if the URL is http(s) and its host matches one of the allowed host patterns."""
+    """True if the URL is http(s) and its host (or ``host:port``) matches one of the allowed host
+    patterns. A ``*`` stands for part of one DNS label, never a dot (as in TLS certificates):
+    ``dashscope-result-*.oss-*.aliyuncs.com`` does not match ``dashscope-result-x.evil.oss-y.aliyuncs.com``."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
     host = parts.hostname.lower()
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return any(fnmatch.fnmatchcase(host, p) or fnmatch.fnmatchcase(netloc, p) for p in patterns)
+    return any(_host_pattern(p).fullmatch(host) or _host_pattern(p).fullmatch(netloc) for p in patterns)
+
+
+@functools.lru_cache(maxsize=256)
+def _host_pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile("[^.]*".join(re.escape(part) for part in pattern.lower().split("*")))
 
 
 def output_key(job_id: str, k: int) -> str:
@@ -127,6 +138,15 @@ class RunStats:
         now = time.monotonic()
         self.by_model.setdefault(model, [0, 0, now, now])[1] += 1
 
+    def outcomes(self) -> dict[str, int]:
+        """Jobs recorded so far by status, as the summary counts them (``by_status``)."""
+        return {status: self.totals.counts.get(status, 0) for status in STATUSES}
+
+    def sent_by_model(self, model: str) -> int:
+        """Requests of ``model`` that left (counted at the send, as ``requests_sent``)."""
+        row = self.by_model.get(model)
+        return int(row[0]) if row is not None else 0
+
     def model_rates(self) -> dict[str, tuple[float, int]]:
         """Per model: requests per second achieved (between its first and last send) and its 429s."""
         out = {}
@@ -142,9 +162,9 @@ class RunStats:
         return (self.requests_sent - 1) / span if span > 0 else 0.0
 
 
-@dataclass
-class RunContext:
-    """Everything the jobs of one run share."""
+@dataclass(frozen=True)
+class RunServices:
+    """What the jobs of one run use and never change: clients, destination, pacers, prices, settings."""
 
     run_id: str
     client: DashScopeClient
@@ -158,24 +178,14 @@ class RunContext:
     locate_input: Callable[[str], str]  # a reference made absolute (for failed.jsonl)
     http: httpx.Client  # sync client for streaming copies (run in threads)
     io: ThreadPoolExecutor
-    spool: ResultSpool
     allowed_output_hosts: tuple[str, ...]
     api_retry: RetryPolicy
     store_retry: RetryPolicy
-    budget: Budget
     throttle_penalty: float = 1.0
     recall_expired: bool = False
     qa: bool = True  # inspect every stored output (qwenedit.qa)
     qa_retries: int = 0  # regenerations allowed for a job whose outputs QA flagged
-    rollups: Rollups | None = None  # per-group totals (--group-by), added to like ``stats.totals``
     on_latency: Callable[[str, float], None] | None = None  # (model, seconds a call took): sizes the window
-    described: int = 0  # results given their prompt and inputs (all executed ones, the first few others)
-    breaker: Breaker = field(default_factory=Breaker)
-    stop_reason: str | None = None  # set by a graceful stop: no new call starts, calls in flight finish
-    stats: RunStats = field(default_factory=RunStats)
-    unrecorded: set[int] = field(
-        default_factory=set
-    )  # rows handed to a chunk whose result is not yet spooled
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, partial(fn, *args))
@@ -194,6 +204,28 @@ class RunContext:
                 ) from None
             raise
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+@dataclass
+class RunState:
+    """What the jobs of one run change as they go: results, totals, spend, the breaker, the stop."""
+
+    spool: ResultSpool
+    budget: Budget
+    stats: RunStats = field(default_factory=RunStats)
+    rollups: Rollups | None = None  # per-group totals (--group-by), added to like ``stats.totals``
+    described: int = 0  # results given their prompt and inputs (all executed ones, the first few others)
+    breaker: Breaker = field(default_factory=Breaker)
+    stop_reason: str | None = None  # set by a graceful stop: no new call starts, calls in flight finish
+    unrecorded: set[int] = field(default_factory=set)  # rows handed to a chunk whose result is not spooled
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a job is given: the run's fixed services and its mutable state."""
+
+    services: RunServices
+    state: RunState
 
 
 class _JobFailed(Exception):
@@ -219,12 +251,12 @@ def new_result(job: Job, status: str = "failed") -> JobResult:
     )
 
 
-def skipped_result(ctx: RunContext, job: Job, marker: DoneMarker) -> JobResult:
+def skipped_result(services: RunServices, job: Job, marker: DoneMarker) -> JobResult:
     """The result of a row the listing found done at its fingerprint (no call, no request)."""
     result = new_result(job, "skipped")
     result.request_id = marker.request_id
     result.image_count = marker.image_count or 0
-    result.outputs = [ctx.dest.uri(output_key(job.job_id, k)) for k in range(1, result.image_count + 1)]
+    result.outputs = [services.dest.uri(output_key(job.job_id, k)) for k in range(1, result.image_count + 1)]
     return result
 
 
@@ -239,16 +271,16 @@ def record(ctx: RunContext, job: Job, result: JobResult) -> JobResult:
     result.finished_at = result.finished_at or utcnow_iso()
     if result.status in ("failed", "not_attempted"):
         result.manifest_row = _rerunnable_row(ctx, job)
-    if result.status != "skipped" or ctx.described < DESCRIBED_ROWS:  # what report.html shows of a job
-        ctx.described += 1
+    if result.status != "skipped" or ctx.state.described < DESCRIBED_ROWS:  # what report.html shows of a job
+        ctx.state.described += 1
         result.prompt = job.prompt
         result.inputs = list(result.manifest_row["images"]) if result.manifest_row else _anchored(ctx, job)
-    ctx.spool.add(result)
-    ctx.stats.totals.add(result)
-    if ctx.rollups is not None:
-        ctx.rollups.add(result)
-    ctx.stats.finished += 1
-    ctx.unrecorded.discard(job.row)
+    ctx.state.spool.add(result)
+    ctx.state.stats.totals.add(result)
+    if ctx.state.rollups is not None:
+        ctx.state.rollups.add(result)
+    ctx.state.stats.finished += 1
+    ctx.state.unrecorded.discard(job.row)
     return result
 
 
@@ -282,7 +314,7 @@ def _anchored(ctx: RunContext, job: Job) -> list[str]:
     images = []
     for ref in job.images:
         try:
-            images.append(ctx.locate_input(ref))
+            images.append(ctx.services.locate_input(ref))
         except Exception:
             images.append(ref)
     return images
@@ -293,28 +325,30 @@ def _safe_text(exc: BaseException, limit: int = 300) -> str:
 
 
 async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str], result: JobResult) -> None:
-    price = ctx.prices.unit_price(job.region, job.model)
+    price = ctx.services.prices.unit_price(job.region, job.model)
     result.unit_price, result.currency = str(price.amount), price.currency
-    records = await ctx.store(ctx.ledger.job_records, job.job_id)
+    records = await ctx.services.store(ctx.services.ledger.job_records, job.job_id)
     legacy = records.legacy_done
     if legacy is not None and legacy.fingerprint == fp:  # finished before the done index existed
         result.status = "skipped"
         result.request_id, result.image_count = legacy.request_id, legacy.image_count
         result.outputs = list(legacy.outputs)
-        await ctx.store(ctx.ledger.write_done, legacy)  # its marker: the next rerun skips it in bulk
+        await ctx.services.store(
+            ctx.services.ledger.write_done, legacy
+        )  # its marker: the next rerun skips it in bulk
         return
 
     pending = [c for c in records.charges if c.fingerprint == fp]
     # Outputs of an earlier, different version of this row may sit at the same keys.
     stale = {c.request_id for c in records.charges if c.fingerprint != fp}
     if stale_markers:  # this row is no longer done at its old version: never skip it at that one again
-        await ctx.store(ctx.ledger.remove, list(stale_markers))
+        await ctx.services.store(ctx.services.ledger.remove, list(stale_markers))
     charge: Charge | None = None
     fresh = True
     if pending:
         charge, fresh = pending[-1], False
         if charge.expired(datetime.now(UTC)):
-            if not ctx.recall_expired:
+            if not ctx.services.recall_expired:
                 result.request_id, result.image_count = charge.request_id, charge.image_count
                 result.billed_not_stored = charge.image_count
                 raise _JobFailed(
@@ -327,7 +361,7 @@ async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str],
         if charge is None:
             charge = await _paid_call(ctx, job, fp, price, result)
         await _store_outputs(ctx, job, charge, result, stale, fresh=fresh)  # copy only when paid earlier
-        if not result.qa or result.qa_retries >= ctx.qa_retries:
+        if not result.qa or result.qa_retries >= ctx.services.qa_retries:
             break
         # QA flagged the outputs: regenerate (a new, billed call). The flagged images stay where they are
         # until the new call has answered; then they are moved aside (paid for: kept, never replaced).
@@ -347,23 +381,23 @@ async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: J
     """Reserve the budget, call (paced, retried), and write the charge record before anything else."""
     _stop_if_tripped(ctx, result)
     worst_case = cost(job.n, price)
-    if not await ctx.budget.reserve(worst_case, price.currency):  # the run's budget and the shared caps
+    if not await ctx.state.budget.reserve(worst_case, price.currency):  # the run's budget and the shared caps
         if result.attempts == 0:
             result.status = "not_attempted"
-        raise _JobFailed(JobCode.BUDGET_EXCEEDED, ctx.budget.refusal())
+        raise _JobFailed(JobCode.BUDGET_EXCEEDED, ctx.state.budget.refusal())
     try:
         images = await _resolve_inputs(ctx, job)
         answer = await _call(ctx, job, EditRequest.from_job(job, tuple(images)), result, worst_case, price)
     finally:
-        ctx.budget.release(worst_case)
+        ctx.state.budget.release(worst_case)
     charge = _charge_for(ctx, job, fp, answer, price)
-    ctx.budget.charge(charge.cost_decimal, charge.currency, job.model)
+    ctx.state.budget.charge(charge.cost_decimal, charge.currency, job.model)
     result.cost = str(Decimal(result.cost or "0") + charge.cost_decimal)
     # Until the charge record is written this paid call is known only to this row: if the write fails,
     # the row must say its images are billed and not stored.
     result.request_id, result.image_count = charge.request_id, charge.image_count
     result.billed_not_stored = charge.image_count
-    await ctx.store(ctx.ledger.write_charge, charge)
+    await ctx.services.store(ctx.services.ledger.write_charge, charge)
     result.billed_not_stored = 0
     return charge
 
@@ -371,20 +405,22 @@ async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: J
 async def _call(
     ctx: RunContext, job: Job, request: EditRequest, result: JobResult, worst_case: Decimal, price: Price
 ) -> EditResult:
-    pacer = ctx.pacers.get(ctx.endpoint, ctx.api_key, job.model)
+    pacer = ctx.services.pacers.get(ctx.services.endpoint, ctx.services.api_key, job.model)
 
     def retry_on(exc: BaseException) -> bool:
-        return isinstance(exc, errors.DashScopeError) and exc.retryable and not ctx.breaker.tripped
+        return isinstance(exc, errors.DashScopeError) and exc.retryable and not ctx.state.breaker.tripped
 
     # An attempt whose answer was lost counts as spent (possibly billed) while the job's reservation
     # still holds the retry: a retry is sent only if that spend still fits the budget and the caps.
     lost = False
     try:
-        async for attempt in ctx.api_retry.retrying(retry_on, describe=lambda: f"job {job.job_id} call"):
+        async for attempt in ctx.services.api_retry.retrying(
+            retry_on, describe=lambda: f"job {job.job_id} call"
+        ):
             with attempt:
                 _stop_if_tripped(ctx, result)
-                if lost and not await ctx.budget.still_fits():
-                    refusal = ctx.budget.refusal().removeprefix("not started: ")
+                if lost and not await ctx.state.budget.still_fits():
+                    refusal = ctx.state.budget.refusal().removeprefix("not started: ")
                     raise _JobFailed(
                         JobCode.BUDGET_EXCEEDED, f"not retried after a lost answer: {refusal}"[:300]
                     )
@@ -405,17 +441,17 @@ async def _call(
 
 
 async def _send(ctx: RunContext, request: EditRequest, pacer: Pacer) -> EditResult:
-    ctx.stats.in_flight += 1
+    ctx.state.stats.in_flight += 1
     started = time.monotonic()
     try:
         # The pacer is also the send gate: the first byte leaves only once the previous request is out.
-        answer = await ctx.client.edit(
-            request, on_send=partial(_sent, ctx.stats, pacer, request.model), gate=pacer
+        answer = await ctx.services.client.edit(
+            request, on_send=partial(_sent, ctx.state.stats, pacer, request.model), gate=pacer
         )
     finally:
-        ctx.stats.in_flight -= 1
-    if ctx.on_latency is not None:  # answered calls only: what one call holds its place for
-        ctx.on_latency(request.model, time.monotonic() - started)
+        ctx.state.stats.in_flight -= 1
+    if ctx.services.on_latency is not None:  # answered calls only: what one call holds its place for
+        ctx.services.on_latency(request.model, time.monotonic() - started)
     return answer
 
 
@@ -432,12 +468,12 @@ def _account_for(
     if err.possibly_billed:
         result.possibly_billed = True
         result.possibly_billed_images += job.n  # worst case: this lost answer was billed n images
-        ctx.budget.possibly_charge(worst_case, price.currency, job.model)
+        ctx.state.budget.possibly_charge(worst_case, price.currency, job.model)
     if isinstance(err, errors.Throttled):
-        ctx.stats.note_throttled(job.model)
-        pacer.penalize(ctx.throttle_penalty)
+        ctx.state.stats.note_throttled(job.model)
+        pacer.penalize(ctx.services.throttle_penalty)
     if err.fatal_for_run:
-        ctx.breaker.trip(err)
+        ctx.state.breaker.trip(err)
 
 
 async def _resolve_inputs(ctx: RunContext, job: Job) -> list[str]:
@@ -445,7 +481,7 @@ async def _resolve_inputs(ctx: RunContext, job: Job) -> list[str]:
     images = []
     for i, ref in enumerate(job.images, start=1):
         try:
-            images.append(await ctx.blocking(ctx.resolve_input, ref))
+            images.append(await ctx.services.blocking(ctx.services.resolve_input, ref))
         except InputError as err:
             located = err.located(job.row, job.job_id, f"image_{i}")
             raise _JobFailed(JobCode.BAD_INPUT, str(located)[:300]) from None
@@ -458,10 +494,12 @@ def _sent(stats: RunStats, pacer: Pacer, model: str) -> None:
 
 
 def _stop_if_tripped(ctx: RunContext, result: JobResult) -> None:
-    if ctx.stop_reason is not None:
+    if ctx.state.stop_reason is not None:
         result.status = "not_attempted" if result.attempts == 0 else "failed"
-        raise _JobFailed(JobCode.RUN_STOPPED, f"run stopped ({ctx.stop_reason}); the same command resumes")
-    reason = ctx.breaker.reason
+        raise _JobFailed(
+            JobCode.RUN_STOPPED, f"run stopped ({ctx.state.stop_reason}); the same command resumes"
+        )
+    reason = ctx.state.breaker.reason
     if reason is not None:
         result.status = "not_attempted" if result.attempts == 0 else "failed"
         raise _JobFailed(
@@ -487,7 +525,7 @@ def _charge_for(ctx: RunContext, job: Job, fp: str, answer: EditResult, price: P
         currency=price.currency,
         cost=str(cost(answer.image_count, price)),
         charged_at=now.isoformat(timespec="microseconds"),
-        run_id=ctx.run_id,
+        run_id=ctx.services.run_id,
     )
 
 
@@ -500,24 +538,24 @@ async def _store_outputs(
     stored: list[str] = []
     keys: list[str] = []
     if stale:
-        await ctx.store(_supersede, ctx.dest, job.job_id, charge.request_id)
+        await ctx.services.store(_supersede, ctx.services.dest, job.job_id, charge.request_id)
     try:
         for k, url in enumerate(charge.output_urls, start=1):
             key = output_key(job.job_id, k)
-            if not host_allowed(url, ctx.allowed_output_hosts):
+            if not host_allowed(url, ctx.services.allowed_output_hosts):
                 raise _JobFailed(
                     JobCode.OUTPUT_HOST_REFUSED,
                     f"output {k} is on host {urlsplit(url).hostname!r}, which is not an allowed result host; not fetched",
                 )
             await _copy(ctx, job, charge, url, key, k, fresh)
-            stored.append(ctx.dest.uri(key))
+            stored.append(ctx.services.dest.uri(key))
             keys.append(key)
     except _JobFailed:
         result.outputs = stored
         result.billed_not_stored = charge.image_count - len(stored)
         raise
     result.outputs = stored
-    result.qa = await _inspect(ctx, job, charge, keys) if ctx.qa else ""
+    result.qa = await _inspect(ctx, job, charge, keys) if ctx.services.qa else ""
 
 
 async def _inspect(ctx: RunContext, job: Job, charge: Charge, keys: Sequence[str]) -> str:
@@ -525,9 +563,9 @@ async def _inspect(ctx: RunContext, job: Job, charge: Charge, keys: Sequence[str
     expected = (charge.width, charge.height) if charge.width and charge.height else None
     flags = []
     for key in keys:
-        data = await ctx.store(ctx.dest.get_bytes, key)
+        data = await ctx.services.store(ctx.services.dest.get_bytes, key)
         check = partial(qa.check_output, data or b"", expected=expected, requested=job.size)
-        flags.append(await ctx.blocking(check))
+        flags.append(await ctx.services.blocking(check))
     return qa.qa_cell(flags)
 
 
@@ -542,10 +580,10 @@ async def _commit(ctx: RunContext, job: Job, fp: str, charge: Charge, result: Jo
         cost=charge.cost,
         currency=charge.currency,
         finished_at=utcnow_iso(),
-        run_id=ctx.run_id,
+        run_id=ctx.services.run_id,
         extra={"qa": result.qa} if result.qa else {},
     )
-    await ctx.store(ctx.ledger.write_done, done)
+    await ctx.services.store(ctx.services.ledger.write_done, done)
     result.status = "succeeded"
 
 
@@ -578,12 +616,12 @@ async def _copy(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k
         "output-index": str(k),
     }
     copy: Callable[[], Awaitable[object]] = partial(
-        ctx.blocking,
+        ctx.services.blocking,
         partial(
             copy_url,
-            ctx.http,
+            ctx.services.http,
             url,
-            ctx.dest,
+            ctx.services.dest,
             key,
             content_type="image/png",
             metadata=metadata,
@@ -592,7 +630,7 @@ async def _copy(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k
     )
     tries = 0
     try:
-        async for attempt in ctx.store_retry.retrying(
+        async for attempt in ctx.services.store_retry.retrying(
             is_transient_storage_error, describe=lambda: f"job {job.job_id}: copy of output {k}"
         ):
             with attempt:

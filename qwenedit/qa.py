@@ -18,11 +18,16 @@ The size checks need only the header, so a truncated image still gets them. ``in
 the same work and also returns the pixel size and, on request, a thumbnail from the same decode;
 ``thumbnail_data_uri`` makes the small embedded JPEGs of ``report.html``. ``qa_cell`` formats one job's
 flags for the ``qa`` column of results.csv. Pure functions; safe to call from worker threads.
+
+Decoding is bounded (``qwenedit.decode``): the pixel cap is checked from the header, JPEG thumbnails
+are decoded at a reduced scale, images are reduced in their own mode strip by strip (no full-size
+RGBA copy), and concurrent decodes share one memory budget.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import re
 import struct
@@ -30,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageStat
+
+from qwenedit.decode import MAX_INPUT_PIXELS, decoding, downscale, open_image
 
 UNDECODABLE = "undecodable"
 TOO_LARGE = "too_large"
@@ -40,11 +47,10 @@ CHECKS = (UNDECODABLE, TOO_LARGE, SIZE_MISMATCH, SIZE_NOT_REQUESTED, BLANK)
 
 # Outputs are at most 2048×2048 (docs/dashscope-api.md §1); 4× that is headroom, not a size anyone should see.
 MAX_PIXELS = 4096 * 4096
-# Inputs are whatever the catalogue holds (recommended up to 3072 px a side; 10 MB files).
-MAX_THUMBNAIL_PIXELS = 8192 * 8192
+# Inputs: the cap derived from the API's documented input sizes (qwenedit.decode).
+MAX_THUMBNAIL_PIXELS = MAX_INPUT_PIXELS
 BLANK_SIDE = 128
 BLANK_STDDEV = 2.0
-_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 _SIZE = re.compile(r"\s*([0-9]+)\s*\*\s*([0-9]+)\s*")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -114,17 +120,18 @@ def inspect_output(
         if img.width * img.height > max_pixels:
             failed.add(TOO_LARGE)
         else:
-            try:
-                img.load()
-                if img.format == "PNG" and not _png_complete(data):
-                    raise OSError("PNG ends before its IEND chunk")
-            except Exception:
-                failed.add(UNDECODABLE)
-            else:
-                if _is_blank(img, blank_stddev):
-                    failed.add(BLANK)
-                if thumbnail_side is not None:
-                    found.thumbnail = _jpeg_uri(_downscale(img, thumbnail_side))
+            with contextlib.ExitStack() as decoded:
+                try:
+                    full = decoded.enter_context(decoding(img, max_pixels=max_pixels))
+                    if full.format == "PNG" and not _png_complete(data):
+                        raise OSError("PNG ends before its IEND chunk")
+                except Exception:
+                    failed.add(UNDECODABLE)
+                else:
+                    if _is_blank(full, blank_stddev):
+                        failed.add(BLANK)
+                    if thumbnail_side is not None:
+                        found.thumbnail = _jpeg_uri(downscale(full, thumbnail_side))
     found.failed = [c for c in CHECKS if c in failed]
     return found
 
@@ -133,18 +140,12 @@ def thumbnail_data_uri(
     data: bytes, max_side: int = 160, *, max_pixels: int = MAX_THUMBNAIL_PIXELS
 ) -> str | None:
     """A small JPEG of the image as a ``data:`` URI (longest side ``max_side``); None if it does not
-    decode or is larger than ``max_pixels``. JPEGs are decoded at a reduced scale (cheap)."""
+    decode or would decode to more than ``max_pixels`` (JPEGs are decoded at a reduced scale first,
+    so a large JPEG is cheap and allowed)."""
     try:
-        with _open(data) as img:
-            if img.width * img.height > max_pixels:
-                return None
-            if img.format == "JPEG":
-                img.draft("RGB", (max_side, max_side))
-            if getattr(img, "is_animated", False):
-                img.seek(0)
-            img.load()
-            return _jpeg_uri(_downscale(img, max_side))
-    except Exception:
+        with _open(data) as img, decoding(img, max_pixels=max_pixels, draft_side=max_side) as full:
+            return _jpeg_uri(downscale(full, max_side))
+    except Exception:  # not an image, damaged, or over the pixel cap
         return None
 
 
@@ -158,9 +159,7 @@ def qa_cell(flags: Sequence[Sequence[str]]) -> str:
 def _open(data: bytes) -> Image.Image:
     # Pillow's own bomb check (a warning, then an error at 2× its larger threshold) stays on; our
     # ``max_pixels`` is checked from the header before any pixel is decoded.
-    img = Image.open(io.BytesIO(data), formats=_FORMATS)
-    img.size  # noqa: B018  (the header is parsed by now)
-    return img
+    return open_image(data)
 
 
 def _png_complete(data: bytes) -> bool:
@@ -177,18 +176,8 @@ def _png_complete(data: bytes) -> bool:
 
 
 def _is_blank(img: Image.Image, threshold: float) -> bool:
-    small = _flatten(_downscale(img, BLANK_SIDE))
+    small = _flatten(downscale(img, BLANK_SIDE))
     return max(ImageStat.Stat(small).stddev) < threshold
-
-
-def _downscale(img: Image.Image, side: int) -> Image.Image:
-    """A copy no larger than ``side`` px a side (integer box reduction first: fast and smoothing)."""
-    if img.mode not in ("RGB", "RGBA", "L", "LA"):
-        img = img.convert("RGBA")  # palette, 1-bit, 16-bit, CMYK...: one mode the rest understands
-    factor = max(1, min(img.width, img.height) // side)
-    small = img.reduce(factor) if factor > 1 else img.copy()
-    small.thumbnail((side, side), Image.Resampling.BILINEAR)
-    return small
 
 
 def _flatten(img: Image.Image) -> Image.Image:

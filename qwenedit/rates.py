@@ -33,10 +33,10 @@ Shards of one run that share an account each get a part of it as their ``rate_sh
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from qwenedit.catalog import RateLimit, normalize_model
+from qwenedit.catalog import ModelTable, RateLimit, normalize_model
 from qwenedit.errors import UnknownLimit
 
 ModelLimit = Callable[[str], RateLimit]
@@ -115,6 +115,22 @@ def normalize_rates(values: Iterable[object] | str | float | None) -> tuple[str,
     specs = _specs(values)
     parse_rates(specs)
     return tuple(specs)
+
+
+def with_stated_limits(table: ModelTable, rates: Rates | Iterable[str] | str | None) -> ModelTable:
+    """``table`` where a model it lists without a known limit gets the one its ``MODEL=RATE`` spec states.
+
+    A model whose limit nobody published (the qwen-image-2.0 generation) is refused by validation and
+    pacing until the user states one; a rate for every model (a bare ``2``) does not count as stating it.
+    """
+    parsed = rates if isinstance(rates, Rates) else parse_rates(rates)
+    specs = table.specs()
+    stated = {
+        name: replace(specs[name], rate_limit=limit)
+        for name, limit in parsed.models.items()
+        if name in specs and specs[name].rate_limit is None
+    }
+    return table.merged(ModelTable({}, stated)) if stated else table
 
 
 def scaled(limit: RateLimit, share: float) -> RateLimit:

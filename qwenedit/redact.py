@@ -10,7 +10,12 @@ Two tools, one concern:
   presigned URL (``X-Amz-Credential=<access key id>%2F...``). A user who turns logging up to debug a
   run must not get credentials in their terminal, their log files or Prefect's log store. It wraps the
   process's LogRecord factory, so every record, from any logger, is scrubbed once, when it is created,
-  before any handler sees it.
+  before any handler sees it: its message, its traceback (``exc_info`` is formatted, scrubbed and
+  kept as ``exc_text``; the exception object is dropped, so no handler can format it unscrubbed) and
+  its ``stack_info``. Signed-URL query parameters are scrubbed wherever they appear: OSS
+  (``Signature``, ``OSSAccessKeyId``, ``security-token``, every ``x-oss-*``), AWS SigV2/SigV4
+  (``AWSAccessKeyId``, ``X-Amz-Signature``/``Credential``/``Security-Token``), GCS (every
+  ``X-Goog-*``) and Azure SAS (``sig``).
 """
 
 from __future__ import annotations
@@ -57,9 +62,14 @@ def redact_userinfo(url: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 # Log records
 
+# A query parameter (or header field) whose value is a credential or a signature.
+_SIGNED_PARAMS = (
+    r"Signature|OSSAccessKeyId|AWSAccessKeyId|security-token|sig|x-oss-[a-z0-9-]+"
+    r"|X-Amz-(?:Signature|Credential|Security-Token)|X-Goog-[a-z0-9-]+"
+)
 _PATTERNS = (
+    (re.compile(rf"(?<![A-Za-z0-9_-])((?:{_SIGNED_PARAMS})=)[^&\s'\",;]+", re.IGNORECASE), r"\1***"),
     (re.compile(r"((?:X-Amz-)?Credential=)[^/&\s'\",]+"), r"\1***"),
-    (re.compile(r"(X-Amz-Security-Token=)[^&\s'\"]+"), r"\1***"),
     (re.compile(r"\b((?:AKIA|ASIA)[A-Z0-9]{4})[A-Z0-9]{8,}"), r"\1***"),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), "sk-***"),
 )
@@ -89,13 +99,35 @@ def install_log_redaction(*secrets: str) -> None:
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = make_record(*args, **kwargs)
-            try:
-                message = record.getMessage()
-            except Exception:  # a broken format string: leave it to the handler to report
-                return record
-            clean = redact(message)
-            if clean != message:
-                record.msg, record.args = clean, None
+            _scrub_record(record)
             return record
 
         logging.setLogRecordFactory(factory)
+
+
+_FORMATTER = logging.Formatter()
+
+
+def _scrub_record(record: logging.LogRecord) -> None:
+    """Redact a record's message, traceback and stack in place."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: leave it to the handler to report
+        message = None
+    if message is not None:
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[0] is not None:
+        # Handlers format ``exc_info`` only when ``exc_text`` is empty: format it now, scrubbed, and
+        # drop the exception so nothing can render it (or its ``repr``s) unscrubbed later.
+        try:
+            text = _FORMATTER.formatException(record.exc_info)
+        except Exception:
+            text = f"{record.exc_info[0].__name__} (traceback could not be formatted)"
+        record.exc_text = redact(text)
+        record.exc_info = None
+    elif record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)

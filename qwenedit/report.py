@@ -4,7 +4,7 @@ Job results are appended to a spool file (one JSON line each) as jobs finish, in
 they finish, so memory stays flat however long the manifest is. At the end the spool becomes:
 
 - ``results.csv``: one row per manifest row, in manifest order, with the manifest's extra columns;
-  cells a spreadsheet would run as formulas are escaped with a leading apostrophe;
+  cells and column names a spreadsheet would run as formulas are escaped with a leading apostrophe;
 - ``summary.json``: counts by status, images, cost by region and model and in total, rates;
 - ``failed.jsonl``: failed and not-attempted rows in manifest form, ready to rerun.
 
@@ -25,6 +25,8 @@ from typing import Any
 
 import pandas as pd
 
+from qwenedit.summary import STATUSES, CostLine, RunSummary, Totals
+
 log = logging.getLogger("qwenedit.report")
 
 REPORT_TYPES = {
@@ -34,7 +36,6 @@ REPORT_TYPES = {
     ".html": "text/html; charset=utf-8",
 }
 
-STATUSES = ("succeeded", "failed", "skipped", "not_attempted")
 
 RESULT_COLUMNS = [
     "job_id",
@@ -209,8 +210,12 @@ def _skipped_filter(first: int) -> Callable[[bytes], bool]:
 
 def csv_header(extra_keys: Sequence[str]) -> list[str]:
     """results.csv's columns: the result columns, then the manifest's pass-through columns (a
-    pass-through column named like a result column keeps an ``extra:`` prefix)."""
-    return [*RESULT_COLUMNS, *(f"extra:{k}" if k in RESULT_COLUMNS else k for k in extra_keys)]
+    pass-through column named like a result column keeps an ``extra:`` prefix). Names come from the
+    manifest, so they are escaped like cells."""
+    return [
+        *RESULT_COLUMNS,
+        *(f"extra:{k}" if k in RESULT_COLUMNS else str(escape_formula(k)) for k in extra_keys),
+    ]
 
 
 def csv_row(record: dict[str, Any], extra_keys: Sequence[str]) -> list[Any]:
@@ -246,7 +251,9 @@ def results_frame(results: Iterable[JobResult], extra_keys: Sequence[str] | None
     columns = ["_row", *RESULT_COLUMNS, *(f"extra:{k}" for k in seen)]
     frame = pd.DataFrame.from_records(records, columns=columns)
     frame = frame.sort_values("_row", kind="stable").drop(columns="_row")
-    frame = frame.rename(columns={f"extra:{k}": k for k in seen if k not in RESULT_COLUMNS})
+    frame = frame.rename(
+        columns={f"extra:{k}": str(escape_formula(k)) for k in seen if k not in RESULT_COLUMNS}
+    )
     for col in frame.columns:
         frame[col] = frame[col].map(escape_formula)
     return frame.reset_index(drop=True)
@@ -295,25 +302,30 @@ class RunTotals:
             by_currency[currency] = by_currency.get(currency, Decimal(0)) + amount
         return {c: str(a) for c, a in sorted(by_currency.items())}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "jobs": sum(self.counts.values()),
-            "by_status": {s: self.counts.get(s, 0) for s in STATUSES},
-            "images_requested": self.images_requested,
-            "images_stored": self.images,
-            "possibly_billed_jobs": self.possibly_billed,
-            "possibly_billed_images": self.possibly_billed_images,
-            "possibly_billed_cost": {c: str(a) for c, a in sorted(self.possibly_billed_cost.items())},
-            "billed_not_stored_images": self.billed_not_stored,
-            "qa_flagged_jobs": self.qa_flagged_jobs,
-            "qa_flagged_images": self.qa_flagged_images,
-            "qa_retries": self.qa_retries,
-            "cost_by_region_model": [
-                {"region": region, "model": model, "currency": currency, "cost": str(amount)}
+    def totals(self) -> Totals:
+        """What was added so far, as the summary carries it."""
+        return Totals(
+            jobs=sum(self.counts.values()),
+            by_status={s: self.counts.get(s, 0) for s in STATUSES},
+            images_requested=self.images_requested,
+            images_stored=self.images,
+            possibly_billed_jobs=self.possibly_billed,
+            possibly_billed_images=self.possibly_billed_images,
+            possibly_billed_cost={c: str(a) for c, a in sorted(self.possibly_billed_cost.items())},
+            billed_not_stored_images=self.billed_not_stored,
+            qa_flagged_jobs=self.qa_flagged_jobs,
+            qa_flagged_images=self.qa_flagged_images,
+            qa_retries=self.qa_retries,
+            cost_by_region_model=tuple(
+                CostLine(region, model, currency, str(amount))
                 for (region, model, currency), amount in sorted(self.cost.items())
-            ],
-            "total_cost": self.total_cost(),
-        }
+            ),
+            total_cost=self.total_cost(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """``totals()`` in its summary.json form."""
+        return self.totals().to_json()
 
 
 def write_reports(spool: ResultSpool, summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -353,41 +365,37 @@ def save_reports(destination: Any, run_id: str, paths: dict[str, Path]) -> None:
             log.warning("could not upload %s to the destination: %s", name, type(err).__name__)
 
 
-def markdown_summary(summary: dict[str, Any]) -> str:
+def markdown_summary(summary: RunSummary) -> str:
     """The run summary as markdown, for the Prefect artifact and the README."""
-    status = summary["by_status"]
+    totals = summary.totals
     lines = [
-        f"# qwenedit run `{summary.get('run_id', '')}`",
+        f"# qwenedit run `{summary.run_id}`",
         "",
         "| status | jobs |",
         "|---|---|",
-        *(f"| {s} | {status[s]} |" for s in STATUSES),
+        *(f"| {s} | {totals.count(s)} |" for s in STATUSES),
         "",
-        f"Images stored: **{summary['images_stored']}** of {summary['images_requested']} requested.",
+        f"Images stored: **{totals.images_stored}** of {totals.images_requested} requested.",
         "",
         "| region | model | cost |",
         "|---|---|---|",
-        *(
-            f"| {c['region']} | {c['model']} | {c['cost']} {c['currency']} |"
-            for c in summary["cost_by_region_model"]
-        ),
+        *(f"| {c.region} | {c.model} | {c.cost} {c.currency} |" for c in totals.cost_by_region_model),
         "",
-        "Total: " + (", ".join(f"**{a} {c}**" for c, a in summary["total_cost"].items()) or "**0**"),
+        "Total: " + (", ".join(f"**{a} {c}**" for c, a in totals.total_cost.items()) or "**0**"),
     ]
-    for key, label in (
-        ("possibly_billed_jobs", "jobs possibly billed (timed out or dropped)"),
-        ("billed_not_stored_images", "images billed but not stored"),
-        ("qa_flagged_images", "output images flagged by QA (kept: see the qa column)"),
+    for count, label in (
+        (totals.possibly_billed_jobs, "jobs possibly billed (timed out or dropped)"),
+        (totals.billed_not_stored_images, "images billed but not stored"),
+        (totals.qa_flagged_images, "output images flagged by QA (kept: see the qa column)"),
     ):
-        if summary.get(key):
-            lines.append(f"\n⚠ {summary[key]} {label}.")
-    if summary.get("rollups"):
+        if count:
+            lines.append(f"\n⚠ {count} {label}.")
+    if summary.rollups:
         from qwenedit.rollups import markdown_rollups
 
-        lines.append("\n" + markdown_rollups(summary["rollups"]))
-    if "wall_time_s" in summary:
-        lines.append(
-            f"\nWall time {summary['wall_time_s']:.1f} s · {summary.get('requests_sent', 0)} requests · "
-            f"{summary.get('request_rate', 0):.3f} req/s · {summary.get('throttled_429', 0)} × 429"
-        )
+        lines.append("\n" + markdown_rollups(list(summary.rollups)))
+    lines.append(
+        f"\nWall time {summary.wall_time_s:.1f} s · {summary.requests_sent} requests · "
+        f"{summary.request_rate:.3f} req/s · {summary.throttled_429} × 429"
+    )
     return "\n".join(lines) + "\n"

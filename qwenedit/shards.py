@@ -30,7 +30,7 @@ The sharded flow (``flows/sharded.py``) does the I/O; everything it decides is c
 - **Budget.** A budget cannot be shared live across processes, so it is split in proportion to each
   shard's worst-case cost (``split_budget``), rounded down so the parts never add up to more.
 - **Consolidation.** Each shard writes its own report under ``{dest}/_runs/{shard_run_id}/``.
-  ``merge_summaries`` adds their totals (exact decimals); ``order_frame`` puts the result rows back in
+  ``merge_summaries`` adds their typed summaries' totals (exact decimals); ``order_frame`` puts the result rows back in
   manifest order; ``recovered_results`` reports the jobs of a shard whose run crashed from the ledger:
   done by that run → succeeded, paid for but not stored → failed and counted as billed-not-stored,
   otherwise → not attempted. A rerun resumes: the ledger makes it skip every done job.
@@ -52,7 +52,8 @@ from qwenedit.jobs import Job
 from qwenedit.ledger import Charge, Done
 from qwenedit.pacer import DEFAULT_MARGIN
 from qwenedit.rates import scaled
-from qwenedit.report import STATUSES, JobResult, escape_formula
+from qwenedit.report import JobResult, escape_formula
+from qwenedit.summary import STATUSES, CostLine, RunSummary, StoppedBy, Totals
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 BUDGET_QUANTUM = Decimal("0.000001")
@@ -205,47 +206,73 @@ def plan_shards(
 # --- consolidation ---------------------------------------------------------------------------------
 
 
-def _add_costs(into: dict[tuple[str, ...], Decimal], key: tuple[str, ...], amount: str) -> None:
-    into[key] = into.get(key, Decimal(0)) + Decimal(amount)
+@dataclass(frozen=True)
+class MergedSummaries:
+    """Several runs' summaries added up: totals, requests, 429s, and the stops of the parts that stopped."""
+
+    totals: Totals
+    requests_sent: int = 0
+    throttled_429: int = 0
+    stops: tuple[StoppedBy, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.totals.to_json(),
+            "requests_sent": self.requests_sent,
+            "throttled_429": self.throttled_429,
+            "stopped_by": [s.to_json() for s in self.stops],
+        }
 
 
-def merge_summaries(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Totals of several run summaries (summary.json or ``RunTotals.to_dict()``): the sum of each count
-    and of each cost, exactly; the stop reasons of the parts that stopped early, in a list."""
+_SUMMED = (
+    "jobs",
+    "images_requested",
+    "images_stored",
+    "possibly_billed_jobs",
+    "possibly_billed_images",
+    "billed_not_stored_images",
+    "qa_flagged_jobs",
+    "qa_flagged_images",
+    "qa_retries",
+)
+
+
+def merge_summaries(parts: Iterable[RunSummary | Totals]) -> MergedSummaries:
+    """Totals of several run summaries (a shard's summary.json, or the ``Totals`` of rows rebuilt from
+    the ledger): the sum of each count and of each cost, exactly; the stops of the parts that stopped."""
     counts = dict.fromkeys(STATUSES, 0)
-    sums = dict.fromkeys(
-        (
-            "jobs",
-            "images_requested",
-            "images_stored",
-            "possibly_billed_jobs",
-            "billed_not_stored_images",
-            "requests_sent",
-            "throttled_429",
-        ),
-        0,
-    )
-    by_model: dict[tuple[str, ...], Decimal] = {}
-    by_currency: dict[tuple[str, ...], Decimal] = {}
-    stops: list[Any] = []
+    sums = dict.fromkeys(_SUMMED, 0)
+    by_model: dict[tuple[str, str, str], Decimal] = {}
+    by_currency: dict[str, Decimal] = {}
+    possibly: dict[str, Decimal] = {}
+    requests = throttled = 0
+    stops: list[StoppedBy] = []
     for part in parts:
+        totals = part.totals if isinstance(part, RunSummary) else part
+        if isinstance(part, RunSummary):
+            requests += part.requests_sent
+            throttled += part.throttled_429
+            if part.stopped_by is not None:
+                stops.append(part.stopped_by)
         for status in STATUSES:
-            counts[status] += int(part.get("by_status", {}).get(status, 0))
+            counts[status] += totals.count(status)
         for name in sums:
-            sums[name] += int(part.get(name, 0) or 0)
-        for item in part.get("cost_by_region_model", []):
-            _add_costs(by_model, (item["region"], item["model"], item["currency"]), item["cost"])
-        for currency, amount in part.get("total_cost", {}).items():
-            _add_costs(by_currency, (currency,), amount)
-        if part.get("stopped_by"):
-            stops.append(part["stopped_by"])
-    merged: dict[str, Any] = {"jobs": sums.pop("jobs"), "by_status": counts, **sums}
-    merged["cost_by_region_model"] = [
-        {"region": r, "model": m, "currency": c, "cost": str(a)} for (r, m, c), a in sorted(by_model.items())
-    ]
-    merged["total_cost"] = {c: str(a) for (c,), a in sorted(by_currency.items())}
-    merged["stopped_by"] = stops
-    return merged
+            sums[name] += int(getattr(totals, name))
+        for line in totals.cost_by_region_model:
+            key = (line.region, line.model, line.currency)
+            by_model[key] = by_model.get(key, Decimal(0)) + Decimal(line.cost)
+        for currency, amount in totals.total_cost.items():
+            by_currency[currency] = by_currency.get(currency, Decimal(0)) + Decimal(amount)
+        for currency, amount in totals.possibly_billed_cost.items():
+            possibly[currency] = possibly.get(currency, Decimal(0)) + Decimal(amount)
+    merged = Totals(
+        by_status=counts,
+        possibly_billed_cost={c: str(a) for c, a in sorted(possibly.items())},
+        cost_by_region_model=tuple(CostLine(r, m, c, str(a)) for (r, m, c), a in sorted(by_model.items())),
+        total_cost={c: str(a) for c, a in sorted(by_currency.items())},
+        **sums,
+    )
+    return MergedSummaries(merged, requests, throttled, tuple(stops))
 
 
 def order_frame(frame: pd.DataFrame, job_ids: Sequence[str]) -> pd.DataFrame:

@@ -70,7 +70,9 @@ async def test_main_s_keep_alive_reported_a_call_the_server_never_read_as_possib
         with pytest.raises(errors.ConnectionDropped) as caught:
             await client.edit(REQUEST)
     assert caught.value.possibly_billed
-    assert "RemoteProtocolError" in str(caught.value)  # "Server disconnected without sending a response"
+    # A clean close ("Server disconnected without sending a response") or, on a loaded machine, a reset
+    # (ECONNRESET → ReadError): either way the request went out and no answer came back.
+    assert "RemoteProtocolError" in str(caught.value) or "ReadError" in str(caught.value)
     stats = server.stats()
     assert stats["faults"] == {"idle_close": 1}
     assert stats["arrivals"] == stats["billed_requests"] == 1  # the server never read the second call

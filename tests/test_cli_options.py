@@ -152,3 +152,11 @@ def test_a_bad_value_of_any_flag_exits_2_naming_that_flag(captured: list[RunOpti
     assert "--max-attempts: Input should be greater than or equal to 1" in text
     assert "--timeout: Input should be greater than 0" in text
     assert captured == []
+
+
+@pytest.mark.parametrize("run_id", ["../elsewhere", "a/b", ".hidden", " ", "x" * 101])
+def test_a_run_id_that_is_not_one_plain_name_is_refused(captured: list[RunOptions], run_id: str) -> None:
+    result = invoke("--run-id", run_id)
+    assert result.exit_code == 2
+    assert "--run-id: String should match pattern" in " ".join(result.output.split())
+    assert captured == []

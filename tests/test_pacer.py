@@ -14,8 +14,11 @@ from qwenedit.errors import UnknownLimit
 from qwenedit.pacer import (
     BACKOFF_FACTOR,
     DEFAULT_GUARD_S,
+    FLOOR_FACTOR,
+    HISTORY_POINTS,
+    MIN_GUARD_S,
+    RECOVERY_FACTOR,
     RECOVERY_PERMITS,
-    RECOVERY_STEP_S,
     Pacer,
     PacerPool,
     pacer_key,
@@ -50,8 +53,10 @@ async def test_permits_are_spaced_evenly_and_never_exceed_the_limit() -> None:
     p = pacer(2.0, vc)
     grants = await asyncio.gather(*(p.acquire() for _ in range(50)))
     gaps = [b - a for a, b in itertools.pairwise(grants)]
-    assert min(gaps) == pytest.approx((1 + DEFAULT_GUARD_S) / 2)
-    assert max(gaps) == pytest.approx(min(gaps))
+    first = gaps[: RECOVERY_PERMITS - 1]  # before the first recovery step: the starting guard
+    assert min(first) == pytest.approx((1 + DEFAULT_GUARD_S) / 2) == pytest.approx(max(first))
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(gaps))  # then only narrower, never wider
+    assert min(gaps) >= (1 + MIN_GUARD_S) / 2
     assert max_in_window(grants) == 2
     rate = (len(grants) - 1) / (grants[-1] - grants[0])
     assert 0.95 * 2.0 <= rate < 2.0
@@ -67,12 +72,13 @@ async def test_a_per_minute_limit_is_spaced_evenly_never_two_together() -> None:
     assert max_in_window(grants, 29.0) == 1
 
 
-async def test_jitter_up_to_the_guard_never_puts_count_plus_one_arrivals_in_a_period() -> None:
+async def test_jitter_up_to_the_smallest_guard_never_puts_count_plus_one_arrivals_in_a_period() -> None:
     vc = VirtualClock()
     p = pacer(2.0, vc)
     rng = random.Random(7)
     grants = [await p.acquire() for _ in range(2000)]
-    arrivals = [t + rng.uniform(0, DEFAULT_GUARD_S) for t in grants]
+    assert p.guard_s == pytest.approx(MIN_GUARD_S)  # shrunk all the way: nothing was refused
+    arrivals = [t + rng.uniform(0, MIN_GUARD_S) for t in grants]
     assert max_in_window(arrivals, 1.0) == 2
 
 
@@ -183,11 +189,45 @@ async def test_after_429s_the_spacing_recovers_slowly_but_not_to_the_refused_one
     widened = p.guard_s
     for _ in range(RECOVERY_PERMITS):
         await p.acquire()
-    assert p.guard_s == pytest.approx(widened - RECOVERY_STEP_S)  # additive, slow
+    assert p.guard_s == pytest.approx(widened * RECOVERY_FACTOR)  # one step per RECOVERY_PERMITS clean ones
     for _ in range(RECOVERY_PERMITS * 100):
         await p.acquire()
-    assert p.guard_s == pytest.approx(DEFAULT_GUARD_S * 1.25)  # the floor: above the refused spacing
+    assert p.guard_s == pytest.approx(DEFAULT_GUARD_S * FLOOR_FACTOR)  # the floor: above the refused spacing
     assert 1 / p.interval >= 0.95 * 2.0
+
+
+async def test_a_clean_pacer_shrinks_its_guard_to_the_minimum_and_paces_at_the_limit() -> None:
+    vc = VirtualClock()
+    p = pacer(RateLimit(4, 1.0), vc)
+    start = p.interval
+    for _ in range(RECOVERY_PERMITS * 30):
+        await p.acquire()
+    assert p.guard_s == pytest.approx(MIN_GUARD_S)
+    assert 1 / p.interval >= 0.99 * 4 > 1 / start  # 40 ms of guard cost 4 % of the limit at first
+    history = p.snapshot()["guard_history"]
+    assert history[0] == [0.0, DEFAULT_GUARD_S] and history[-1][1] == pytest.approx(MIN_GUARD_S)
+    assert all(b[1] <= a[1] for a, b in itertools.pairwise(history))  # only shrinking: no throttle
+    assert all(b[0] >= a[0] for a, b in itertools.pairwise(history))
+
+
+async def test_a_per_minute_pacer_shrinks_no_lower_than_a_thousandth_of_its_period() -> None:
+    vc = VirtualClock()
+    p = pacer(RateLimit(2, 60.0), vc, guard_s=0.6)
+    for _ in range(RECOVERY_PERMITS * 40):
+        await p.acquire()
+    assert p.guard_s == pytest.approx(0.06)
+
+
+async def test_the_guard_history_stays_bounded() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    for _ in range(2000):
+        p.throttled()
+        vc.now += 10
+        for _ in range(RECOVERY_PERMITS):
+            await p.acquire()
+    history = p.snapshot()["guard_history"]
+    assert len(history) <= HISTORY_POINTS and history[0] == [0.0, DEFAULT_GUARD_S]
 
 
 async def test_the_guard_never_exceeds_a_quarter_of_the_period() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-import qwenedit.run as run_module
+import qwenedit.run.wiring as wiring
 from flows.edit_manifest import edit_manifest
 from qwenedit.options import RunOptions
 from qwenedit.storage import S3Settings, open_destination
@@ -218,7 +218,7 @@ async def test_the_flow_at_debug_level_leaks_no_secret_when_it_succeeds_or_fails
 ) -> None:
     # Failing fast: two store tries, no boto3 retries (the default survives minutes of outage).
     no_retries = dataclasses.replace(S3Settings.from_env(), max_attempts=1, connect_timeout=1.0)
-    monkeypatch.setattr(run_module, "open_destination", lambda uri: open_destination(uri, no_retries))
+    monkeypatch.setattr(wiring, "open_destination", lambda uri: open_destination(uri, no_retries))
     manifest = canary_manifest(write_manifest, canary_s3, canary_bucket)
     debug_logs.lines.clear()  # from here on only the pipeline's records (setup used S3 too)
     ok = emulator_factory(latency_median_s=0.5)
@@ -275,15 +275,19 @@ def test_no_object_that_holds_a_secret_shows_it_in_its_repr(
     canary_bucket: str, emulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from qwenedit.api import DashScopeClient
-    from qwenedit.pipeline import RunContext
+    from qwenedit.pipeline import RunServices
 
     client = DashScopeClient(API_KEY, emulator.base_url)
     destination = open_destination(f"s3://{canary_bucket}/x")
-    fields: dict[str, Any] = {f.name: None for f in dataclasses.fields(RunContext)}
+    fields: dict[str, Any] = {f.name: None for f in dataclasses.fields(RunServices)}
     fields.update(api_key=API_KEY, client=client, dest=destination, run_id="r", endpoint=emulator.base_url)
-    context = RunContext(**fields)
+    context = RunServices(**fields)
     found: list[str] = []
-    for name, thing in (("DashScopeClient", client), ("S3Destination", destination), ("RunContext", context)):
+    for name, thing in (
+        ("DashScopeClient", client),
+        ("S3Destination", destination),
+        ("RunServices", context),
+    ):
         found += leaks(repr(thing), f"repr({name})") + leaks(str(thing), f"str({name})")
     asyncio.run(client.aclose())
     assert not found, "\n".join(found)

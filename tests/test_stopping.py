@@ -237,6 +237,7 @@ def test_the_progress_line_says_how_many_calls_are_in_flight_while_the_run_drain
 
 def test_a_stopped_run_ends_with_one_line_saying_how_many_jobs_are_left_and_how_to_resume() -> None:
     from qwenedit.cli.run import stop_message
+    from qwenedit.summary import RunSummary
 
     summary = {
         "jobs": 40,
@@ -244,5 +245,6 @@ def test_a_stopped_run_ends_with_one_line_saying_how_many_jobs_are_left_and_how_
         "stopped_by": {"cause": "stop", "reason": "SIGINT"},
     }
     assert (
-        stop_message(summary) == "stopped (SIGINT): 26 of 40 jobs left; run the same command again to resume"
+        stop_message(RunSummary.from_json(summary))
+        == "stopped (SIGINT): 26 of 40 jobs left; run the same command again to resume"
     )

@@ -15,6 +15,8 @@ MAX_N: Final = 6
 """Output images per request (the plus and max families; qwen-image-edit makes one)."""
 PROMPT_LIMIT: Final = 800
 """Prompt characters the API reads; the rest is silently dropped."""
+PROMPT_LIMIT_2_0: Final = 1300
+"""Prompt length the qwen-image-2.0 generation reads (the docs say tokens; counted here as characters)."""
 NEGATIVE_PROMPT_LIMIT: Final = 500
 """Negative-prompt characters the API reads."""
 SEED_MAX: Final = 2_147_483_647
@@ -23,6 +25,10 @@ MIN_SIDE: Final = 512
 """The smallest side of an output ``size`` (the plus family)."""
 MAX_SIDE: Final = 2048
 """The largest side of an output ``size`` (the plus family)."""
+AREA_MIN_PIXELS: Final = 512 * 512
+"""The smallest output area (width × height) of the qwen-image-2.0 generation."""
+AREA_MAX_PIXELS: Final = 2048 * 2048
+"""The largest output area (width × height) of the qwen-image-2.0 generation."""
 SIZE_MULTIPLE: Final = 16
 """The API rounds each side of an output ``size`` to a multiple of this."""
 MAX_DATA_URI_BYTES: Final = 10 * 1024 * 1024

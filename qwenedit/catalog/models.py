@@ -5,10 +5,14 @@ the emulator (``emulator/config.py``) all read it.
 Per model id (dated snapshots are rows of their own):
 
 - ``max_n``: n may be 1..``max_n``;
-- ``size``: a ``SizeRule`` (each side in [min, max] px, rounded by the API to a multiple of 16, and
-  whether size is allowed only with n = 1), or ``None`` when the model takes no ``size``;
+- ``size``: a ``SizeRule`` (each side in [min, max] px — or, for the qwen-image-2.0 generation, the
+  total pixels in [512*512, 2048*2048] — rounded by the API to a multiple of 16, and whether size is
+  allowed only with n = 1), or ``None`` when the model takes no ``size``;
+- ``prompt_limit``: the prompt length the model reads (the rest is silently dropped);
 - ``prompt_extend``: whether the model accepts the ``prompt_extend`` parameter;
 - ``rate_limit``: a ``RateLimit`` — a count per period (``2/s``, ``2/min``) per account and model;
+- ``replaced_by``: for a legacy model (Model Studio lists qwen-image-edit, -plus and -max as "legacy
+  image models" since September 2026), the current model that replaces it;
 - unit prices per region (``Price``: a ``Decimal`` with its currency).
 
 Where the built-in figures come from (``docs/dashscope-api.md``): n, size and
@@ -16,6 +20,14 @@ prompt_extend from §0/§1; limits from §4 "Rate limit" (identical in Beijing a
 §6 and the seed document. Beijing is natively priced in CNY; like the seed, the table states it in USD
 converted at the seed's own rate (CNY / 6.976): plus 0.2 CNY → $0.028671, edit 0.3 CNY → $0.043,
 max 0.5 CNY → $0.071674. Singapore: plus $0.03, edit $0.045, max $0.075 (CNY 0.550443 / 7.3392).
+
+The current generation (§0, §6): ``qwen-image-2.0`` (= ``-2026-03-03``) and ``qwen-image-2.0-pro``
+(= ``-2026-04-22``; also ``-2026-03-03``, ``-2026-06-22``) edit through the same endpoint and request
+shape; n 1–6; ``size`` is an area rule (512*512 ≤ W×H ≤ 2048*2048) and may be set with any n; the
+prompt is read up to 1,300 characters. Prices: 2.0 CNY 0.2 in Beijing (→ $0.028671 at the seed's rate),
+$0.035 in Singapore; 2.0-pro CNY 0.5 (→ $0.071674), $0.075. Their rate limits are not published in
+our references (docs/dashscope-api.md §4 lists none): the table marks them unknown, so a run refuses
+them until ``--rps MODEL=RATE`` or a ``rate_limit`` row in the price file states one.
 
 A user file (the ``--prices`` file, JSON or CSV) overrides or extends the table; its rows are
 ``region, model, unit_price, currency`` as before, with two optional columns: ``rate_limit`` (``2/s``,
@@ -35,13 +47,22 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from qwenedit.catalog.limits import MAX_N, MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE
+from qwenedit.catalog.limits import (
+    AREA_MAX_PIXELS,
+    AREA_MIN_PIXELS,
+    MAX_N,
+    MAX_SIDE,
+    MIN_SIDE,
+    PROMPT_LIMIT,
+    PROMPT_LIMIT_2_0,
+    SIZE_MULTIPLE,
+)
 from qwenedit.catalog.money import CURRENCY_CODE, USD, Price
 from qwenedit.catalog.names import normalize_model, normalize_region
 from qwenedit.errors import PriceFileError, UnknownLimit, UnknownModel, UnknownPrice
@@ -129,6 +150,28 @@ class SizeRule:
     max_side: int = MAX_SIDE
     multiple: int = SIZE_MULTIPLE  # the API rounds each side to the nearest multiple
     only_with_n1: bool = True  # the Dec-2025 docs: "size may only be set when n = 1"
+    # An area rule (the qwen-image-2.0 generation): total pixels in [min_pixels, max_pixels] instead of
+    # each side in [min_side, max_side].
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+    def refusal(self, width: int, height: int) -> str | None:
+        """Why ``width*height`` is not an accepted size, or None."""
+        if self.min_pixels is not None and self.max_pixels is not None:
+            if width <= 0 or height <= 0 or not self.min_pixels <= width * height <= self.max_pixels:
+                return (
+                    f"total pixels must be {_area(self.min_pixels)}–{_area(self.max_pixels)} "
+                    f"(width × height), got {width}*{height} = {width * height:,}"
+                )
+            return None
+        if not (self.min_side <= width <= self.max_side and self.min_side <= height <= self.max_side):
+            return f"each side must be {self.min_side}–{self.max_side} px, got {width}*{height}"
+        return None
+
+
+def _area(pixels: int) -> str:
+    side = math.isqrt(pixels)
+    return f"{side}*{side}" if side * side == pixels else f"{pixels:,} px"
 
 
 @dataclass(frozen=True)
@@ -140,6 +183,8 @@ class ModelSpec:
     size: SizeRule | None = SizeRule()
     prompt_extend: bool = True
     rate_limit: RateLimit | None = None
+    prompt_limit: int = PROMPT_LIMIT
+    replaced_by: str | None = None  # a legacy model: the current model that replaces it
 
     @property
     def single_image(self) -> bool:
@@ -150,20 +195,41 @@ class ModelSpec:
 _PLUS_SIZE = SizeRule()
 # The Feb-2026 docs' own curl example sends qwen-image-edit-max with n = 2 and a size [C].
 _MAX_SIZE = SizeRule(only_with_n1=False)
+_AREA_SIZE = SizeRule(only_with_n1=False, min_pixels=AREA_MIN_PIXELS, max_pixels=AREA_MAX_PIXELS)
 _PER_SECOND = RateLimit(2, 1.0)
 _PER_MINUTE = RateLimit(2, 60.0)
+_NEW = "qwen-image-2.0"
+_NEW_PRO = "qwen-image-2.0-pro"
 
-# (model, max_n, size rule, prompt_extend, limit, {region: (unit price, currency)}). docs/dashscope-api.md §0, §4, §6.
+# docs/dashscope-api.md §0, §4, §6. Beijing in USD at the seed's rate (CNY / 6.976), see the docstring.
 _PLUS_PRICES = {"singapore": ("0.03", USD), "beijing": ("0.028671", USD)}
 _EDIT_PRICES = {"singapore": ("0.045", USD), "beijing": ("0.043", USD)}
 _MAX_PRICES = {"singapore": ("0.075", USD), "beijing": ("0.071674", USD)}
-_BUILTIN: tuple[tuple[str, int, SizeRule | None, bool, RateLimit, dict[str, tuple[str, str]]], ...] = (
-    ("qwen-image-edit-max", 6, _MAX_SIZE, True, _PER_MINUTE, _MAX_PRICES),
-    ("qwen-image-edit-max-2026-01-16", 6, _MAX_SIZE, True, _PER_MINUTE, _MAX_PRICES),
-    ("qwen-image-edit-plus", 6, _PLUS_SIZE, True, _PER_SECOND, _PLUS_PRICES),
-    ("qwen-image-edit-plus-2025-10-30", 6, _PLUS_SIZE, True, _PER_SECOND, _PLUS_PRICES),
-    ("qwen-image-edit-plus-2025-12-15", 6, _PLUS_SIZE, True, _PER_SECOND, _PLUS_PRICES),
-    ("qwen-image-edit", 1, None, False, _PER_SECOND, _EDIT_PRICES),
+_NEW_PRICES = {"singapore": ("0.035", USD), "beijing": ("0.028671", USD)}
+_NEW_PRO_PRICES = {"singapore": ("0.075", USD), "beijing": ("0.071674", USD)}
+
+
+def _legacy(name: str, size: SizeRule | None, limit: RateLimit, by: str, max_n: int = MAX_N) -> ModelSpec:
+    return ModelSpec(name, max_n, size, size is not None, limit, replaced_by=by)
+
+
+def _current(name: str) -> ModelSpec:
+    return ModelSpec(name, MAX_N, _AREA_SIZE, True, None, prompt_limit=PROMPT_LIMIT_2_0)
+
+
+_BUILTIN: tuple[tuple[ModelSpec, dict[str, tuple[str, str]]], ...] = (
+    (_legacy("qwen-image-edit-max", _MAX_SIZE, _PER_MINUTE, _NEW_PRO), _MAX_PRICES),
+    (_legacy("qwen-image-edit-max-2026-01-16", _MAX_SIZE, _PER_MINUTE, _NEW_PRO), _MAX_PRICES),
+    (_legacy("qwen-image-edit-plus", _PLUS_SIZE, _PER_SECOND, _NEW), _PLUS_PRICES),
+    (_legacy("qwen-image-edit-plus-2025-10-30", _PLUS_SIZE, _PER_SECOND, _NEW), _PLUS_PRICES),
+    (_legacy("qwen-image-edit-plus-2025-12-15", _PLUS_SIZE, _PER_SECOND, _NEW), _PLUS_PRICES),
+    (_legacy("qwen-image-edit", None, _PER_SECOND, _NEW, max_n=1), _EDIT_PRICES),
+    (_current(_NEW), _NEW_PRICES),
+    (_current("qwen-image-2.0-2026-03-03"), _NEW_PRICES),
+    (_current(_NEW_PRO), _NEW_PRO_PRICES),
+    (_current("qwen-image-2.0-pro-2026-03-03"), _NEW_PRO_PRICES),
+    (_current("qwen-image-2.0-pro-2026-04-22"), _NEW_PRO_PRICES),
+    (_current("qwen-image-2.0-pro-2026-06-22"), _NEW_PRO_PRICES),
 )
 
 
@@ -250,6 +316,18 @@ class ModelTable:
         """Every model with a known limit → its limit."""
         return {m: s.rate_limit for m, s in sorted(self._specs.items()) if s.rate_limit is not None}
 
+    def legacy_notices(self, models: Iterable[str]) -> list[str]:
+        """One line per legacy model among ``models``, naming the current model that replaces it."""
+        notes = []
+        for name in sorted({normalize_model(m) for m in models}):
+            spec = self._specs.get(name)
+            if spec is not None and spec.replaced_by:
+                notes.append(
+                    f"{name} is a legacy model (Model Studio, September 2026); "
+                    f"the current model that replaces it is {spec.replaced_by}"
+                )
+        return notes
+
     def specs(self) -> dict[str, ModelSpec]:
         """Every listed model → its rules, sorted by name."""
         return dict(sorted(self._specs.items()))
@@ -289,17 +367,14 @@ class ModelTable:
 
 
 def _builtin_specs() -> dict[str, ModelSpec]:
-    return {
-        name: ModelSpec(name, max_n=n, size=size, prompt_extend=extend, rate_limit=limit)
-        for name, n, size, extend, limit, _ in _BUILTIN
-    }
+    return {spec.name: spec for spec, _ in _BUILTIN}
 
 
 def builtin_models() -> ModelTable:
     """The built-in table: every documented model's rules, limit and list prices (see the docstring)."""
     prices = {
-        (region, name): Price(Decimal(amount), currency)
-        for name, *_, by_region in _BUILTIN
+        (region, spec.name): Price(Decimal(amount), currency)
+        for spec, by_region in _BUILTIN
         for region, (amount, currency) in by_region.items()
     }
     return ModelTable(prices, _builtin_specs())

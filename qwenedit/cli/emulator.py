@@ -98,6 +98,13 @@ def emulator(
     ] = None,
     lenient_size: Annotated[bool, typer.Option(help="Allow size together with n > 1 (newer docs).")] = False,
     access_log: Annotated[bool, typer.Option(help="Log every request (noisy).")] = False,
+    allow_private_urls: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-urls",
+            help="Fetch URL inputs on loopback/private addresses too (e.g. a local S3); the real API cannot.",
+        ),
+    ] = False,
 ) -> None:
     """Run a DashScope-compatible emulator of the Qwen image-edit API."""
     if render not in ("full", "fast"):
@@ -130,6 +137,7 @@ def emulator(
         missized_output_rate=missized_output,
         truncated_output_rate=truncated_output,
         seed=seed,
+        allow_private_urls=allow_private_urls,
     )
     try:
         check_config(config)

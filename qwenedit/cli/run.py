@@ -23,7 +23,9 @@ from rich.table import Table
 from rich.text import Text
 
 from qwenedit.cli._app import app
+from qwenedit.cli._text import plain
 from qwenedit.cli.options import BadOptions, option_flags, to_options
+from qwenedit.summary import RunSummary, StopCause
 
 console = Console(stderr=True)
 
@@ -40,9 +42,11 @@ def _quiet_prefect() -> None:
 
 
 def progress_line(run: Any) -> Text:
-    """One line: bar, done/total, outcomes, images, spend, request rate, 429s, ETA."""
+    """One line: bar, done/total, outcomes (as the summary counts them), images, spend, per-model
+    requests sent, rates and 429s, ETA."""
     stats = run.stats
     totals = stats.totals
+    outcomes = stats.outcomes()
     done, total = stats.finished, max(1, stats.total_jobs)
     width = 20
     filled = int(width * done / total)
@@ -54,11 +58,11 @@ def progress_line(run: Any) -> Text:
     line = Text()
     line.append("█" * filled + "░" * (width - filled), style="bold")
     line.append(f" {done}/{stats.total_jobs} ")
-    line.append(f"ok {totals.counts.get('succeeded', 0)} ", style="green")
-    line.append(f"skip {totals.counts.get('skipped', 0)} ")
-    line.append(
-        f"fail {totals.counts.get('failed', 0) + totals.counts.get('not_attempted', 0)} ", style="red"
-    )
+    line.append(f"ok {outcomes['succeeded']} ", style="green")
+    line.append(f"skip {outcomes['skipped']} ")
+    line.append(f"fail {outcomes['failed']} ", style="red")
+    if outcomes["not_attempted"]:
+        line.append(f"not run {outcomes['not_attempted']} ", style="yellow")
     line.append(f"| img {totals.images} | {spend} | {per_model(stats)} | ETA {eta}")
     if getattr(run, "stopping", False):
         line.append(f" | stopping: {stats.in_flight} calls in flight", style="bold yellow")
@@ -66,79 +70,79 @@ def progress_line(run: Any) -> Text:
 
 
 def per_model(stats: Any) -> str:
-    """Rate and 429s per model (``plus 1.96/s 0×429 · max 0.03/s 0×429``), or the overall figures."""
+    """Requests sent, rate and 429s per model (``plus 52 req 1.96/s 0×429 · max 1 req 0.00/s 0×429``),
+    or the overall figures."""
     rates = stats.model_rates()
     if not rates:
-        return f"{stats.request_rate():.2f} req/s | 429 {stats.throttled}"
+        return f"{stats.requests_sent} req {stats.request_rate():.2f} req/s | 429 {stats.throttled}"
     short = {m: m.removeprefix("qwen-image-edit-") if m != "qwen-image-edit" else "edit" for m in rates}
-    return " · ".join(f"{short[m]} {rate:.2f}/s {n}×429" for m, (rate, n) in rates.items())
+    return " · ".join(
+        f"{short[m]} {stats.sent_by_model(m)} req {rate:.2f}/s {n}×429" for m, (rate, n) in rates.items()
+    )
 
 
-def print_summary(summary: dict[str, Any], out: Console) -> None:
-    t = Table(title=f"run {summary['run_id']}", show_header=True)
+def print_summary(summary: RunSummary, out: Console) -> None:
+    totals = summary.totals
+    t = Table(title=f"run {summary.run_id}", show_header=True)
     t.add_column("status")
     t.add_column("jobs", justify="right")
-    for status, n in summary["by_status"].items():
+    for status, n in totals.by_status.items():
         t.add_row(status, str(n))
     out.print(t)
-    for c in summary["cost_by_region_model"]:
-        out.print(f"  {c['region']:<10} {c['model']:<34} {c['cost']:>12} {c['currency']}")
-    total = ", ".join(f"{a} {c}" for c, a in summary["total_cost"].items()) or "0"
+    for c in totals.cost_by_region_model:
+        out.print(f"  {c.region:<10} {c.model:<34} {c.cost:>12} {c.currency}")
+    total = ", ".join(f"{a} {c}" for c, a in totals.total_cost.items()) or "0"
     out.print(
-        f"[bold]total cost: {total}[/]   images stored: {summary['images_stored']}/{summary['images_requested']}"
+        f"[bold]total cost: {total}[/]   images stored: {totals.images_stored}/{totals.images_requested}"
     )
     out.print(
-        f"wall {summary['wall_time_s']:.1f} s · {summary['requests_sent']} requests · "
-        f"{summary['request_rate']:.3f} req/s overall · {summary['throttled_429']} × 429"
+        f"wall {summary.wall_time_s:.1f} s · {summary.requests_sent} requests · "
+        f"{summary.request_rate:.3f} req/s overall · {summary.throttled_429} × 429"
     )
-    for model, m in (summary.get("models") or {}).items():
+    for model, m in (summary.models or {}).items():
         out.print(
-            f"  {model:<34} limit {m['limit']:<7} {m['granted']:>6} requests  "
-            f"{m['request_rate']:.3f} req/s  {m['throttled_429']} × 429"
+            f"  {model:<34} limit {m.limit:<7} {m.requests_sent:>6} requests  "
+            f"{m.request_rate:.3f} req/s  {m.throttled_429} × 429"
         )
-    if summary.get("possibly_billed_jobs"):
+    if totals.possibly_billed_jobs:
+        out.print(f"[yellow]{totals.possibly_billed_jobs} job(s) possibly billed (timed out or dropped)[/]")
+    if totals.billed_not_stored_images:
+        out.print(f"[yellow]{totals.billed_not_stored_images} billed image(s) not stored: see results.csv[/]")
+    if totals.qa_flagged_images:
         out.print(
-            f"[yellow]{summary['possibly_billed_jobs']} job(s) possibly billed (timed out or dropped)[/]"
+            f"[yellow]QA flagged {totals.qa_flagged_images} image(s) of {totals.qa_flagged_jobs} job(s) "
+            f"(kept; see the qa column of results.csv); {totals.qa_retries} regeneration(s)[/]"
         )
-    if summary.get("billed_not_stored_images"):
-        out.print(
-            f"[yellow]{summary['billed_not_stored_images']} billed image(s) not stored: see results.csv[/]"
-        )
-    if summary.get("qa_flagged_images"):
-        out.print(
-            f"[yellow]QA flagged {summary['qa_flagged_images']} image(s) of {summary['qa_flagged_jobs']} job(s) "
-            f"(kept; see the qa column of results.csv); {summary.get('qa_retries', 0)} regeneration(s)[/]"
-        )
-    if summary.get("rollups"):
+    if summary.rollups:
+        from qwenedit.cli._text import safe_rollups
         from qwenedit.rollups import text_rollups
 
-        out.print(text_rollups(summary["rollups"]), markup=False, highlight=False)
-    stopped = summary.get("stopped_by")
-    if stopped:
-        if stopped["cause"] == "breaker":
-            out.print(f"[red]stopped: account error {stopped['code']}: {stopped['message']}[/]")
-        elif stopped["cause"] == "declined":
-            left = summary["by_status"].get("not_attempted", 0)
-            out.print(f"[red]stopped: {stopped['reason']}; {left} job(s) not run, nothing more spent[/]")
-        elif stopped["cause"] == "stop":
-            out.print(f"[red]{stop_message(summary)}[/]")
-        elif stopped["cause"] == "spend_cap":
-            left = summary["by_status"].get("not_attempted", 0)
-            out.print(f"[red]stopped: {stopped['message']}; {left} job(s) not started[/]", highlight=False)
-        else:
-            out.print(f"[red]stopped: budget {stopped['limit']} reached; remaining jobs not attempted[/]")
-    out.print(f"reports: {summary['report_dir']}/  (results.csv, summary.json, failed.jsonl, report.html)")
-    out.print(f"report.html: {summary['report_dir']}/report.html")
+        out.print(text_rollups(safe_rollups(summary.rollups)), markup=False, highlight=False)
+    if summary.stopped_by is not None:
+        out.print(f"[red]{stop_message(summary)}[/]", highlight=False)
+    out.print(f"reports: {summary.report_dir}/  (results.csv, summary.json, failed.jsonl, report.html)")
+    out.print(f"report.html: {summary.report_dir}/report.html")
 
 
-def stop_message(summary: dict[str, Any]) -> str:
-    """The one line a stopped run ends with: how many jobs are left and how to resume."""
-    by_status = summary["by_status"]
-    left = summary["jobs"] - by_status.get("succeeded", 0) - by_status.get("skipped", 0)
-    return (
-        f"stopped ({summary['stopped_by']['reason']}): {left} of {summary['jobs']} jobs left; "
-        "run the same command again to resume"
-    )
+def stop_message(summary: RunSummary) -> str:
+    """The one line a stopped run ends with: why, what is left, and how to resume."""
+    stop = summary.stopped_by
+    assert stop is not None
+    if stop.cause is StopCause.BREAKER:
+        return f"stopped: account error {stop.code}: {stop.message}"
+    if stop.cause is StopCause.DECLINED:
+        left = summary.totals.count("not_attempted")
+        return f"stopped: {stop.reason}; {left} job(s) not run, nothing more spent"
+    if stop.cause is StopCause.SPEND_CAP:
+        return f"stopped: {stop.message}; {summary.totals.count('not_attempted')} job(s) not started"
+    if stop.cause is StopCause.BUDGET:
+        return f"stopped: budget {stop.limit} reached; remaining jobs not attempted"
+    if stop.cause is StopCause.STOP:
+        return (
+            f"stopped ({stop.reason}): {summary.jobs_left} of {summary.totals.jobs} jobs left; "
+            "run the same command again to resume"
+        )
+    return f"stopped: shard runs {list(stop.shards)} did not complete; rerun to resume"
 
 
 @app.command()
@@ -163,13 +167,7 @@ def run(
         raise typer.Exit(2) from None
     summary = asyncio.run(_run(options, progress, yes))
     print_summary(summary, Console())
-    raise typer.Exit(exit_code(summary))
-
-
-def exit_code(summary: dict[str, Any]) -> int:
-    from qwenedit.run import exit_code as code
-
-    return code(summary)
+    raise typer.Exit(summary.exit_code)
 
 
 def terminal_approver(yes: bool, live: list[Live]) -> Any:
@@ -225,46 +223,47 @@ def _read_line() -> asyncio.Future[str]:
     return line
 
 
-async def _run(options: Any, progress: bool, yes: bool = False) -> dict[str, Any]:
-    """Open the run here (every check before Prefect starts), then hand it to the flow."""
-    from flows.edit_manifest import edit_manifest
-    from flows.ephemeral_server import start_detached
+async def _run(options: Any, progress: bool, yes: bool = False) -> RunSummary:
+    """Open the run here (every check before Prefect starts), then run it as a flow run."""
+    from qwenedit.cli._flows import run_in_flow, start_prefect_server
     from qwenedit.cli.validate import print_problems
     from qwenedit.errors import ManifestInvalid
     from qwenedit.run import Run
 
-    try:
-        opened = Run(options)
-        run = await opened.__aenter__()
-    except ManifestInvalid as err:
-        print_problems(err.validation.problems, console)
-        console.print("[red]manifest is invalid: nothing was run[/]")
-        raise typer.Exit(2) from None
-    except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            start_detached()  # a Ctrl-C must not stop Prefect's temporary API server while the run drains
+            run = await stack.enter_async_context(Run(options))
+        except ManifestInvalid as err:
+            print_problems(err.validation.problems, console)
+            console.print("[red]manifest is invalid: nothing was run[/]")
+            raise typer.Exit(2) from None
+        except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
+            console.print(f"[red]error:[/] {err}")
+            raise typer.Exit(2) from None
+        for note in run.validation.notices:
+            console.print(Text(f"note: {note}", style="yellow"))
+        try:
+            start_prefect_server()  # a Ctrl-C must not stop it while the run drains
         except Exception as err:
-            console.print(f"[red]run failed:[/] Prefect API server: {type(err).__name__}: {err}")
+            console.print(
+                Text.assemble(
+                    ("run failed: ", "red"), plain(f"Prefect API server: {type(err).__name__}: {err}")
+                )
+            )
             raise typer.Exit(2) from None
         shown: list[Live] = []
-        run.approver = terminal_approver(yes, shown)
-        with run.hand_over():
-            flow_run = asyncio.ensure_future(edit_manifest(options))
-            if progress:
-                with Live(console=console, refresh_per_second=4, transient=False) as live:
-                    shown.append(live)
-                    while not flow_run.done():
-                        live.update(progress_line(run))
-                        await asyncio.wait({flow_run}, timeout=0.25)
+        flow_run = asyncio.ensure_future(run_in_flow(run, terminal_approver(yes, shown)))
+        if progress:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                shown.append(live)
+                while not flow_run.done():
                     live.update(progress_line(run))
-            try:
-                result: dict[str, Any] = await flow_run
-            except Exception as err:
-                console.print(f"[red]run failed:[/] {type(err).__name__}: {err}")
-                raise typer.Exit(2) from None
-            return result
-    finally:
-        await opened.__aexit__(None, None, None)
+                    await asyncio.wait({flow_run}, timeout=0.25)
+                live.update(progress_line(run))
+        try:
+            result = await flow_run
+        except Exception as err:
+            console.print(f"[red]run failed:[/] {type(err).__name__}: {err}")
+            raise typer.Exit(2) from None
+        return result
+    raise AssertionError("unreachable")  # pragma: no cover

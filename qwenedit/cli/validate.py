@@ -28,6 +28,7 @@ from qwenedit.catalog import (
     parse_money,
 )
 from qwenedit.cli._app import app
+from qwenedit.cli._text import plain, safe_json
 from qwenedit.cli.options import option_flags
 from qwenedit.errors import ManifestError, MixedCurrencies, PriceFileError, TemplateError
 from qwenedit.jobs import DEFAULT_MODEL
@@ -105,14 +106,14 @@ def validate(
 
 def _echo_json(payload: dict[str, Any]) -> None:
     # Plain text, never through rich: a terminal-width wrap would break the JSON for machines.
-    typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+    typer.echo(safe_json(json.dumps(payload, ensure_ascii=False, indent=2)))
 
 
 def _print_failure(out: Console, err: Console, fail: _Fail, json_output: bool) -> None:
     if json_output:
         _echo_json({"valid": False, "error": str(fail), "exit_code": fail.code})
     else:
-        err.print(Text(f"qwenedit validate: {fail}", style="bold red"))
+        err.print(plain(f"qwenedit validate: {fail}", style="bold red"))
 
 
 def _run(
@@ -210,7 +211,8 @@ def _check_defaults(prices: ModelTable, region: str, model: str) -> tuple[str, s
 
 
 def print_problems(problems: Sequence[Problem], console: Console, *, title: str = "Problems") -> None:
-    """The problems as a table: row, line, job_id, column, severity, reason (shared with `qwenedit run`)."""
+    """The problems as a table: row, line, job_id, column, severity, reason (shared with `qwenedit run`);
+    the manifest's text in it is shown inert (``qwenedit.cli._text``)."""
     table = Table(title=title, title_justify="left", caption=ROW_NUMBERS, caption_justify="left")
     for name in ("row", "line"):
         table.add_column(name, justify="right")
@@ -222,10 +224,10 @@ def print_problems(problems: Sequence[Problem], console: Console, *, title: str 
         table.add_row(
             "" if p.row is None else str(p.row),
             "" if p.line is None else str(p.line),
-            p.job_id or "",
-            p.column or "",
+            plain(p.job_id or ""),
+            plain(p.column or ""),
             Text(p.severity, style="red" if p.severity == "error" else "yellow"),
-            p.reason,
+            plain(p.reason),
         )
     console.print(table)
 
@@ -233,7 +235,9 @@ def print_problems(problems: Sequence[Problem], console: Console, *, title: str 
 def _print_human(out: Console, result: Validation, budget_note: str, fits: bool | None, code: int) -> None:
     kind = "CSV" if result.format == "csv" else "JSONL"
     out.print(
-        Text.assemble(("Manifest ", "bold"), (result.source, "bold cyan"), f"  {kind}, {result.rows:,} rows")
+        Text.assemble(
+            ("Manifest ", "bold"), plain(result.source, "bold cyan"), f"  {kind}, {result.rows:,} rows"
+        )
     )
     if result.problems:
         print_problems(
@@ -271,6 +275,8 @@ def _print_human(out: Console, result: Validation, budget_note: str, fits: bool 
         out.print(table)
     if budget_note:
         out.print(Text(budget_note[0].upper() + budget_note[1:], style="green" if fits else "bold red"))
+    for note in result.notices:
+        out.print(Text(f"note: {note}", style="yellow"))
 
     totals = ", ".join(format_money(a, c) for c, a in result.quote.totals.items()) or "$0.00"
     if code == EXIT_OK:

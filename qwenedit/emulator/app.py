@@ -72,6 +72,7 @@ from qwenedit.emulator.validate import (
     parse_json_body,
     validate_request,
 )
+from qwenedit.netguard import arefusal
 
 _TRANSPORT = "qwenedit.emulator.transport"
 _BIG_BODY = 256 * 1024  # parse bodies above this size off the event loop
@@ -152,7 +153,8 @@ class EmulatorState:
     def http(self) -> httpx.AsyncClient:
         """The client that downloads URL inputs (created on first use, on the app's loop)."""
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.config.download_timeout_s, follow_redirects=True)
+            # Never follow a redirect: its target would escape the address check (a 3xx is a failed download).
+            self._http = httpx.AsyncClient(timeout=self.config.download_timeout_s, follow_redirects=False)
         return self._http
 
     def configure(self, changes: Mapping[str, Any]) -> None:
@@ -434,6 +436,8 @@ async def _fetch_one(state: EmulatorState, ref: str) -> bytes:
     if ref[:6].lower() == "oss://":
         raise invalid(MSG_DOWNLOAD)  # temporary uploads are not emulated
     limit = state.config.max_image_bytes
+    if await arefusal(ref, allow_private=state.config.allow_private_urls) is not None:
+        raise invalid(MSG_DOWNLOAD)  # the real API cannot reach loopback or private addresses either
     try:
         async with state.http.stream("GET", ref) as response:
             if response.status_code != 200:

@@ -33,6 +33,11 @@ class ModelSpec:
     # server-wide ``rps``" (2.0 by default, the table's figure; tests raise it to run fast).
     rate_limit: tuple[int, float] | None = None
     size_only_with_n1: bool = True  # with ``strict_size_n``: size is refused when n > 1
+    # The qwen-image-2.0 generation: the output area (W×H) in [min_pixels, max_pixels] instead of
+    # each side in [MIN_SIDE, MAX_SIDE].
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    prompt_chars: int | None = None  # the model's own prompt length (None: the server-wide one)
 
 
 def default_models() -> dict[str, ModelSpec]:
@@ -45,6 +50,9 @@ def default_models() -> dict[str, ModelSpec]:
             accepts_size=spec.size is not None,
             rate_limit=None if limit is None else (max(1, round(limit.count)), limit.period_s),
             size_only_with_n1=spec.size.only_with_n1 if spec.size is not None else True,
+            min_pixels=spec.size.min_pixels if spec.size is not None else None,
+            max_pixels=spec.size.max_pixels if spec.size is not None else None,
+            prompt_chars=spec.prompt_limit,
         )
     return out
 
@@ -122,6 +130,9 @@ class EmulatorConfig:
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_body_bytes: int = 40 * 1024 * 1024
     download_timeout_s: float = 10.0
+    # URL inputs are fetched as the real API would: public addresses only, no redirects followed.
+    # True lets the emulator fetch loopback/private servers (the project's own tests: local S3).
+    allow_private_urls: bool = False
 
     # --- rate limiting (per account and model, counted on arrival) ---
     rps: float = 2.0

@@ -168,7 +168,7 @@ def validate_request(
     return ValidRequest(
         model=model,
         images=images,
-        prompt=prompt[:max_prompt_chars],  # the real service truncates silently
+        prompt=prompt[: spec.prompt_chars or max_prompt_chars],  # the real service truncates silently
         n=n,
         size=size,
         seed=seed,
@@ -230,7 +230,10 @@ def _check_size(size: Any, n: int, spec: ModelSpec, strict_size_n: bool) -> tupl
     if not isinstance(size, str) or not _SIZE_RE.match(size):
         raise invalid()
     w, h = (int(side) for side in size.split("*"))
-    if not (SIZE_MIN <= w <= SIZE_MAX and SIZE_MIN <= h <= SIZE_MAX):
+    if spec.min_pixels is not None and spec.max_pixels is not None:
+        if not spec.min_pixels <= w * h <= spec.max_pixels:  # the 2.0 generation: an area rule
+            raise invalid()
+    elif not (SIZE_MIN <= w <= SIZE_MAX and SIZE_MIN <= h <= SIZE_MAX):
         raise invalid()
     if not spec.accepts_size:
         return None  # qwen-image-edit: "resolution cannot be specified", the output follows the input

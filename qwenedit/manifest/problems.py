@@ -81,6 +81,7 @@ class Validation:
     problems: list[Problem] = field(default_factory=list)  # sorted; at most max_problems per severity
     quote: Quote = field(default_factory=Quote)
     delimiter: str | None = None
+    notices: list[str] = field(default_factory=list)  # e.g. a legacy model and the one that replaces it
 
     @property
     def ok(self) -> bool:
@@ -109,6 +110,7 @@ class Validation:
             "problems": [p.to_dict() for p in self.problems],
             "problems_omitted": self.problems_omitted,
             "quote": self.quote.to_dict(),
+            "notices": list(self.notices),
         }
 
 

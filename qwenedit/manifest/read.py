@@ -147,6 +147,7 @@ def _validate(
         store.add([Problem(None, None, None, "has no rows: nothing to run", "error")])
     result.problems = store.sorted()
     result.errors, result.warnings = store.counts["error"], store.counts["warning"]
+    result.notices = prices.legacy_notices(line.model for line in result.quote.lines)
     return result
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from qwenedit.catalog import ModelSpec, ModelTable, normalize_model, normalize_region
-from qwenedit.catalog.limits import MAX_N, NEGATIVE_PROMPT_LIMIT, PROMPT_LIMIT, SEED_MAX
+from qwenedit.catalog.limits import MAX_N, NEGATIVE_PROMPT_LIMIT, SEED_MAX
 from qwenedit.errors import InputError, quote_text
 from qwenedit.inputs import InputResolver
 from qwenedit.jobs import Job
@@ -119,14 +119,9 @@ def check_record(rec: Record, rules: Rules) -> Job | None:
         prompt, missing = template.fill({**rec.extra, **f})
         for column, reason in missing:
             err(column, reason)
-    if not prompt:
-        if template is None:
-            err("prompt", "is empty: every job needs an instruction")
-    elif len(prompt) > PROMPT_LIMIT:
-        warn(
-            "prompt",
-            _truncated(len(prompt), PROMPT_LIMIT) + (" (filled from the template)" if template else ""),
-        )
+    if not prompt and template is None:
+        err("prompt", "is empty: every job needs an instruction")
+
     negative = f.get("negative_prompt", "")
     if len(negative) > NEGATIVE_PROMPT_LIMIT:
         warn("negative_prompt", _truncated(len(negative), NEGATIVE_PROMPT_LIMIT))
@@ -164,6 +159,11 @@ def check_record(rec: Record, rules: Rules) -> Job | None:
         )
     spec = rules.prices.spec(model) if model_ok else ModelSpec(model)
     single = spec.single_image
+    if len(prompt) > spec.prompt_limit:
+        warn(
+            "prompt",
+            _truncated(len(prompt), spec.prompt_limit) + (" (filled from the template)" if template else ""),
+        )
 
     n = 1
     n_text = f.get("n", "")
@@ -194,9 +194,9 @@ def check_record(rec: Record, rules: Rules) -> Job | None:
             err("size", f'must be "W*H" in pixels, such as "1024*1536", got {quote_text(size_text)}')
         else:
             w, h = int(m.group(1)), int(m.group(2))
-            lo, hi = spec.size.min_side, spec.size.max_side
-            if not (lo <= w <= hi and lo <= h <= hi):
-                err("size", f"each side must be {lo}–{hi} px, got {w}*{h}")
+            refusal = spec.size.refusal(w, h)
+            if refusal:
+                err("size", refusal)
             elif n > 1 and spec.size.only_with_n1:
                 err(
                     "size",

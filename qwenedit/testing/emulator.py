@@ -23,6 +23,7 @@ class EmulatorProcess:
 
     ``flags`` are the CLI options by their Python names: ``EmulatorProcess(d, rps=2, latency_median=12,
     latency_p99=30, render="fast", seed=1)`` → ``--rps 2 --latency-median 12 ...``; ``True`` is a bare flag.
+    ``--allow-private-urls`` is on unless ``allow_private_urls=False``: inputs are on loopback servers.
     """
 
     def __init__(self, workdir: Path, **flags: Any) -> None:
@@ -31,6 +32,7 @@ class EmulatorProcess:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "emulator.log"
         flags.setdefault("output_dir", str(workdir / "emulator-outputs"))
+        flags.setdefault("allow_private_urls", True)  # inputs come from loopback servers (local S3)
         self.cmd = [
             sys.executable,
             "-m",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-import qwenedit.run as run_module
+import qwenedit.run.wiring as wiring
 from flows.edit_manifest import edit_manifest
 from qwenedit.options import RunOptions
 from qwenedit.storage import S3Settings, open_destination
@@ -149,7 +149,7 @@ async def test_a_paid_call_whose_charge_record_cannot_be_written_is_reported_as_
     # An outage longer than the store retries (shortened here: 2 tries, no boto3 retries) while an
     # answered call waits to write its charge record.
     no_retries = dataclasses.replace(S3Settings.from_env(), max_attempts=1, connect_timeout=1.0)
-    monkeypatch.setattr(run_module, "open_destination", lambda uri: open_destination(uri, no_retries))
+    monkeypatch.setattr(wiring, "open_destination", lambda uri: open_destination(uri, no_retries))
     emulator = emulator_factory(latency_median_s=1.0)
     spy = spy_on(emulator)
     rows = chaos_rows(1)

@@ -46,6 +46,7 @@ from qwenedit.shards import (
     window_bound,
 )
 from qwenedit.storage import LocalDestination
+from qwenedit.summary import RunSummary
 from qwenedit.testing.rates import max_in_window
 
 # --- splitting -------------------------------------------------------------------------------------
@@ -220,7 +221,8 @@ def _summary(succeeded: int, cost: str, region: str = "singapore") -> dict[str, 
 
 
 def test_merged_totals_are_the_exact_sums_of_the_shards() -> None:
-    merged = merge_summaries([_summary(1, "0.1"), _summary(2, "0.2"), _summary(3, "0.3", "beijing")])
+    parts = [_summary(1, "0.1"), _summary(2, "0.2"), _summary(3, "0.3", "beijing")]
+    merged = merge_summaries([RunSummary.from_json(p) for p in parts]).to_json()
     assert merged["jobs"] == 6 and merged["by_status"]["succeeded"] == 6
     assert merged["total_cost"] == {"USD": "0.6"}  # exact: 0.1 + 0.2 + 0.3, never 0.6000000000000001
     by_region = {c["region"]: c["cost"] for c in merged["cost_by_region_model"]}
@@ -338,7 +340,8 @@ def test_consolidated_report_merges_a_finished_shard_and_a_crashed_one_in_manife
         FlowRun(flow_id=uuid4(), state=Completed()),
         FlowRun(flow_id=uuid4(), state=Crashed(message="worker killed")),
     ]
-    summary, frame, failed = consolidate(dest, "R", plans, outcomes, job_ids, per_shard, None, root)
+    consolidated, frame, failed = consolidate(dest, "R", plans, outcomes, job_ids, per_shard, None, root)
+    summary = consolidated.to_json()
 
     assert list(frame["job_id"]) == job_ids == [f"job-{i:03d}" for i in range(5)]
     assert list(frame["status"]) == ["succeeded"] * 4 + ["not_attempted"]

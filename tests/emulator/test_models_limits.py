@@ -35,8 +35,12 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def test_the_emulator_models_are_the_model_table() -> None:
     models = default_models()
     assert sorted(models) == sorted(builtin_models().specs())
-    assert models[MAX] == ModelSpec(max_n=6, accepts_size=True, rate_limit=(2, 60.0), size_only_with_n1=False)
-    assert models["qwen-image-edit"] == ModelSpec(max_n=1, accepts_size=False, rate_limit=(2, 1.0))
+    assert models[MAX] == ModelSpec(
+        max_n=6, accepts_size=True, rate_limit=(2, 60.0), size_only_with_n1=False, prompt_chars=800
+    )
+    assert models["qwen-image-edit"] == ModelSpec(
+        max_n=1, accepts_size=False, rate_limit=(2, 1.0), prompt_chars=800
+    )
     assert model_limit(models[MAX], rps=1000) == (2, 60.0)  # per-minute: the table, whatever rps
     assert model_limit(models[PLUS], rps=2) == (2, 1.0)  # per-second: follows rps (tests speed up)
     assert burst_rule(models[MAX], rps=2) == (1, 15.0)

@@ -30,7 +30,8 @@ async def run_here(
         "rates": ("20",),
         **options,
     }
-    return await run_manifest(RunOptions(**params), approve=approve)
+    summary = await run_manifest(RunOptions(**params), approve=approve)
+    return summary.to_json()
 
 
 def results(summary: dict[str, Any]) -> pd.DataFrame:

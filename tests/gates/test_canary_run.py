@@ -64,7 +64,7 @@ async def test_the_canary_takes_a_job_of_every_model_and_region_before_asking(
     assert outcome is not None
     assert decide.billed_when_asked == 4  # only the canary had been paid for
     assert decide.report_existed  # report.html of the canary, written before the question
-    ran = {(c["model"], c["region"]) for c in outcome.summary["cost_by_region_model"]}
+    ran = {(c["model"], c["region"]) for c in outcome.summary.to_json()["cost_by_region_model"]}
     assert ran == set(GROUPS)
     assert outcome.jobs == 4 and outcome.remaining_jobs == 4
     projected = sum(WORST.values())  # 1 more row of each group, n = 1

@@ -263,20 +263,25 @@ async def test_an_output_image_that_never_ends_is_cut_at_the_limit_and_leaves_no
     ("url", "allowed"),
     [
         ("https://dashscope-result-sh.oss-cn-shanghai.aliyuncs.com/1.png?Expires=1", True),
-        ("https://DASHSCOPE-RESULT-SH.aliyuncs.com/1.png", True),  # hosts are case-insensitive
-        ("https://dashscope-result-sh.aliyuncs.com.evil.example/1.png", False),
-        ("https://evil.example/dashscope-result-sh.aliyuncs.com/1.png", False),
-        ("https://dashscope-result-sh.aliyuncs.com@evil.example/1.png", False),  # userinfo trick
-        ("https://evil.example#@dashscope-result-sh.aliyuncs.com/1.png", False),
+        ("https://dashscope-result-sgp.oss-ap-southeast-1.aliyuncs.com/1.png", True),
+        ("https://DASHSCOPE-RESULT-SH.OSS-CN-SHANGHAI.ALIYUNCS.COM/1.png", True),  # case-insensitive
+        # Only the documented result buckets: not any OSS bucket, not any aliyuncs host.
+        ("https://someones-bucket.oss-cn-shanghai.aliyuncs.com/1.png", False),
+        ("https://dashscope-result-sh.aliyuncs.com/1.png", False),
+        ("https://dashscope-result-x.evil.oss-cn-shanghai.aliyuncs.com/1.png", False),  # * is one label
+        ("https://dashscope-result-sh.oss-cn-shanghai.aliyuncs.com.evil.example/1.png", False),
+        ("https://evil.example/dashscope-result-sh.oss-cn-shanghai.aliyuncs.com/1.png", False),
+        ("https://dashscope-result-sh.oss-cn-shanghai.aliyuncs.com@evil.example/1.png", False),  # userinfo
+        ("https://evil.example#@dashscope-result-sh.oss-cn-shanghai.aliyuncs.com/1.png", False),
         # Backslash: urllib and httpx both read the host as the aliyuncs one, so that is where it goes.
-        ("https://evil.example\\@dashscope-result-sh.aliyuncs.com/1.png", True),
-        ("https://dashscope-result-sh.aliyuncs.com\\.evil.example/1.png", False),
+        ("https://evil.example\\@dashscope-result-sh.oss-cn-shanghai.aliyuncs.com/1.png", True),
+        ("https://dashscope-result-sh.oss-cn-shanghai.aliyuncs.com\\.evil.example/1.png", False),
         ("http://169.254.169.254/latest/meta-data/", False),  # cloud metadata
         ("http://127.0.0.1:8080/x.png", False),
         ("http://[::1]/x.png", False),
         ("file:///etc/passwd", False),
-        ("gopher://dashscope-result-sh.aliyuncs.com/x", False),
-        ("https://dashscope-result-sh.aliyuncs.com./1.png", False),  # trailing dot: refuse, never guess
+        ("gopher://dashscope-result-sh.oss-cn-shanghai.aliyuncs.com/x", False),
+        ("https://dashscope-result-sh.oss-cn-shanghai.aliyuncs.com./1.png", False),  # trailing dot: refuse
     ],
 )
 def test_output_host_allowlist_refuses_lookalikes_and_tricks(url: str, allowed: bool) -> None:

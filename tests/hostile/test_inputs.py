@@ -173,7 +173,8 @@ def test_a_compressed_manifest_with_one_256_mib_line_is_refused_in_bounded_memor
         fh.write(b"\n")
     probe = (
         "import sys\n"
-        "from qwenedit.manifest import ManifestError, validate_manifest\n"
+        "from qwenedit.errors import ManifestError\n"
+        "from qwenedit.manifest import validate_manifest\n"
         "try:\n"
         "    validate_manifest(sys.argv[1])\n"
         "    print('no error')\n"

@@ -128,7 +128,9 @@ def test_a_price_only_row_keeps_the_built_in_rules_and_limit(tmp_path: Path) -> 
         ),
         (
             "region,model,unit_price,currency,like\nsingapore,new,0.1,USD,qwen-image-7\n",
-            ", line 2: like names an unknown model 'qwen-image-7'; known: qwen-image-edit, "
+            ", line 2: like names an unknown model 'qwen-image-7'; known: qwen-image-2.0, "
+            "qwen-image-2.0-2026-03-03, qwen-image-2.0-pro, qwen-image-2.0-pro-2026-03-03, "
+            "qwen-image-2.0-pro-2026-04-22, qwen-image-2.0-pro-2026-06-22, qwen-image-edit, "
             "qwen-image-edit-max, qwen-image-edit-max-2026-01-16, qwen-image-edit-plus, "
             "qwen-image-edit-plus-2025-10-30, qwen-image-edit-plus-2025-12-15",
         ),
@@ -174,5 +176,10 @@ def test_a_model_the_file_prices_and_limits_validates(folder: Path) -> None:
 def test_the_old_price_table_call_keeps_built_in_rules() -> None:
     table = type(builtin_models())({("singapore", "qwen-image-edit"): Price(Decimal("1"), "USD")})
     assert table.spec("qwen-image-edit") == ModelSpec(
-        "qwen-image-edit", max_n=1, size=None, prompt_extend=False, rate_limit=RateLimit(2, 1)
+        "qwen-image-edit",
+        max_n=1,
+        size=None,
+        prompt_extend=False,
+        rate_limit=RateLimit(2, 1),
+        replaced_by="qwen-image-2.0",
     )

@@ -127,7 +127,7 @@ def test_unknown_model_option_exits_2_with_the_known_ones() -> None:
     out = run_validate(EXAMPLE, "--model", "qwen-image-edit-ultra")
     assert out.exit_code == 2
     expected = (
-        "qwenedit validate: --model 'qwen-image-edit-ultra' is not a known model; known: qwen-image-edit,"
+        "qwenedit validate: --model 'qwen-image-edit-ultra' is not a known model; known: qwen-image-2.0,"
     )
     assert expected in out.stderr
     assert out.stdout == ""

@@ -12,10 +12,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 
-import qwenedit.run as run_module
+import qwenedit.run.wiring as wiring
 from flows.edit_manifest import edit_manifest
 from qwenedit.htmlreport import CONTACT_LIMIT, FLAGGED_LIMIT
 from qwenedit.options import RunOptions
+from qwenedit.run.chunks import Chunks
 from qwenedit.storage import open_destination
 from tests.pipeline.conftest import simple_rows
 
@@ -80,7 +81,7 @@ async def test_jobs_run_in_chunks_named_by_row_range_and_an_unchanged_rerun_crea
         destinations.append(CountingDestination(open_destination(uri)))
         return destinations[-1]
 
-    monkeypatch.setattr(run_module, "open_destination", counting)
+    monkeypatch.setattr(wiring, "open_destination", counting)
 
     def options() -> RunOptions:
         return RunOptions(
@@ -129,14 +130,14 @@ async def test_a_failed_chunk_does_not_fail_its_siblings_and_its_rows_are_report
 ) -> None:
     emulator = emulator_factory(rps=50.0)
     manifest = write_manifest(simple_rows(4))
-    real = run_module.Run.run_chunk
+    real = Chunks.run_chunk
 
-    async def broken_second_chunk(self: Any, spec: Any) -> dict[str, int]:
-        if spec.index == 1:
+    async def broken_second_chunk(self: Any, chunk: Any) -> dict[str, int]:
+        if chunk.index == 1:
             raise RuntimeError("orchestration failed before the chunk ran")
-        return await real(self, spec)
+        return await real(self, chunk)
 
-    monkeypatch.setattr(run_module.Run, "run_chunk", broken_second_chunk)
+    monkeypatch.setattr(Chunks, "run_chunk", broken_second_chunk)
     options = RunOptions(
         manifest=str(manifest),
         dest=pipeline_env.uri("out"),
@@ -149,6 +150,6 @@ async def test_a_failed_chunk_does_not_fail_its_siblings_and_its_rows_are_report
     assert summary["by_status"] == {"succeeded": 2, "failed": 2, "skipped": 0, "not_attempted": 0}
     assert emulator.stats()["requests"] == 2  # the broken chunk's rows were never called
 
-    monkeypatch.setattr(run_module.Run, "run_chunk", real)
+    monkeypatch.setattr(Chunks, "run_chunk", real)
     rerun = await edit_manifest(options.with_changes(run_id=None))
     assert rerun["by_status"] == {"succeeded": 2, "failed": 0, "skipped": 2, "not_attempted": 0}

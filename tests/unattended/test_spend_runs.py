@@ -127,6 +127,9 @@ async def test_a_run_started_when_the_cap_is_reached_makes_no_call(
     summary = await run_here(manifest, pipeline_env, emulator, tmp_path, daily_budget="0")
     assert emulator.ledger() == []
     assert summary["stopped_by"]["cause"] == "spend_cap"
+    assert summary["stopped_by"]["reason"].startswith(
+        "daily spend cap 0 USD reached for"
+    )  # what Prefect shows
     assert summary["by_status"]["not_attempted"] == 3
 
 
@@ -194,3 +197,32 @@ async def test_the_runs_own_budget_also_holds_through_a_lost_answer(
     assert billed(emulator) == Decimal("0.03")
     assert results(summary).iloc[0]["error_code"] == "BudgetExceeded"
     assert summary["stopped_by"]["cause"] == "budget"
+
+
+@pytest.mark.slow
+def test_two_cli_runs_started_together_never_spend_more_than_the_cap(
+    run_cli: CliRunner, emulator_factory: Any, write_manifest: Any, pipeline_env: Any
+) -> None:
+    emulator = emulator_factory(latency_median_s=0.2)  # calls overlap between the two processes
+    manifest = write_manifest(simple_rows(ROWS))
+    caps = ("--spend-ledger", pipeline_env.uri("together"), "--daily-budget", "0.45")
+    procs = []
+    for prefix in ("p1", "p2"):
+        args, _ = run_cli.command(manifest, emulator, *caps, prefix=prefix)
+        procs.append(
+            subprocess.Popen(
+                args,
+                env=run_cli.env,
+                cwd=run_cli.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert billed(emulator) <= Decimal("0.45"), outputs
+    assert billed(emulator) == Decimal("0.45")  # the whole cap was usable
+    assert codes in ([0, 3], [3, 3]), outputs
+    assert any("daily spend cap 0.45 USD reached" in out for out in outputs)

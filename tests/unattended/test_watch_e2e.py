@@ -3,10 +3,12 @@ services on), a process worker, SeaweedFS, the emulator in its own process, and 
 127.0.0.1 behind a Prefect Custom Webhook notification block installed by ``python -m flows.alerts``.
 
 The watched prefix holds a good manifest (with a forged "processed" marker beside it and a corrupt,
-deeply nested one where markers live), a manifest with an invalid row, and two drops whose names
-collide (``pair.csv`` / ``pair.jsonl``). One tick: the good manifest runs (and only its jobs are billed);
-the others are failed rows of the tick artifact, each with its reason; the receiver gets the "run failed"
-and "tick had problems" alerts; the good run's page has its story. A second tick runs nothing again.
+deeply nested one where markers live), a manifest with an invalid row, two drops whose names collide
+(``pair.csv`` / ``pair.jsonl``), and two manifests whose quotes together cross the deployment's daily
+cap, then one more. One tick: the good manifests run; the invalid one and the pair are failed rows of
+the tick artifact, each with its reason; the second cap manifest stops at the cap and the last one is
+not started; the emulator billed no more than the cap; the receiver gets the "run failed", "cap" and
+"tick had problems" alerts; the good run's page has its story. A second tick bills nothing more.
 
 Every process started here is stopped (by its own id) in ``finally`` blocks; everything binds 127.0.0.1.
 """
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,9 @@ VENV_BIN = Path(sys.executable).parent
 API_KEY = "sk-watch-e2e-test-0123456789"
 POOL = "qwenedit-watch-test"
 GOOD_JOBS = 3
+CAP_JOBS = 4  # z-cap-1.csv and z-cap-2.csv each; with good.csv, 11 images at $0.03 cross the daily cap
+UNIT_PRICE = Decimal("0.03")  # qwen-image-edit-plus in Singapore, the default model and region
+DAILY_CAP = Decimal("0.27")  # good (0.09) + z-cap-1 (0.12) fit; z-cap-2 has room for 2 of its 4 images
 
 
 class Receiver:
@@ -101,6 +107,10 @@ def png_bytes() -> bytes:
 def rows_csv(image: str, prompts: list[str]) -> bytes:
     lines = ["job_id,image_1,prompt"] + [f"job-{i},{image},{p}" for i, p in enumerate(prompts)]
     return ("\n".join(lines) + "\n").encode()
+
+
+def billed_images(emulator: EmulatorProcess) -> int:
+    return sum(int(entry["image_count"]) for entry in emulator.ledger())
 
 
 async def tick_table(client: Any) -> list[dict[str, str]]:
@@ -177,6 +187,7 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
     run_module(
         "flows.deploy", "--pool", POOL, "--watch", watch, "--dest", edited, "--only", "edit,scheduler",
         "--interval", "86400", "--paused", "--poll-interval", "1", "--param", f"report_dir={tmp_path / 'reports'}",
+        "--param", f"daily_budget={DAILY_CAP} USD",
     )  # fmt: skip
     installed = run_module("flows.alerts", "--webhook", receiver.url)
     assert "qwenedit-alert-failed" in installed and "qwenedit-alert-watch" in installed
@@ -199,6 +210,10 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
     s3.put_object(Bucket=bucket.bucket, Key="incoming/pair.csv", Body=rows_csv(red, ["one"]))
     pair_jsonl = json.dumps({"job_id": "p", "image_1": red, "prompt": "two"}) + "\n"
     s3.put_object(Bucket=bucket.bucket, Key="incoming/pair.jsonl", Body=pair_jsonl.encode())
+    # Sorted last: their quotes together cross the daily cap, and zz-late.csv comes after the cap.
+    for name in ("z-cap-1.csv", "z-cap-2.csv"):
+        s3.put_object(Bucket=bucket.bucket, Key=f"incoming/{name}", Body=rows_csv(red, ["cap"] * CAP_JOBS))
+    s3.put_object(Bucket=bucket.bucket, Key="incoming/zz-late.csv", Body=rows_csv(red, ["late"]))
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         tick = await arun_deployment(
@@ -213,7 +228,15 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
             assert "not retried until a new version" in rows["bad.csv"]["reason"]
             for name, other in (("pair.csv", "pair.jsonl"), ("pair.jsonl", "pair.csv")):
                 assert rows[name]["outcome"] == "failed" and f"'{other}'" in rows[name]["reason"]
-            assert len(emulator.ledger()) == GOOD_JOBS  # only the good manifest's jobs were billed
+            assert rows["z-cap-1.csv"]["outcome"] == "processed"
+            assert (
+                rows["z-cap-2.csv"]["outcome"] == "stopped" and "spend_cap" in rows["z-cap-2.csv"]["reason"]
+            )
+            assert rows["zz-late.csv"]["outcome"] == "not_started"
+            assert "spend cap reached" in rows["zz-late.csv"]["reason"]
+            billed = billed_images(emulator)
+            # Only good manifests were billed (3 + 4 + what z-cap-2 had room for), never over the cap.
+            assert billed >= GOOD_JOBS + CAP_JOBS and billed * UNIT_PRICE <= DAILY_CAP, billed
 
             marker = json.loads(
                 s3.get_object(Bucket=bucket.bucket, Key="edited/_watch/good.csv.json")["Body"].read()
@@ -241,18 +264,22 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
             # The alerts, sent by the Prefect server through the webhook block.
             async def alerted() -> bool:
                 subjects = receiver.subjects()
-                return (
-                    "qwenedit: a run failed" in subjects
-                    and "qwenedit: the watcher's tick had problems" in subjects
-                )
+                return {
+                    "qwenedit: a run failed",
+                    "qwenedit: the watcher's tick had problems",
+                    "qwenedit: a run reached a spending cap",
+                } <= set(subjects)
 
             await wait_until_async(
                 alerted, what=f"alerts (got {receiver.subjects()})", timeout_s=180, interval_s=1
             )
             failed_alert = next(b for b in receiver.bodies if b["subject"] == "qwenedit: a run failed")
+            assert "of edit-manifest ended Failed" in failed_alert["body"]
             assert "ManifestInvalid" in failed_alert["body"]
             watch_alert = next(b for b in receiver.bodies if "tick" in str(b["subject"]))
-            assert "3 failed manifest(s)" in watch_alert["body"]
+            assert "3 failed manifest(s)" in watch_alert["body"] and "spend_cap" in watch_alert["body"]
+            cap_alert = next(b for b in receiver.bodies if "cap" in str(b["subject"]))
+            assert "z-cap-2.csv" in cap_alert["body"] and "spend_cap" in cap_alert["body"]
 
             # A second tick: nothing runs again (the refused version waits for a new one).
             again = await arun_deployment(
@@ -262,5 +289,7 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
             rows = {Path(r["manifest"]).name: r for r in await tick_table(client)}
             assert rows["good.csv"]["outcome"] == "skipped" and rows["bad.csv"]["outcome"] == "skipped"
             assert "drop a new version" in rows["bad.csv"]["reason"]
-            assert len(emulator.ledger()) == GOOD_JOBS
+            assert rows["z-cap-2.csv"]["outcome"] == "stopped"  # the day's cap is still reached
+            assert rows["zz-late.csv"]["outcome"] == "not_started"
+            assert billed_images(emulator) == billed
     print("\nWATCH-E2E-ALERTS " + json.dumps(receiver.bodies))

@@ -1,0 +1,125 @@
+"""Bounded image decoding: the one way pixels of an image someone else made are decoded (output QA,
+report thumbnails, input validation), so memory per decode has one documented bound.
+
+- ``open_image(data)`` parses the header only (allowed formats); nothing is decoded yet.
+- ``decoding(img, max_pixels=..., draft_side=...)`` is a context manager that decodes the pixels under
+  two bounds: the image is first reduced at decode time where the format can (JPEG ``draft``: 1/2 …
+  1/8 scale), then refused with ``TooLarge`` if what would be decoded is over ``max_pixels`` — before a
+  pixel is decoded, from the header alone. The decode then waits for its bytes in the process-wide
+  ``BUDGET`` (a byte semaphore), so however many threads check images, the pixels decoded at once
+  stay within ``DECODE_MEMORY`` (≈151 MB: one image at the cap, or dozens of ordinary ones at once;
+  an image over the budget still runs, alone). Threads wait on memory, not on a fixed count.
+- ``downscale(img, side)`` makes a copy at most ``side`` px a side without a full-size converted copy:
+  it reduces strip by strip (palette, 16-bit, CMYK… are converted one strip at a time).
+
+The input cap is derived from the API's documented input limits (docs/dashscope-api.md §2): each side
+is recommended up to 3072 px, so ``MAX_INPUT_PIXELS`` = 4 × 3072² (37.7 M pixels: 6144 × 6144, or a
+48 MP photo, whose JPEG is drafted to 1/8 anyway). Pillow stores RGB as 4 bytes a pixel, so one
+decode at the cap is ≤ ~151 MB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Iterator
+
+from PIL import Image
+
+# Each side up to 3072 px is what the API documents (recommended 384–3072 px, §2); 4× that area.
+MAX_INPUT_PIXELS = 4 * 3072 * 3072
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "LA": 4, "PA": 4}
+_REDUCIBLE = ("RGB", "RGBA", "L", "LA")
+_STRIP_BYTES = 4 * 1024 * 1024  # a strip converted/reduced at a time in ``downscale``
+
+
+class TooLarge(ValueError):
+    """The image would decode to more pixels than allowed."""
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """Memory the image's pixels take once loaded, from its header (and any draft already applied)."""
+    return img.width * img.height * _BYTES_PER_PIXEL.get(img.mode, 4)
+
+
+class DecodeBudget:
+    """A byte semaphore: ``hold(n)`` waits until ``n`` more bytes fit in ``limit`` (a request larger
+    than the whole budget waits until nothing else is held, then runs alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, n: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self.held == 0 or self.held + n <= self.limit)
+            self.held += n
+            self.peak = max(self.peak, self.held)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.held -= n
+                self._cond.notify_all()
+
+
+# Pixels decoded at once, process-wide: one image at the cap (or many small ones side by side).
+DECODE_MEMORY = MAX_INPUT_PIXELS * 4
+BUDGET = DecodeBudget(DECODE_MEMORY)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """The image, header parsed and nothing decoded (Pillow's own bomb check stays on)."""
+    img = Image.open(io.BytesIO(data), formats=FORMATS)
+    img.size  # noqa: B018  (the header is parsed by now)
+    return img
+
+
+@contextlib.contextmanager
+def decoding(
+    img: Image.Image,
+    *,
+    max_pixels: int = MAX_INPUT_PIXELS,
+    draft_side: int | None = None,
+    budget: DecodeBudget | None = None,
+) -> Iterator[Image.Image]:
+    """``img`` loaded within the bounds (see the module doc); raises ``TooLarge`` without decoding.
+
+    ``draft_side``: the smallest side length still needed (JPEG decodes at the largest 1/2^k scale
+    that keeps at least that many px a side). The pixels stay counted in the budget until the block
+    ends, so do all work on the full image inside it.
+    """
+    if draft_side is not None and img.format == "JPEG":
+        img.draft(img.mode if img.mode in ("RGB", "L") else "RGB", (draft_side, draft_side))
+    if img.width * img.height > max_pixels:
+        raise TooLarge(f"{img.width}×{img.height} px is over the {max_pixels:,}-pixel decoding limit")
+    if getattr(img, "is_animated", False):
+        img.seek(0)
+    with (budget or BUDGET).hold(decoded_bytes(img)):
+        img.load()
+        yield img
+
+
+def downscale(img: Image.Image, side: int) -> Image.Image:
+    """A copy no larger than ``side`` px a side, in RGB, RGBA, L or LA (others become RGBA), made by
+    integer box reduction strip by strip, then a bilinear thumbnail: no full-size copy is made."""
+    factor = max(1, min(img.width, img.height) // side)
+    mode = img.mode if img.mode in _REDUCIBLE else "RGBA"
+    if factor == 1 and mode == img.mode:
+        small = img.copy()
+    else:
+        width, height = img.size
+        rows = max(factor, (_STRIP_BYTES // max(1, width * 4)) // factor * factor)
+        small = Image.new(mode, (-(-width // factor), -(-height // factor)))
+        for top in range(0, height, rows):
+            strip = img.crop((0, top, width, min(height, top + rows)))
+            if strip.mode != mode:
+                strip = strip.convert(mode)
+            small.paste(strip.reduce(factor) if factor > 1 else strip, (0, top // factor))
+    small.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return small

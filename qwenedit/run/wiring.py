@@ -1,0 +1,206 @@
+"""Wiring a run: every check that must pass before anything is spent, then the services its jobs use.
+
+``prepare`` checks the options and the whole manifest once (price file, budget currency, every row
+validated and quoted: ``ManifestInvalid``). ``check_destination`` proves the destination listable and
+writable (``DestinationUnusable``) before the first call. ``wire`` builds a run's fixed services (API
+client, destination, ledger, pacers, input resolver, thread pool, HTTP client for copies) and its
+mutable state (result spool, budget, counters), registering every resource on the caller's exit
+stack. ``pacer_pool`` builds the pacers from the options' rate limits and the model table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from qwenedit.api import api_key_from_env, resolve_base_url
+from qwenedit.budget import Budget, check_guards
+from qwenedit.catalog import ModelTable, load_models, normalize_model
+from qwenedit.errors import DestinationUnusable, ManifestInvalid
+from qwenedit.inputs import InputResolver
+from qwenedit.ledger import Ledger
+from qwenedit.manifest import Validation, manifest_base, validate_manifest
+from qwenedit.options import RunOptions
+from qwenedit.pacer import PacerPool
+from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, RunContext, RunServices, RunState, RunStats
+from qwenedit.rates import model_limits, with_stated_limits
+from qwenedit.redact import install_log_redaction
+from qwenedit.report import ResultSpool
+from qwenedit.retry import RetryPolicy
+from qwenedit.rollups import Rollups
+from qwenedit.spend import open_guard
+from qwenedit.stopping import StoppableClient
+from qwenedit.storage import Destination, make_s3_client, open_destination
+from qwenedit.window import Window
+
+log = logging.getLogger("qwenedit.run")
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+
+
+def check_destination(destination: Destination) -> None:
+    """Fail before the first call if the destination cannot be read and written.
+
+    A missing bucket or refused credentials would otherwise fail every job after minutes of store
+    retries, and a read-only key would let every call be paid for and then not be stored.
+    """
+    try:
+        next(iter(destination.list_keys("_ledger/")), None)
+        destination.put_bytes(".qwenedit-write-check", b"ok\n", "text/plain")
+    except Exception as err:
+        response = getattr(err, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        reason = code or f"{type(err).__name__}: {err}"[:200]
+        raise DestinationUnusable(f"destination {destination.uri()} cannot be used: {reason}") from None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A manifest checked against a run's options: its validation and quote, the price table."""
+
+    validation: Validation
+    prices: ModelTable
+
+
+def prepare(options: RunOptions) -> Prepared:
+    """Every check on the options and the manifest that must pass before anything is spent (blocking).
+
+    Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
+    ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
+    """
+    prices = with_stated_limits(load_models(options.prices), options.rates)
+    budget = options.budget_amount()
+    validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
+    if not validation.ok:
+        raise ManifestInvalid(validation)
+    check_guards(budget, options.spend_caps(), validation.quote.currencies)
+    return Prepared(validation, prices)
+
+
+def manifest_reading(options: RunOptions, prices: ModelTable) -> dict[str, Any]:
+    """How a run reads its manifest (the same for validating it and for iterating its jobs)."""
+    return {
+        "region": options.region,
+        "model": options.model,
+        "prices": prices,
+        "input_root": options.input_root,
+        "prompt_template": options.prompt_template,
+    }
+
+
+@dataclass(frozen=True)
+class Wired:
+    """A run's pieces once every check passed."""
+
+    validation: Validation
+    resolver: InputResolver  # image references: identity (planning), data URIs and presigned URLs
+    window: Window  # calls in flight, per model lane
+    ctx: RunContext  # what every job is given: the fixed services and the mutable state
+
+
+async def wire(
+    options: RunOptions,
+    run_id: str,
+    out_dir: Path,
+    stack: contextlib.AsyncExitStack,
+    *,
+    stats: RunStats,
+    abandon: asyncio.Event,
+    stopping: Callable[[], bool],
+) -> Wired:
+    """Check everything, then build the run's services and state; resources close with ``stack``."""
+    o = options
+    api_key = api_key_from_env(o.api_key_env)
+    install_log_redaction(api_key)  # no credential in any log line, whoever logs it
+    prepared = await asyncio.to_thread(prepare, o)
+    budget = o.budget_amount()
+    prices = prepared.prices
+    for note in prepared.validation.notices:
+        log.warning("%s", note)
+    stats.total_jobs = prepared.validation.job_count
+    destination = open_destination(o.dest)
+    await asyncio.to_thread(check_destination, destination)  # before anything is paid for
+    endpoint = resolve_base_url(o.region, o.base_url)
+    resolver = InputResolver(
+        input_root=o.input_root, manifest_dir=manifest_base(o.manifest), s3_client_factory=make_s3_client
+    )
+    stack.callback(resolver.close)
+    io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="qwenedit-io")
+    stack.callback(io.shutdown, wait=True)
+    pacers = pacer_pool(o, prices)
+    models = sorted({normalize_model(line.model) for line in prepared.validation.quote.lines})
+    window = Window(cap=o.max_in_flight, rates=pacers.rates(models))  # UnknownLimit: refused here
+    client = await stack.enter_async_context(
+        StoppableClient(
+            api_key,
+            endpoint,
+            timeout=o.timeout_s,
+            max_connections=window.bound + 8,
+            abandon=abandon,
+            stopping=stopping,
+        )
+    )
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits))
+    caps, shared = o.spend_caps(), None
+    if caps.active:  # the caps shared by every run of the spend ledger (qwenedit.spend)
+        worst = prepared.validation.quote.total(caps.currency)
+        shared = await asyncio.to_thread(open_guard, o.spend_ledger_uri(), caps, run_id, expected=worst)
+        stack.push_async_callback(shared.settle)  # gives back what the run did not spend
+    spool = ResultSpool(out_dir / "results.jsonl")
+    stack.callback(spool.close)
+    hosts = o.allowed_output_hosts + DEFAULT_OUTPUT_HOSTS + (_host_pattern(endpoint),)
+    services = RunServices(
+        run_id=run_id,
+        client=client,
+        endpoint=endpoint,
+        api_key=api_key,
+        dest=destination,
+        ledger=Ledger(destination),
+        prices=prices,
+        pacers=pacers,
+        resolve_input=resolver.resolve,
+        locate_input=lambda ref: resolver.locate(ref).location,
+        http=http,
+        io=io,
+        allowed_output_hosts=hosts,
+        api_retry=RetryPolicy(o.max_attempts, o.backoff_base, o.backoff_cap),
+        store_retry=RetryPolicy(o.store_attempts, o.backoff_base, o.backoff_cap),
+        throttle_penalty=o.throttle_penalty,
+        recall_expired=o.recall_expired,
+        qa=o.qa,
+        qa_retries=o.qa_retries,
+        on_latency=window.observe_latency,
+    )
+    state = RunState(
+        spool=spool,
+        budget=Budget(budget[0], budget[1], shared)
+        if budget is not None
+        else Budget(None, caps.currency, shared),
+        stats=stats,
+        rollups=Rollups(o.group_by) if o.group_by else None,
+    )
+    return Wired(prepared.validation, resolver, window, RunContext(services, state))
+
+
+def _host_pattern(endpoint: str) -> str:
+    parts = urlsplit(endpoint)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def pacer_pool(options: RunOptions, table: ModelTable) -> PacerPool:
+    """Pacers at each model's limit: the options' ``rates``, else the table's, times ``rate_share``."""
+    return PacerPool(model_limits(options.rates, table, options.rate_share))

@@ -35,7 +35,7 @@ from prefect.states import Completed, State
 from pydantic import BaseModel, PrivateAttr
 
 from flows import runlog
-from qwenedit.canary import CanaryOutcome
+from qwenedit.canary import Question
 from qwenedit.options import RunOptions
 from qwenedit.report import markdown_summary
 from qwenedit.run import Approver, Chunk, Run, outcome_text
@@ -154,15 +154,16 @@ class CanaryApproval(RunInput):
 
 
 def approval_in_ui(options: RunOptions) -> Approver:
-    """Pause the flow run after the canary until someone approves or declines in the Prefect UI; a
-    pause that times out (``approval_timeout_s``) declines: nothing more is spent."""
+    """Pause the flow run after the canary (or before a run above ``approve_above``) until someone approves
+    or declines in the Prefect UI; a pause that times out (``approval_timeout_s``) declines: nothing more
+    is spent."""
 
-    async def approve(outcome: CanaryOutcome) -> bool:
+    async def approve(outcome: Question) -> bool:
         form = CanaryApproval.with_initial_data(description=outcome.markdown(), approve=False)
         runlog.approval_asked(options, options.approval_timeout_s)
         try:
             answer = await apause_flow_run(
-                wait_for_input=form, timeout=int(options.approval_timeout_s), key="canary"
+                wait_for_input=form, timeout=int(options.approval_timeout_s), key=outcome.key
             )
         except FlowPauseTimeout:
             log.warning(

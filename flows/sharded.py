@@ -42,16 +42,18 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
 
+from flows.edit_manifest import approval_in_ui
 from qwenedit.api import resolve_base_url
-from qwenedit.catalog import ModelTable, cost
-from qwenedit.errors import ShardsFailed
+from qwenedit.canary import QuoteApproval
+from qwenedit.catalog import ModelTable, cost, format_money
+from qwenedit.errors import RunDeclined, ShardsFailed
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
 from qwenedit.manifest import iter_jobs, manifest_base
 from qwenedit.options import RunOptions
 from qwenedit.rates import model_limits
 from qwenedit.report import RESULT_COLUMNS, RunTotals, markdown_summary, results_frame, save_reports
-from qwenedit.run import manifest_reading, new_run_id, prepare
+from qwenedit.run import Approver, Prepared, manifest_reading, new_run_id, prepare
 from qwenedit.shards import (
     SHARED_HEADROOM,
     ShardPlan,
@@ -105,6 +107,24 @@ def write_shards(
     return job_ids, per_shard, weights
 
 
+async def approved_above(options: RunOptions, prepared: Prepared, approve: Approver | None = None) -> None:
+    """``approve_above`` for a sharded run: its shards never ask (each holds only part of the quote), so
+    this run asks once, before any shard starts, about the whole manifest's worst case — in the Prefect
+    UI (``approve``, for tests). Declined, or no answer in time: ``RunDeclined``, nothing started."""
+    limit = options.approve_above_amount()
+    quote = prepared.validation.quote
+    if limit is None or quote.fits(*limit):
+        return
+    amount, currency = limit
+    question = QuoteApproval(
+        jobs=quote.jobs,
+        projected=format_money(quote.total(currency), currency),
+        limit=format_money(amount, currency),
+    )
+    if not await (approve or approval_in_ui(options))(question):
+        raise RunDeclined(f"{question.headline()}, and it was not approved: no shard was started")
+
+
 @flow(name="edit-manifest-sharded", log_prints=False)
 async def edit_manifest_sharded(
     options: RunOptions,
@@ -123,6 +143,7 @@ async def edit_manifest_sharded(
     run_id = options.run_id or new_run_id()
     accounts = list(accounts or [options.api_key_env])
     prepared = await asyncio.to_thread(prepare, options)
+    await approved_above(options, prepared)  # asked once for the whole run, before any shard starts
     destination = open_destination(options.dest)
     sizes = chunk_sizes(prepared.validation.job_count, shards)
     with tempfile.TemporaryDirectory(prefix="qwenedit-shards-") as tmp:
@@ -162,6 +183,7 @@ async def edit_manifest_sharded(
             api_key_env=plan.account,
             prompt_template=None,  # the shard manifests carry the filled prompts
             canary=0,  # a canary belongs to a whole run, not to each shard
+            approve_above=None,  # so does the approval: this run asked it for the whole manifest
         )
 
     async def launch(plan: ShardPlan) -> FlowRun | str:

@@ -5,6 +5,8 @@ take turns (so every model and region the run would pay for is sampled before an
 job), and within a group the picks are spread evenly over its rows (the first rows of a manifest are
 often its least typical). ``CanaryPlan`` is what the run layer learns about the rest while choosing:
 how many jobs remain and their worst-case cost per currency — the projected spend a person approves.
+``QuoteApproval`` is the other question an approver is asked: whether a run whose quote is above
+``--approve-above`` may start at all (the same approvers answer both: the terminal, the Prefect UI).
 
 ``answer_means_yes`` is the approval rule of the terminal, as ``terraform apply`` has it: ``y`` or
 ``yes`` continues; anything else, or end of input, stops.
@@ -60,6 +62,10 @@ class CanaryOutcome:
     remaining_jobs: int
     projected: str
     report: str  # path of report.html written for the canary
+    key: str = "canary"  # the approval's name (a deployment run's pause)
+
+    def question(self) -> str:
+        return f"Run the remaining {self.remaining_jobs} jobs (at most {self.projected})?"
 
     def markdown(self) -> str:
         totals = self.summary.totals
@@ -71,6 +77,37 @@ class CanaryOutcome:
             f"**The rest: {self.remaining_jobs} jobs, projected spend at most {self.projected}.**\n\n"
             f"Report: `{self.report}`"
         )
+
+
+@dataclass
+class QuoteApproval:
+    """What the person deciding sees before the first call of a run whose quote is above
+    ``--approve-above``: the jobs it would call (rows done already excluded) and their worst-case cost."""
+
+    jobs: int
+    projected: str  # worst-case cost of those jobs
+    limit: str  # the --approve-above amount
+    key: str = "approve-above"
+
+    @property
+    def remaining_jobs(self) -> int:
+        return self.jobs
+
+    def headline(self) -> str:
+        return f"the quote {self.projected} for {self.jobs} jobs is above --approve-above {self.limit}"
+
+    def question(self) -> str:
+        return f"Run these {self.jobs} jobs (at most {self.projected})?"
+
+    def markdown(self) -> str:
+        return (
+            f"**Approval needed before the first call: {self.jobs} jobs, projected spend at most "
+            f"{self.projected}, above the {self.limit} that needs approval (--approve-above).**\n\n"
+            "Nothing has been called yet."
+        )
+
+
+Question = CanaryOutcome | QuoteApproval  # what an approver is asked about
 
 
 def answer_means_yes(answer: str | None) -> bool:

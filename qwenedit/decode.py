@@ -21,14 +21,18 @@ decode at the cap is ≤ ~151 MB.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import threading
 from collections.abc import Iterator
 
 from PIL import Image
 
+from qwenedit.catalog.limits import MAX_INPUT_SIDE_PX
+
 # Each side up to 3072 px is what the API documents (recommended 384–3072 px, §2); 4× that area.
-MAX_INPUT_PIXELS = 4 * 3072 * 3072
+MAX_INPUT_PIXELS = 4 * MAX_INPUT_SIDE_PX * MAX_INPUT_SIDE_PX
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "LA": 4, "PA": 4}
 _REDUCIBLE = ("RGB", "RGBA", "L", "LA")
@@ -63,9 +67,33 @@ class DecodeBudget:
         try:
             yield
         finally:
+            if n >= _TRIM_BYTES:
+                _give_back()
             with self._cond:
                 self.held -= n
                 self._cond.notify_all()
+
+
+# glibc keeps freed memory in the arena of the thread that freed it; with many check threads, each
+# thread's arena would keep its last big image resident and the budget would bound nothing. After a
+# big decode its pages are handed back (``malloc_trim``: every arena). A no-op off glibc.
+_TRIM_BYTES = 16 * 1024 * 1024
+
+
+def _load_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _load_trim()
+
+
+def _give_back() -> None:
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 # Pixels decoded at once, process-wide: one image at the cap (or many small ones side by side).
@@ -92,7 +120,7 @@ def decoding(
 
     ``draft_side``: the smallest side length still needed (JPEG decodes at the largest 1/2^k scale
     that keeps at least that many px a side). The pixels stay counted in the budget until the block
-    ends, so do all work on the full image inside it.
+    ends, and the image is closed then (its pixels freed): do all work on the full image inside it.
     """
     if draft_side is not None and img.format == "JPEG":
         img.draft(img.mode if img.mode in ("RGB", "L") else "RGB", (draft_side, draft_side))
@@ -101,8 +129,11 @@ def decoding(
     if getattr(img, "is_animated", False):
         img.seek(0)
     with (budget or BUDGET).hold(decoded_bytes(img)):
-        img.load()
-        yield img
+        try:
+            img.load()
+            yield img
+        finally:
+            img.close()  # the pixels are freed before the budget is released (and memory handed back)
 
 
 def downscale(img: Image.Image, side: int) -> Image.Image:

@@ -506,12 +506,23 @@ class ManifestInvalid(RunError):
 
     def __init__(self, validation: _Validation) -> None:
         self.validation: Any = validation  # a manifest.Validation; errors.py imports nothing above it
-        n = sum(1 for p in validation.problems if p.severity == "error")
-        super().__init__(f"manifest has {n} invalid row problem(s); run `qwenedit validate` to see them all")
+        errors = [p for p in validation.problems if p.severity == "error"]
+        breaches = getattr(validation, "breaches", 0)  # of the run's policy (qwenedit.policy)
+        what = (
+            f"{breaches} breach(es) of the run's policy"
+            if breaches
+            else f"{len(errors)} invalid row problem(s)"
+        )
+        first = f"; first: {errors[0]}" if errors else ""
+        super().__init__(f"manifest has {what}{first}; run `qwenedit validate` to see them all")
 
 
 class DestinationUnusable(RunError):
     """The destination cannot be listed or written; nothing was called."""
+
+
+class RunDeclined(RunError):
+    """A run whose quote is above ``approve_above`` was not approved before it started; nothing was called."""
 
 
 class ShardsFailed(RunError):

@@ -64,6 +64,8 @@ _SHOWN_KEYS = {
     "possibly_billed_images",
     "possibly_billed_cost",
     "billed_not_stored_images",
+    "dedupe_saved_calls",
+    "dedupe_saved_cost",
     "cost_by_region_model",
     "total_cost",
     "rollups",
@@ -347,6 +349,10 @@ def _totals(summary: Mapping[str, Any], got: _Collected) -> Iterator[str]:
     ):
         if summary.get(key):
             yield _card(summary[key], label, "bad")
+    saved = int(summary.get("dedupe_saved_calls") or 0)
+    if saved:  # --dedupe: rows stored from an identical row's call
+        calls = "call" if saved == 1 else "calls"
+        yield _card(_money_text(summary.get("dedupe_saved_cost") or {}), f"{saved} {calls} saved by --dedupe")
     yield "</div>\n"
 
 

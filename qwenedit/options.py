@@ -49,6 +49,17 @@ class RunOptions(BaseModel):
     input_root: str | None = Field(
         None, description="local input images may only come from here (default: the manifest's folder)"
     )
+    allow_private_urls: bool = Field(
+        False,
+        description="let --check-images fetch URLs on loopback/private addresses (the API cannot reach them)",
+    )
+    max_manifest_mib: int = Field(
+        1024, ge=1, description="refuse a manifest file (or download) larger than this, in MiB"
+    )
+    max_manifest_decompressed_mib: int = Field(
+        4096, ge=1, description="refuse a gzipped manifest that decompresses to more than this, in MiB"
+    )
+    max_manifest_rows: int = Field(2_000_000, ge=1, description="refuse a manifest with more rows than this")
     budget: str | None = Field(
         None, description='spending limit, e.g. "50" or "350 CNY": a run stops before spend could exceed it'
     )
@@ -108,9 +119,35 @@ class RunOptions(BaseModel):
     qa_retries: int = Field(
         0, ge=0, description="regenerate a job whose outputs QA flagged, up to this many times"
     )
+    dedupe: bool = Field(
+        False,
+        description="rows asking for the identical edit (same inputs, prompt and parameters) are called "
+        "once; the others get copies of its stored outputs, at no cost",
+    )
     canary: int = Field(0, ge=0, description="run this many jobs first, report them, and ask before the rest")
     approval_timeout_s: float = Field(
         3600.0, gt=0, description="how long a deployment run waits for approval"
+    )
+    # The policy (qwenedit.policy): limits a manifest cannot change; a row that breaks one is refused
+    # before any call. The watcher takes them from its deployment's parameters.
+    allow_model: tuple[str, ...] = Field((), description="policy: a model rows may use (default: any model)")
+    max_n: int | None = Field(
+        None, ge=1, description="policy: most images one row may ask for (default: no limit)"
+    )
+    max_rows: int | None = Field(
+        None, ge=1, description="policy: most data rows a manifest may have (default: no limit)"
+    )
+    allow_input_prefix: tuple[str, ...] = Field(
+        (),
+        description="policy: s3:// and https:// inputs only from under this folder (default: any)",
+    )
+    approve_above: str | None = Field(
+        None, description='ask before the first call when the quote is above this, e.g. "20" or "150 CNY"'
+    )
+    region_endpoint: tuple[str, ...] = Field(
+        (),
+        description="serve rows of another region at its own endpoint and key: "
+        '"REGION=URL,KEY_ENV" (e.g. "beijing=https://dashscope.aliyuncs.com,KEY_BJ")',
     )
     report_dir: str = Field("runs", description="local folder for run reports")
     run_id: str | None = Field(
@@ -127,6 +164,36 @@ class RunOptions(BaseModel):
             return None
         parse_money(str(value))  # raises ValueError with a readable reason
         return str(value).strip()
+
+    @field_validator("approve_above")
+    @classmethod
+    def _approve_above_is_money(cls, value: str | None) -> str | None:
+        if value is None or not str(value).strip():
+            return None
+        parse_money(str(value))
+        return str(value).strip()
+
+    @field_validator("allow_model", "allow_input_prefix", "region_endpoint", mode="before")
+    @classmethod
+    def _repeatable(cls, value: Any) -> Any:
+        return () if value is None else ((value,) if isinstance(value, str) else tuple(value))
+
+    @field_validator("allow_input_prefix")
+    @classmethod
+    def _prefixes_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from qwenedit.policy import parse_prefix
+
+        for text in value:
+            parse_prefix(text)  # ValueError naming what is wrong
+        return tuple(text.strip() for text in value)
+
+    @field_validator("region_endpoint")
+    @classmethod
+    def _routes_parse(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        from qwenedit.regions import parse_routes
+
+        parse_routes(value, info.data.get("region", "singapore"))  # ValueError naming the bad entry
+        return value
 
     @field_validator("prompt_template")
     @classmethod
@@ -175,6 +242,10 @@ class RunOptions(BaseModel):
     def budget_amount(self) -> tuple[Decimal, str] | None:
         """The budget as (amount, currency), or None for no budget."""
         return None if self.budget is None else parse_money(self.budget)
+
+    def approve_above_amount(self) -> tuple[Decimal, str] | None:
+        """The approval threshold as (amount, currency), or None when no run needs approving."""
+        return None if self.approve_above is None else parse_money(self.approve_above)
 
     def chunk_size_for(self, jobs: int) -> int:
         """Jobs per chunk: the option if set, else enough that a run has at most ``MAX_CHUNKS`` chunks."""

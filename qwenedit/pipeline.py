@@ -28,7 +28,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -163,6 +163,17 @@ class RunStats:
 
 
 @dataclass(frozen=True)
+class Served:
+    """One region's endpoint in a run: its calls go to ``endpoint`` with ``api_key`` and are priced in
+    ``region`` (DESIGN.md §3, invariant 10: one price per call, the serving region's)."""
+
+    region: str
+    client: DashScopeClient
+    endpoint: str
+    api_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class RunServices:
     """What the jobs of one run use and never change: clients, destination, pacers, prices, settings."""
 
@@ -170,6 +181,7 @@ class RunServices:
     client: DashScopeClient
     endpoint: str
     api_key: str = field(repr=False)  # never in a repr, a log line or a traceback's locals
+    served: Mapping[str, Served] = field(repr=False)  # region → its endpoint (the run's own among them)
     dest: Destination
     ledger: Ledger
     prices: ModelTable
@@ -186,6 +198,16 @@ class RunServices:
     qa: bool = True  # inspect every stored output (qwenedit.qa)
     qa_retries: int = 0  # regenerations allowed for a job whose outputs QA flagged
     on_latency: Callable[[str, float], None] | None = None  # (model, seconds a call took): sizes the window
+
+    def served_at(self, job: Job) -> Served:
+        """Where ``job`` is sent and priced: its own region's endpoint. Validation refuses rows of a
+        region the run does not serve; should one get here, it fails before any call."""
+        served = self.served.get(job.region)
+        if served is None:
+            raise _JobFailed(
+                JobCode.BAD_INPUT, f"region {job.region} is not served by this run (--region-endpoint)"
+            )
+        return served
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, partial(fn, *args))
@@ -218,6 +240,7 @@ class RunState:
     breaker: Breaker = field(default_factory=Breaker)
     stop_reason: str | None = None  # set by a graceful stop: no new call starts, calls in flight finish
     unrecorded: set[int] = field(default_factory=set)  # rows handed to a chunk whose result is not spooled
+    on_record: Callable[[Job, JobResult], None] | None = None  # told of every recorded result (--dedupe)
 
 
 @dataclass(frozen=True)
@@ -281,6 +304,8 @@ def record(ctx: RunContext, job: Job, result: JobResult) -> JobResult:
         ctx.state.rollups.add(result)
     ctx.state.stats.finished += 1
     ctx.state.unrecorded.discard(job.row)
+    if ctx.state.on_record is not None:
+        ctx.state.on_record(job, result)
     return result
 
 
@@ -325,7 +350,9 @@ def _safe_text(exc: BaseException, limit: int = 300) -> str:
 
 
 async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str], result: JobResult) -> None:
-    price = ctx.services.prices.unit_price(job.region, job.model)
+    price = ctx.services.prices.unit_price(
+        ctx.services.served_at(job).region, job.model
+    )  # where it is served
     result.unit_price, result.currency = str(price.amount), price.currency
     records = await ctx.services.store(ctx.services.ledger.job_records, job.job_id)
     legacy = records.legacy_done
@@ -405,7 +432,8 @@ async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: J
 async def _call(
     ctx: RunContext, job: Job, request: EditRequest, result: JobResult, worst_case: Decimal, price: Price
 ) -> EditResult:
-    pacer = ctx.services.pacers.get(ctx.services.endpoint, ctx.services.api_key, job.model)
+    served = ctx.services.served_at(job)
+    pacer = ctx.services.pacers.get(served.endpoint, served.api_key, job.model)
 
     def retry_on(exc: BaseException) -> bool:
         return isinstance(exc, errors.DashScopeError) and exc.retryable and not ctx.state.breaker.tripped
@@ -429,7 +457,7 @@ async def _call(
                 _stop_if_tripped(ctx, result)  # the breaker may have tripped while this job waited
                 result.attempts += 1
                 try:
-                    return await _send(ctx, request, pacer)
+                    return await _send(ctx, served.client, request, pacer)
                 except errors.DashScopeError as err:
                     _account_for(ctx, job, err, result, worst_case, price, pacer)
                     lost = err.possibly_billed
@@ -440,12 +468,12 @@ async def _call(
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
-async def _send(ctx: RunContext, request: EditRequest, pacer: Pacer) -> EditResult:
+async def _send(ctx: RunContext, client: DashScopeClient, request: EditRequest, pacer: Pacer) -> EditResult:
     ctx.state.stats.in_flight += 1
     started = time.monotonic()
     try:
         # The pacer is also the send gate: the first byte leaves only once the previous request is out.
-        answer = await ctx.services.client.edit(
+        answer = await client.edit(
             request, on_send=partial(_sent, ctx.state.stats, pacer, request.model), gate=pacer
         )
     finally:

@@ -61,6 +61,7 @@ RESULT_COLUMNS = [
     "possibly_billed",
     "possibly_billed_images",
     "billed_not_stored",
+    "deduplicated_from",
 ]
 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -99,6 +100,7 @@ class JobResult:
     inputs: list[str] = field(default_factory=list)  # the input references, anchored (same)
     extra: dict[str, str] = field(default_factory=dict)
     manifest_row: dict[str, Any] | None = None  # for failed.jsonl
+    deduplicated_from: str = ""  # --dedupe: the job whose call (and cost) this row's outputs copy
 
 
 _RESULT_FIELDS = tuple(f.name for f in fields(JobResult))
@@ -274,6 +276,8 @@ class RunTotals:
     qa_flagged_jobs: int = 0
     qa_flagged_images: int = 0
     qa_retries: int = 0
+    dedupe_saved_calls: int = 0  # --dedupe: rows stored from an identical row's call instead of their own
+    dedupe_saved_cost: dict[str, Decimal] = field(default_factory=dict)  # by currency
 
     def add(self, r: JobResult) -> None:
         self.counts[r.status] += 1
@@ -295,6 +299,10 @@ class RunTotals:
             self.qa_flagged_jobs += 1
             self.qa_flagged_images += r.qa.count("=")
         self.qa_retries += r.qa_retries
+        if r.deduplicated_from and r.status == "succeeded":
+            self.dedupe_saved_calls += 1
+            saved = Decimal(r.unit_price or "0") * r.image_count
+            self.dedupe_saved_cost[r.currency] = self.dedupe_saved_cost.get(r.currency, Decimal(0)) + saved
 
     def total_cost(self) -> dict[str, str]:
         by_currency: dict[str, Decimal] = {}
@@ -316,6 +324,8 @@ class RunTotals:
             qa_flagged_jobs=self.qa_flagged_jobs,
             qa_flagged_images=self.qa_flagged_images,
             qa_retries=self.qa_retries,
+            dedupe_saved_calls=self.dedupe_saved_calls,
+            dedupe_saved_cost={c: str(a) for c, a in sorted(self.dedupe_saved_cost.items())},
             cost_by_region_model=tuple(
                 CostLine(region, model, currency, str(amount))
                 for (region, model, currency), amount in sorted(self.cost.items())

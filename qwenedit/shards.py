@@ -234,6 +234,7 @@ _SUMMED = (
     "qa_flagged_jobs",
     "qa_flagged_images",
     "qa_retries",
+    "dedupe_saved_calls",
 )
 
 
@@ -245,6 +246,7 @@ def merge_summaries(parts: Iterable[RunSummary | Totals]) -> MergedSummaries:
     by_model: dict[tuple[str, str, str], Decimal] = {}
     by_currency: dict[str, Decimal] = {}
     possibly: dict[str, Decimal] = {}
+    saved: dict[str, Decimal] = {}
     requests = throttled = 0
     stops: list[StoppedBy] = []
     for part in parts:
@@ -265,11 +267,14 @@ def merge_summaries(parts: Iterable[RunSummary | Totals]) -> MergedSummaries:
             by_currency[currency] = by_currency.get(currency, Decimal(0)) + Decimal(amount)
         for currency, amount in totals.possibly_billed_cost.items():
             possibly[currency] = possibly.get(currency, Decimal(0)) + Decimal(amount)
+        for currency, amount in totals.dedupe_saved_cost.items():
+            saved[currency] = saved.get(currency, Decimal(0)) + Decimal(amount)
     merged = Totals(
         by_status=counts,
         possibly_billed_cost={c: str(a) for c, a in sorted(possibly.items())},
         cost_by_region_model=tuple(CostLine(r, m, c, str(a)) for (r, m, c), a in sorted(by_model.items())),
         total_cost={c: str(a) for c, a in sorted(by_currency.items())},
+        dedupe_saved_cost={c: str(a) for c, a in sorted(saved.items())},
         **sums,
     )
     return MergedSummaries(merged, requests, throttled, tuple(stops))

@@ -545,6 +545,29 @@ def cap_reached(
     return opened.reached(caps, need)
 
 
+def caps_status(ledger: SpendLedger, caps: Caps, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Each cap now: its period, limit, what is counted against it (spent + possibly + held), what is left."""
+    day, month, used_day, used_month, _ = ledger.usage(now)
+    rows = []
+    for cap, limit, used, period in (
+        ("daily", caps.daily, used_day, day),
+        ("monthly", caps.monthly, used_month, month),
+    ):
+        if limit is None:
+            continue
+        rows.append(
+            {
+                "cap": cap,
+                "period": period,
+                "limit": f"{limit} {caps.currency}",
+                "counted": f"{used} {caps.currency}",
+                "left": f"{max(limit - used, Decimal(0))} {caps.currency}",
+                "reached": used >= limit,
+            }
+        )
+    return rows
+
+
 # --- one run's guard -----------------------------------------------------------------------------------
 
 
@@ -848,6 +871,7 @@ __all__ = [
     "SpendLedger",
     "SpendLedgerError",
     "cap_reached",
+    "caps_status",
     "open_guard",
     "parse_record",
     "spend_report",

@@ -115,6 +115,8 @@ class Totals:
     qa_flagged_jobs: int = 0
     qa_flagged_images: int = 0
     qa_retries: int = 0
+    dedupe_saved_calls: int = 0  # --dedupe: calls not made (rows copied from an identical row)
+    dedupe_saved_cost: Mapping[str, str] = field(default_factory=dict)  # what they would have cost
     cost_by_region_model: tuple[CostLine, ...] = ()
     total_cost: Mapping[str, str] = field(default_factory=dict)  # by currency
 
@@ -150,6 +152,8 @@ class Totals:
             qa_flagged_jobs=int(data.get("qa_flagged_jobs", 0) or 0),
             qa_flagged_images=int(data.get("qa_flagged_images", 0) or 0),
             qa_retries=int(data.get("qa_retries", 0) or 0),
+            dedupe_saved_calls=int(data.get("dedupe_saved_calls", 0) or 0),
+            dedupe_saved_cost=dict(data.get("dedupe_saved_cost") or {}),
             cost_by_region_model=tuple(
                 CostLine(c["region"], c["model"], c["currency"], str(c["cost"]))
                 for c in data.get("cost_by_region_model") or ()

@@ -60,7 +60,14 @@ def test_manifest_invalid_counts_error_problems_only_and_keeps_the_validation() 
     )
     err = ManifestInvalid(validation)
     assert err.validation is validation
-    assert str(err) == "manifest has 2 invalid row problem(s); run `qwenedit validate` to see them all"
+    assert str(err) == (
+        'manifest has 2 invalid row problem(s); first: row 2 (job_id "a"), column n: must be 1-6; '
+        "run `qwenedit validate` to see them all"
+    )
+    validation.breaches = 1  # a breach of the run's policy is named as one
+    assert str(ManifestInvalid(validation)).startswith(
+        "manifest has 1 breach(es) of the run's policy; first:"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ TOTALS: dict[str, Any] = {
     "qa_flagged_jobs": 0,
     "qa_flagged_images": 0,
     "qa_retries": 0,
+    "dedupe_saved_calls": 0,
+    "dedupe_saved_cost": {},
     "cost_by_region_model": [{"region": "singapore", "model": "m", "currency": "USD", "cost": "0.06"}],
     "total_cost": {"USD": "0.06"},
 }

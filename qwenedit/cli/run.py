@@ -149,7 +149,9 @@ def stop_message(summary: RunSummary) -> str:
 @option_flags()
 def run(
     fields: dict[str, Any],
-    yes: Annotated[bool, typer.Option("--yes", help="approve the canary in advance")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="approve the canary and --approve-above in advance")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="live progress bar")] = True,
 ) -> None:
     """Run MANIFEST: edit every row's images and store the outputs and a cost report at --dest."""
@@ -171,11 +173,12 @@ def run(
 
 
 def terminal_approver(yes: bool, live: list[Live]) -> Any:
-    """Ask on the terminal whether to go on after the canary, as ``terraform apply`` does: only ``y`` or
-    ``yes`` continues; anything else, or end of input, stops. ``--yes`` approves in advance."""
-    from qwenedit.canary import CanaryOutcome, answer_means_yes
+    """Ask on the terminal whether to go on after the canary (or to start a run above ``--approve-above``),
+    as ``terraform apply`` does: only ``y`` or ``yes`` continues; anything else, or end of input, stops.
+    ``--yes`` approves in advance."""
+    from qwenedit.canary import Question, answer_means_yes
 
-    async def approve(outcome: CanaryOutcome) -> bool:
+    async def approve(outcome: Question) -> bool:
         for display in live:
             display.stop()
         if live and not console.is_terminal:  # a log file: the stopped bar's last line has no newline
@@ -185,11 +188,7 @@ def terminal_approver(yes: bool, live: list[Live]) -> Any:
             if yes:
                 console.print("[green]approved in advance (--yes)[/]")
                 return True
-            console.print(
-                f"Run the remaining {outcome.remaining_jobs} jobs (at most {outcome.projected})? "
-                "Only 'yes' or 'y' continues: ",
-                end="",
-            )
+            console.print(f"{outcome.question()} Only 'yes' or 'y' continues: ", end="")
             answer = await _read_line()
             approved = answer_means_yes(answer if answer else None)
             console.print("[green]approved[/]" if approved else "[red]not approved: stopping[/]")
@@ -235,10 +234,14 @@ async def _run(options: Any, progress: bool, yes: bool = False) -> RunSummary:
             run = await stack.enter_async_context(Run(options))
         except ManifestInvalid as err:
             print_problems(err.validation.problems, console)
-            console.print("[red]manifest is invalid: nothing was run[/]")
+            breaches = err.validation.breaches
+            if breaches:
+                console.print(f"[red]{breaches} breach(es) of the run's policy: nothing was run[/]")
+            else:
+                console.print("[red]manifest is invalid: nothing was run[/]")
             raise typer.Exit(2) from None
         except Exception as err:  # missing key, bad price file or budget, unusable destination: one line
-            console.print(f"[red]error:[/] {err}")
+            console.print(Text.assemble(("error:", "red"), " ", str(err)), highlight=False)  # not markup
             raise typer.Exit(2) from None
         for note in run.validation.notices:
             console.print(Text(f"note: {note}", style="yellow"))

@@ -54,12 +54,20 @@ def spend(
     month: Annotated[
         list[str] | None, typer.Option("--month", help="only this UTC month, YYYY-MM (repeatable)")
     ] = None,
+    daily_budget: Annotated[
+        str | None, typer.Option("--daily-budget", help="also show this daily cap: counted and left today")
+    ] = None,
+    monthly_budget: Annotated[
+        str | None,
+        typer.Option("--monthly-budget", help="also show this monthly cap: counted and left this month"),
+    ] = None,
 ) -> None:
-    """Print the spend of every run of LEDGER per UTC day, month, model and run."""
+    """Print the spend of every run of LEDGER per UTC day, month, model and run (and, given caps, what
+    is left of them now)."""
     from qwenedit.redact import install_log_redaction
 
     install_log_redaction()
-    from qwenedit.spend import SpendLedger, spend_report
+    from qwenedit.spend import Caps, SpendLedger, caps_status, spend_report
     from qwenedit.storage import open_destination
 
     err = Console(stderr=True)
@@ -68,7 +76,15 @@ def spend(
             err.print(f"[red]error:[/] --month: expected YYYY-MM, got {text!r}", highlight=False)
             raise typer.Exit(2)
     try:
-        report = spend_report(SpendLedger(open_destination(ledger)), month or None)
+        caps = Caps.parse(daily_budget, monthly_budget)
+    except ValueError as error:
+        err.print(f"[red]error:[/] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        opened = SpendLedger(open_destination(ledger))
+        report = spend_report(opened, month or None)
+        if caps.active:
+            report["caps"] = caps_status(opened, caps)
     except Exception as error:  # unreachable store, unreadable record: one line, no traceback
         err.print(f"[red]error:[/] spend ledger {ledger}: {type(error).__name__}: {error}", highlight=False)
         raise typer.Exit(2) from None
@@ -77,6 +93,13 @@ def spend(
         return
     out = Console()
     out.print(f"spend ledger {report['ledger']}", highlight=False)
+    for cap in report.get("caps", ()):
+        state = "[red]reached[/]" if cap["reached"] else "not reached"
+        out.print(
+            f"{cap['cap']} cap {cap['limit']} for {cap['period']}: {cap['counted']} counted, "
+            f"{cap['left']} left ({state})",
+            highlight=False,
+        )
     if not report["runs"]:
         out.print("no spend recorded")
         return

@@ -1,7 +1,9 @@
 """`qwenedit validate`: every problem in a manifest at once, the quote, and whether it fits the budget.
 
 Exit codes: 0 valid (warnings allowed) and within budget; 1 invalid rows or over budget; 2 the
-manifest cannot be read or an option is wrong. Every failure ends in a message, never a traceback.
+manifest cannot be read, an option is wrong, or rows break the policy given by the policy flags
+(``--allow-model``, ``--max-n``, ``--max-rows``, ``--allow-input-prefix``; and a row of a region
+without an endpoint: ``--region-endpoint``), as ``qwenedit run`` with the same flags would refuse them. Every failure ends in a message, never a traceback.
 """
 
 from __future__ import annotations
@@ -30,12 +32,25 @@ from qwenedit.catalog import (
 from qwenedit.cli._app import app
 from qwenedit.cli._text import plain, safe_json
 from qwenedit.cli.options import option_flags
+from qwenedit.dedupe import DuplicateGroup, find_duplicates
 from qwenedit.errors import ManifestError, MixedCurrencies, PriceFileError, TemplateError
+from qwenedit.inputs import InputResolver
 from qwenedit.jobs import DEFAULT_MODEL
-from qwenedit.manifest import ROW_NUMBERS, Problem, Validation, validate_manifest
+from qwenedit.manifest import (
+    ROW_NUMBERS,
+    ManifestLimits,
+    Problem,
+    Validation,
+    iter_jobs,
+    manifest_base,
+    validate_manifest,
+)
+from qwenedit.policy import Policy, make_policy
+from qwenedit.storage import make_s3_client
 from qwenedit.templates import parse_template
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+EXIT_POLICY = 2  # what `qwenedit run` exits with for the same breaches
 
 
 class _Fail(Exception):
@@ -46,7 +61,31 @@ class _Fail(Exception):
         self.code = code
 
 
-SHARED_WITH_RUN = ("manifest", "region", "model", "budget", "prices", "input_root", "prompt_template")
+POLICY = ("allow_model", "max_n", "max_rows", "allow_input_prefix", "region_endpoint")  # qwenedit.policy
+SHARED_WITH_RUN = (
+    "manifest",
+    "region",
+    "model",
+    "budget",
+    "prices",
+    "input_root",
+    "prompt_template",
+    "allow_private_urls",
+    "max_manifest_mib",
+    "max_manifest_decompressed_mib",
+    "max_manifest_rows",
+    *POLICY,
+)
+
+
+def manifest_limits(fields: dict[str, Any]) -> ManifestLimits:
+    """The manifest limits the ``--max-manifest-*`` flags set (the same fields as ``RunOptions``)."""
+    mib = 1024 * 1024
+    return ManifestLimits(
+        max_bytes=fields["max_manifest_mib"] * mib,
+        max_decompressed_bytes=fields["max_manifest_decompressed_mib"] * mib,
+        max_rows=fields["max_manifest_rows"],
+    )
 
 
 @app.command()
@@ -57,7 +96,7 @@ def validate(
         bool,
         typer.Option(
             "--check-images",
-            help="Also open every local and S3 image (format, size, pixels) and HEAD every URL.",
+            help="Also open every local and S3 image (format, size, pixels) and HEAD every URL (public addresses only).",
         ),
     ] = False,
     json_output: Annotated[
@@ -89,6 +128,9 @@ def validate(
             None if fields["input_root"] is None else Path(fields["input_root"]),
             max_problems,
             fields["prompt_template"],
+            fields["allow_private_urls"],
+            manifest_limits(fields),
+            _policy(fields),
         )
     except _Fail as fail:
         _print_failure(out, err, fail, json_output)
@@ -102,6 +144,21 @@ def validate(
         )
         code = EXIT_UNREADABLE
     raise typer.Exit(code)
+
+
+def _policy(fields: dict[str, Any]) -> Policy:
+    """The policy the run's flags set (the same as ``qwenedit run`` builds from its options)."""
+    try:
+        return make_policy(
+            region=fields["region"],
+            allow_model=fields["allow_model"] or (),
+            max_n=fields["max_n"],
+            max_rows=fields["max_rows"],
+            allow_input_prefix=fields["allow_input_prefix"] or (),
+            region_endpoint=fields["region_endpoint"] or (),
+        )
+    except ValueError as exc:
+        raise _Fail(f"policy: {exc}") from None
 
 
 def _echo_json(payload: dict[str, Any]) -> None:
@@ -129,6 +186,9 @@ def _run(
     input_root: Path | None,
     max_problems: int,
     prompt_template: str | None = None,
+    allow_private_urls: bool = False,
+    limits: ManifestLimits | None = None,
+    policy: Policy | None = None,
 ) -> int:
     try:
         prices = load_models(prices_path)
@@ -149,6 +209,7 @@ def _run(
         raise _Fail(f"--prompt-template: {exc}") from None
 
     status = None
+    groups: list[DuplicateGroup] = []
     if not json_output and err.is_terminal:
         status = err.status(f"Reading {manifest} …")
         status.start()
@@ -163,7 +224,11 @@ def _run(
             max_problems=max_problems,
             progress=(lambda n: status.update(f"Reading {manifest} … {n:,} rows")) if status else None,
             prompt_template=template,
+            allow_private_urls=allow_private_urls,
+            limits=limits,
+            policy=policy,
         )
+        groups = _duplicates(result, manifest, region, model, prices, input_root, template, limits)
     except ManifestError as exc:
         raise _Fail(str(exc)) from None
     finally:
@@ -185,8 +250,12 @@ def _run(
             over = format_money(result.quote.total(currency) - amount, currency)
             budget_note = f"budget {format_money(amount, currency)}: OVER by {over} (worst case {worst})"
     code = EXIT_OK if result.ok and fits is not False else EXIT_INVALID
+    if result.breaches:
+        code = EXIT_POLICY
     if json_output:
         payload: dict[str, Any] = result.to_dict()
+        payload["duplicates"] = [g.to_dict() for g in groups]
+        payload["duplicate_rows"] = sum(len(g.duplicates) for g in groups)
         payload["budget"] = (
             None
             if budget is None
@@ -197,6 +266,42 @@ def _run(
     else:
         _print_human(out, result, budget_note, fits, code)
     return code
+
+
+def _duplicates(
+    result: Validation,
+    manifest: str,
+    region: str,
+    model: str,
+    prices: ModelTable,
+    input_root: Path | None,
+    template: Any,
+    limits: ManifestLimits | None = None,
+) -> list[DuplicateGroup]:
+    """Rows asking for the same edit as an earlier row, each group added to ``result`` as one warning
+    (located at the group's first row)."""
+    if result.valid_rows < 2:
+        return []
+    reading: dict[str, Any] = {
+        "region": region,
+        "model": model,
+        "prices": prices,
+        "input_root": input_root,
+        "prompt_template": template,
+        "on_invalid": "skip",
+        "limits": limits,
+    }
+    resolver = InputResolver(
+        input_root=input_root, manifest_dir=manifest_base(manifest), s3_client_factory=make_s3_client
+    )
+    try:
+        groups = find_duplicates(lambda: iter_jobs(manifest, **reading), resolver.identity)
+    finally:
+        resolver.close()
+    found = [Problem(g.row, g.job_id, None, g.reason(), severity="warning") for g in groups]
+    result.problems = sorted([*result.problems, *found], key=lambda p: p.row or 0)  # stable
+    result.warnings += len(found)
+    return groups
 
 
 def _check_defaults(prices: ModelTable, region: str, model: str) -> tuple[str, str]:
@@ -298,6 +403,14 @@ def _print_human(out: Console, result: Validation, budget_note: str, fits: bool 
         )
     else:
         out.print(Text("✗ Over budget.", style="bold red"))
+    if result.breaches:
+        out.print(
+            Text(
+                f"✗ {result.breaches:,} breach{'' if result.breaches == 1 else 'es'} of the policy: "
+                "`qwenedit run` with the same flags refuses this manifest before any call.",
+                style="bold red",
+            )
+        )
 
 
 def _count(n: int, word: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from qwenedit.catalog.limits import MAX_DATA_URI_BYTES, MAX_INPUT_SIDE_PX, MIN_INPUT_SIDE_PX
+from qwenedit.decode import MAX_INPUT_PIXELS, TooLarge, decoding
 from qwenedit.errors import InputError
 
 # Each side of an input image should be in this range; outside it the API may refuse the image.
@@ -84,7 +85,9 @@ def inspect_image(data: bytes) -> ImageInfo:
     """Check that ``data`` is a supported image by content and decodes; raises ``InputError``.
 
     Decompression bombs (a small file declaring a huge canvas) are refused from the header, before
-    any pixel is decoded. Sides outside 384–3072 px are warnings, not errors.
+    any pixel is decoded, and so is anything that would decode to more than ``MAX_INPUT_PIXELS``
+    (JPEGs decode at 1/8 scale, so only other formats meet that cap); decodes share the process-wide
+    memory budget of ``qwenedit.decode``. Sides outside 384–3072 px are warnings, not errors.
     """
     fmt = sniff_image_format(data)
     if fmt is None:
@@ -99,10 +102,13 @@ def inspect_image(data: bytes) -> ImageInfo:
             pillow_fmt = PILLOW_FORMATS.get(im.format or "")
             refuse_bomb(width, height)
             im.verify()
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # decode at 1/8: fast
-            im.load()
+        with Image.open(io.BytesIO(data)) as im, decoding(im, draft_side=max(1, min(width, height) // 8)):
+            pass  # decoded (a JPEG at 1/8 scale: fast) within the pixel cap and the decode budget
+    except TooLarge:
+        raise InputError(
+            f"is {width}×{height} px: decoding it would take more than the {MAX_INPUT_PIXELS:,} pixels "
+            f"allowed (4 × {MAX_SIDE_PX}², from the API's largest recommended image); not decoded"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses above 2 × MAX_IMAGE_PIXELS before we see the size (and its warning is raised
         # under -W error); its message has the pixel count.

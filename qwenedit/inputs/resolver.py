@@ -19,20 +19,29 @@ able to make us upload ``~/.ssh/id_rsa`` to a third-party API.
 (their content is not ours to read on every run).
 
 ``InputResolver.check`` is the deep check ``qwenedit validate --check-images`` runs: existence, real
-image content by magic bytes and a Pillow decode, byte and pixel limits. It never raises.
+image content by magic bytes and a bounded Pillow decode (``qwenedit.decode``), byte and pixel limits.
+It never raises. A URL is checked only if its host resolves to public addresses (``qwenedit.netguard``;
+``allow_private_urls`` lifts that), redirects are followed hop by hop with the same check.
+
+Local files: only regular files are read (a FIFO, a device, a socket is a reason, never a hang), opened
+by an ``openat`` walk from the root with ``O_NOFOLLOW`` (a symlink swapped in after the realpath check
+is not followed), and hashed as a stream of at most the API's per-image byte limit.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
+import stat
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from qwenedit.catalog.limits import MAX_DATA_URI_BYTES, MAX_IMAGE_BYTES
 from qwenedit.errors import InputError, s3_reason
@@ -53,6 +62,7 @@ from qwenedit.inputs.listings import (
     PrefixListings,
 )
 from qwenedit.inputs.references import SCHEME, Ref, data_uri_bytes, parse_data_uri, parse_reference, short_ref
+from qwenedit.netguard import Address, pinned
 
 if TYPE_CHECKING:
     import httpx
@@ -60,6 +70,7 @@ if TYPE_CHECKING:
     from qwenedit.jobs import Job
 
 DEFAULT_PRESIGN_EXPIRY_S = 6 * 3600
+MAX_REDIRECTS = 5  # hops followed by ``check`` (each one checked like the first URL)
 
 S3Mode = Literal["presign", "data_uri"]
 
@@ -97,6 +108,7 @@ class InputResolver:
         etag_cache_keys: int = DEFAULT_ETAG_CACHE_KEYS,
         listing_ttl_s: float = DEFAULT_LISTING_TTL_S,
         clock: Callable[[], float] = time.monotonic,
+        allow_private_urls: bool = False,
     ) -> None:
         if s3_mode not in ("presign", "data_uri"):
             raise ValueError(f"s3_mode must be 'presign' or 'data_uri', got {s3_mode!r}")
@@ -113,6 +125,7 @@ class InputResolver:
         self.s3_mode: S3Mode = s3_mode
         self.presign_expiry_s = presign_expiry_s
         self._http_timeout_s = http_timeout_s
+        self.allow_private_urls = allow_private_urls
         self._http = http_client
         self._own_http = http_client is None
         self._lock = threading.Lock()
@@ -167,24 +180,54 @@ class InputResolver:
 
     # -- reading --
 
-    def _read_local(self, ref: str, path: str, max_bytes: int | None) -> tuple[str, bytes]:
+    def _open_local(self, ref: str, path: str) -> tuple[int, os.stat_result]:
+        """An open descriptor of the regular file ``path`` names under the input root, and its stat.
+
+        The realpath is walked down from the root one component at a time with ``O_NOFOLLOW`` (an
+        ``openat`` walk), so a symlink swapped in after the realpath check is never followed; the leaf
+        is opened non-blocking (a FIFO cannot hang the open) and must be a regular file (not a FIFO,
+        device, socket or folder)."""
         real = self._real_local(ref, path)
-        # We open the realpath we checked, not the path we were given.
+        assert self._real_root is not None  # _real_local refused otherwise
+        rel = os.path.relpath(real, self._real_root)
+        parts = [] if rel == os.curdir else rel.split(os.sep)
+        if not parts:
+            raise InputError(f"{short_ref(ref)} is a directory, not an image file", ref=ref)
         try:
-            st = os.stat(real)
+            fd = _open_beneath(self._real_root, parts)
         except FileNotFoundError:
             raise InputError(f"{short_ref(ref)} does not exist (looked for {path})", ref=ref) from None
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                raise InputError(
+                    f"{short_ref(ref)} became a symbolic link after it was checked; not read", ref=ref
+                ) from None
             raise InputError(f"{short_ref(ref)} cannot be read: {exc.strerror}", ref=ref) from None
-        if os.path.isdir(real):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.close(fd)
             raise InputError(f"{short_ref(ref)} is a directory, not an image file", ref=ref)
-        if max_bytes is not None and st.st_size > max_bytes:
-            raise InputError(self._too_big_local(ref, st.st_size), ref=ref)
-        try:
-            with open(real, "rb") as fh:
-                return real, fh.read()
-        except OSError as exc:
-            raise InputError(f"{short_ref(ref)} cannot be read: {exc.strerror}", ref=ref) from None
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise InputError(
+                f"{short_ref(ref)} is {_file_kind(st.st_mode)}, not a regular file; only regular files are read",
+                ref=ref,
+            )
+        return fd, st
+
+    def _read_local(self, ref: str, path: str, max_bytes: int) -> bytes:
+        """The bytes of a local input (a regular file under the root, at most ``max_bytes``)."""
+        fd, st = self._open_local(ref, path)
+        with os.fdopen(fd, "rb") as fh:
+            if st.st_size > max_bytes:
+                raise InputError(self._too_big_local(ref, st.st_size), ref=ref)
+            try:
+                data = fh.read(max_bytes + 1)
+            except OSError as exc:
+                raise InputError(f"{short_ref(ref)} cannot be read: {exc.strerror}", ref=ref) from None
+        if len(data) > max_bytes:  # it grew since the fstat
+            raise InputError(self._too_big_local(ref, len(data)), ref=ref)
+        return data
 
     @staticmethod
     def _too_big_local(ref: str, size: int) -> str:
@@ -266,8 +309,7 @@ class InputResolver:
                     raise InputError(reason, ref=ref) from None
                 return url
             return self._inline(ref, self._s3_get(ref, r))
-        _, data = self._read_local(ref, r.location, max_inline_raw())
-        return self._inline(ref, data)
+        return self._inline(ref, self._read_local(ref, r.location, max_inline_raw()))
 
     def _inline(self, ref: str, data: bytes) -> str:
         fmt = sniff_image_format(data)
@@ -305,25 +347,38 @@ class InputResolver:
         return self._local_hash(ref, r.location)
 
     def _local_hash(self, ref: str, path: str) -> str:
-        real = self._real_local(ref, path)
-        try:
-            st = os.stat(real)
-        except OSError:
-            st = None
-        key = (real, st.st_size, st.st_mtime_ns) if st else None
-        if key is not None:
+        """``sha256:`` of a local input, read as a stream of at most the API's per-image byte limit."""
+        fd, st = self._open_local(ref, path)
+        with os.fdopen(fd, "rb") as fh:
+            key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
             with self._lock:
                 if key in self._hashes:
                     self._hashes.move_to_end(key)
                     return self._hashes[key]
-        _, data = self._read_local(ref, path, None)
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if key is not None:
-            with self._lock:
-                self._hashes[key] = digest
-                if len(self._hashes) > 4096:
-                    self._hashes.popitem(last=False)
-        return digest
+            if st.st_size > MAX_IMAGE_BYTES:
+                raise InputError(self._too_big_to_send(ref, st.st_size), ref=ref)
+            digest, size = hashlib.sha256(), 0
+            try:
+                while chunk := fh.read(1 << 20):
+                    size += len(chunk)
+                    if size > MAX_IMAGE_BYTES:
+                        raise InputError(self._too_big_to_send(ref, size), ref=ref)
+                    digest.update(chunk)
+            except OSError as exc:
+                raise InputError(f"{short_ref(ref)} cannot be read: {exc.strerror}", ref=ref) from None
+        found = "sha256:" + digest.hexdigest()
+        with self._lock:
+            self._hashes[key] = found
+            if len(self._hashes) > 4096:
+                self._hashes.popitem(last=False)
+        return found
+
+    @staticmethod
+    def _too_big_to_send(ref: str, size: int) -> str:
+        return (
+            f"{short_ref(ref)} is over {mib_text(MAX_IMAGE_BYTES)} ({mib_text(size)} read); the API takes at "
+            f"most {mib_text(MAX_IMAGE_BYTES)} per image"
+        )
 
     def check(self, ref: str) -> Check:
         """The deep check behind ``--check-images``; every failure becomes a reason, nothing raises."""
@@ -339,7 +394,7 @@ class InputResolver:
                 self._s3_head(ref, r)
                 data = self._s3_get(ref, r)
             else:
-                _, data = self._read_local(ref, r.location, max_inline_raw())
+                data = self._read_local(ref, r.location, max_inline_raw())
             try:
                 info = inspect_image(data)
             except InputError as exc:  # its reasons read "is ...": name the reference
@@ -356,22 +411,33 @@ class InputResolver:
         return out
 
     def _check_url(self, ref: str, url: str) -> list[str]:
+        """HEAD (or a one-byte GET) the URL, as the API would fetch it: only public addresses, each
+        redirect hop checked again (at most ``MAX_REDIRECTS``), the connection made to the address
+        that was checked (no second name lookup to rebind). Reasons say why a URL is refused, never
+        what a refused address would have answered."""
         import httpx
 
         client = self._http_client()
-        try:
-            resp = client.head(url)
-            if resp.status_code in (403, 405, 501) or resp.status_code >= 500:
-                # Some hosts (and presigned GET URLs) refuse HEAD; ask for the first byte instead.
-                with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as got:
-                    resp = got
-        except httpx.TimeoutException:
-            raise InputError(
-                f"{short_ref(ref)} did not answer within {self._http_timeout_s:g} s", ref=ref
-            ) from None
-        except httpx.HTTPError as exc:
-            reason = f"{short_ref(ref)} cannot be reached: {type(exc).__name__}: {exc}"
-            raise InputError(reason, ref=ref) from None
+        target = url
+        for hop in range(MAX_REDIRECTS + 1):
+            reason, address = pinned(target, allow_private=self.allow_private_urls)
+            if reason is not None:
+                via = "" if hop == 0 else f"redirects to {short_ref(target)}, which "
+                raise InputError(f"{short_ref(ref)} {via}{reason}", ref=ref)
+            try:
+                resp = _probe(client, target, address)
+            except httpx.TimeoutException:
+                raise InputError(
+                    f"{short_ref(ref)} did not answer within {self._http_timeout_s:g} s", ref=ref
+                ) from None
+            except httpx.HTTPError as exc:
+                reason = f"{short_ref(ref)} cannot be reached: {type(exc).__name__}"
+                raise InputError(reason, ref=ref) from None
+            if not resp.is_redirect:
+                break
+            target = urljoin(target, resp.headers.get("location", ""))
+        else:
+            raise InputError(f"{short_ref(ref)} redirects more than {MAX_REDIRECTS} times", ref=ref)
         if resp.status_code >= 400:
             raise InputError(f"{short_ref(ref)} answered HTTP {resp.status_code}", ref=ref)
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -392,7 +458,7 @@ class InputResolver:
             if self._http is None:
                 self._http = httpx.Client(
                     timeout=self._http_timeout_s,
-                    follow_redirects=True,
+                    follow_redirects=False,  # each hop is checked by ``_check_url``
                     limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
                 )
             return self._http
@@ -410,6 +476,40 @@ class InputResolver:
         self.close()
 
 
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_LEAF_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_beneath(root: str, parts: Sequence[str]) -> int:
+    """``openat`` walk: each folder under ``root`` opened with ``O_NOFOLLOW`` relative to the last,
+    then the leaf, non-blocking. Raises OSError (ELOOP/ENOTDIR where a component is a symlink)."""
+    if os.open not in os.supports_dir_fd:  # no openat here: the leaf, at least, is not followed
+        return os.open(os.path.join(root, *parts), _LEAF_FLAGS)
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(parts[-1], _LEAF_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def _is_under(path: str, root: str) -> bool:
     """Whether normalised absolute ``path`` is ``root`` or inside it."""
     return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
@@ -425,6 +525,33 @@ def _join_remote(base: str, relative: str, ref: str) -> str:
     if joined == ".." or joined.startswith("../"):
         raise InputError(f"{short_ref(ref)} climbs above {scheme}://{host}/", ref=ref)
     return f"{scheme}://{host}/{joined}"
+
+
+def _probe(client: httpx.Client, url: str, address: Address | None) -> httpx.Response:
+    """HEAD ``url`` (a one-byte GET if HEAD is refused), connecting to ``address`` when given (the
+    URL's host stays in the Host header and TLS's SNI and certificate check). The body is not read."""
+    resp = _send(client, "HEAD", url, address, {})
+    if resp.status_code in (403, 405, 501) or resp.status_code >= 500:
+        # Some hosts (and presigned GET URLs) refuse HEAD; ask for the first byte instead.
+        resp = _send(client, "GET", url, address, {"Range": "bytes=0-0"})
+    return resp
+
+
+def _send(
+    client: httpx.Client, method: str, url: str, address: Address | None, headers: dict[str, str]
+) -> httpx.Response:
+    extensions: dict[str, Any] = {}
+    if address is not None:
+        parts = urlsplit(url)
+        host = f"[{address}]" if address.version == 6 else str(address)
+        headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
+        if parts.scheme.lower() == "https":
+            extensions["sni_hostname"] = parts.hostname
+        url = urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+    request = client.build_request(method, url, headers=headers, extensions=extensions)
+    resp = client.send(request, stream=True)
+    resp.close()  # headers only
+    return resp
 
 
 def _content_size(headers: Any) -> int | None:

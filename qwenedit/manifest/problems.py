@@ -81,6 +81,7 @@ class Validation:
     problems: list[Problem] = field(default_factory=list)  # sorted; at most max_problems per severity
     quote: Quote = field(default_factory=Quote)
     delimiter: str | None = None
+    breaches: int = 0  # errors that are breaches of the run's policy (qwenedit.policy)
     notices: list[str] = field(default_factory=list)  # e.g. a legacy model and the one that replaces it
 
     @property
@@ -109,6 +110,7 @@ class Validation:
             "row_numbers": ROW_NUMBERS,
             "problems": [p.to_dict() for p in self.problems],
             "problems_omitted": self.problems_omitted,
+            "policy_breaches": self.breaches,
             "quote": self.quote.to_dict(),
             "notices": list(self.notices),
         }

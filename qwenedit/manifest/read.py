@@ -13,7 +13,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from qwenedit.catalog import ModelTable, Price, builtin_models
 from qwenedit.errors import InputError, ManifestError
@@ -22,8 +22,11 @@ from qwenedit.jobs import DEFAULT_MODEL, DEFAULT_REGION, Job
 from qwenedit.manifest.problems import Problem, ProblemStore, Validation
 from qwenedit.manifest.records import REQUIRED_CSV_COLUMNS, Header, Record, csv_records, jsonl_records
 from qwenedit.manifest.rules import Rules, check_record
-from qwenedit.manifest.source import ManifestSource
+from qwenedit.manifest.source import ManifestLimits, ManifestSource
 from qwenedit.templates import PromptTemplate, parse_template
+
+if TYPE_CHECKING:
+    from qwenedit.policy import Policy
 
 BATCH_ROWS = 512
 CHECK_CACHE = 10_000  # image check outcomes remembered across batches
@@ -33,10 +36,18 @@ def _records(src: ManifestSource, header_out: list[Header], rules: Rules) -> Ite
     if src.format == "csv":
         # With a prompt template the prompt column is optional: rows that leave it out get the template.
         required = REQUIRED_CSV_COLUMNS if rules.template is None else ("job_id", "image_1")
-        yield from csv_records(src, header_out, required)
+        records = csv_records(src, header_out, required)
     else:
         header_out.append(Header([]))
-        yield from jsonl_records(src)
+        records = jsonl_records(src)
+    limit = src.limits.max_rows
+    for count, rec in enumerate(records, start=1):
+        if count > limit:
+            raise ManifestError(
+                f"manifest {src.name!r} has more than {limit:,} rows; split it, or raise --max-manifest-rows "
+                "if it is meant to be this long"
+            )
+        yield rec
 
 
 def _batched(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -45,9 +56,14 @@ def _batched(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _make_resolver(
-    src: ManifestSource, input_root: str | os.PathLike[str] | None, s3_mode: S3Mode
+    src: ManifestSource,
+    input_root: str | os.PathLike[str] | None,
+    s3_mode: S3Mode,
+    allow_private_urls: bool = False,
 ) -> InputResolver:
-    return InputResolver(input_root=input_root, manifest_dir=src.base, s3_mode=s3_mode)
+    return InputResolver(
+        input_root=input_root, manifest_dir=src.base, s3_mode=s3_mode, allow_private_urls=allow_private_urls
+    )
 
 
 def validate_manifest(
@@ -64,18 +80,26 @@ def validate_manifest(
     check_workers: int = 16,
     progress: Callable[[int], None] | None = None,
     prompt_template: str | PromptTemplate | None = None,
+    limits: ManifestLimits | None = None,
+    allow_private_urls: bool = False,
+    policy: Policy | None = None,
 ) -> Validation:
     """Read the whole manifest and report every problem in it, with the quote for its valid rows.
 
     ``region``/``model`` are the defaults for rows that leave those cells empty (None: the package
     defaults, singapore and qwen-image-edit-plus). ``prompt_template`` fills the prompt of rows that
-    leave it empty (``templates.py``). Raises ``ManifestError`` only when the file cannot be read at
-    all, ``TemplateError`` (before reading) when the template is malformed.
+    leave it empty (``templates.py``). Every breach of ``policy`` is a row error (and counted in
+    ``breaches``), found before any image is looked at. Raises ``ManifestError`` only when the file
+    cannot be read at all or is over one of its ``limits`` (``ManifestLimits``), ``TemplateError``
+    (before reading) when the template is malformed. ``allow_private_urls`` lets ``check_images``
+    fetch URLs on loopback and private addresses (refused by default, as the API cannot reach them).
+    The ``check_workers`` threads wait on I/O; their image decodes share one memory budget
+    (``qwenedit.decode``).
     """
     template = parse_template(prompt_template)
-    with ManifestSource.open(source) as src:
+    with ManifestSource.open(source, limits) as src:
         own_resolver = resolver is None
-        resolver = resolver or _make_resolver(src, input_root, s3_mode)
+        resolver = resolver or _make_resolver(src, input_root, s3_mode, allow_private_urls)
         try:
             return _validate(
                 src,
@@ -88,6 +112,7 @@ def validate_manifest(
                 check_workers,
                 progress,
                 template,
+                policy,
             )
         finally:
             if own_resolver:
@@ -105,6 +130,7 @@ def _validate(
     check_workers: int,
     progress: Callable[[int], None] | None,
     template: PromptTemplate | None = None,
+    policy: Policy | None = None,
 ) -> Validation:
     result = Validation(source=src.name, format=src.format)
     store = ProblemStore(max_problems)
@@ -121,6 +147,8 @@ def _validate(
             jobs = []
             for rec in batch:
                 job = check_record(rec, rules)
+                if policy is not None and job is not None:  # before any image is looked at
+                    result.breaches += _check_policy(policy, rec, job, resolver)
                 result.rows += 1
                 jobs.append((rec, job))
             if pool is not None:
@@ -145,10 +173,22 @@ def _validate(
     store.add(header.problems)
     if not header.fatal and result.rows == 0:
         store.add([Problem(None, None, None, "has no rows: nothing to run", "error")])
+    too_many = policy.check_rows(result.rows) if policy is not None else None
+    if too_many is not None:
+        result.breaches += 1
+        store.add([Problem(too_many.row, None, None, too_many.reason, "error")])
     result.problems = store.sorted()
     result.errors, result.warnings = store.counts["error"], store.counts["warning"]
     result.notices = prices.legacy_notices(line.model for line in result.quote.lines)
     return result
+
+
+def _check_policy(policy: Policy, rec: Record, job: Job, resolver: InputResolver) -> int:
+    """Add each breach of the policy to the row's problems; how many there were."""
+    breaches = policy.check_job(job, [resolver.locate(ref).location for ref in job.images])
+    for breach in breaches:
+        rec.problem(breach.field, breach.reason)
+    return len(breaches)
 
 
 def _check_images(
@@ -198,6 +238,8 @@ def iter_jobs(
     input_root: str | os.PathLike[str] | None = None,
     on_invalid: Literal["raise", "skip"] = "raise",
     prompt_template: str | PromptTemplate | None = None,
+    limits: ManifestLimits | None = None,
+    allow_private_urls: bool = False,
 ) -> Iterator[Job]:
     """The manifest's rows as ``Job``s, in order, parsed exactly as ``validate_manifest`` parses them.
 
@@ -205,7 +247,10 @@ def iter_jobs(
     first error (or is skipped with ``on_invalid="skip"``). ``prompt_template`` as for validation.
     """
     template = parse_template(prompt_template)
-    with ManifestSource.open(source) as src, _make_resolver(src, input_root, "presign") as resolver:
+    with (
+        ManifestSource.open(source, limits) as src,
+        _make_resolver(src, input_root, "presign", allow_private_urls) as resolver,
+    ):
         rules = Rules(region or DEFAULT_REGION, model or DEFAULT_MODEL, prices or builtin_models(), resolver)
         rules.template = template
         headers: list[Header] = []

@@ -21,7 +21,7 @@ from qwenedit.catalog.limits import MAX_IMAGES
 from qwenedit.errors import ManifestError
 from qwenedit.jobs import CSV_COLUMNS
 from qwenedit.manifest.problems import Problem, Severity
-from qwenedit.manifest.source import ManifestSource, open_binary, text_lines
+from qwenedit.manifest.source import MAX_LINE_BYTES, ManifestSource, OversizedLine, open_binary, text_lines
 
 IMAGE_COLUMNS = ("image_1", "image_2", "image_3")
 REQUIRED_CSV_COLUMNS = ("job_id", "image_1", "prompt")
@@ -78,7 +78,7 @@ def csv_records(
     src: ManifestSource, header_out: list[Header], required: tuple[str, ...] = REQUIRED_CSV_COLUMNS
 ) -> Iterator[Record]:
     csv.field_size_limit(16 * 1024 * 1024)  # data URIs up to 10 MiB live in cells
-    with open_binary(src.path) as fh:
+    with open_binary(src.path, src.limits.max_decompressed_bytes, src.name) as fh:
         lines = text_lines(fh, src.name)
         first = next(lines, None)
         blank_before = 0  # blank lines above the header: the reader does not see them
@@ -201,10 +201,19 @@ def csv_record(row: int, line: int, names: list[str], cells: list[str]) -> Recor
 
 
 def jsonl_records(src: ManifestSource) -> Iterator[Record]:
-    with open_binary(src.path) as fh:
+    with open_binary(src.path, src.limits.max_decompressed_bytes, src.name) as fh:
         row = 0
-        for number, text in enumerate(text_lines(fh, src.name), start=1):
+        for number, text in enumerate(text_lines(fh, src.name, oversized="mark"), start=1):
             row += 1
+            if isinstance(text, OversizedLine):
+                rec = Record(row, number, {}, [], {}, broken=True)
+                rec.problem(
+                    None,
+                    f"is a line of {text.size / (1 << 20):,.1f} MiB, over the {MAX_LINE_BYTES >> 20} MiB a row "
+                    "can need (three 10 MiB images and a prompt); not read",
+                )
+                yield rec
+                continue
             stripped = text.strip()
             if not stripped:
                 continue
@@ -217,6 +226,11 @@ def jsonl_records(src: ManifestSource) -> Iterator[Record]:
                 value = json.loads(stripped)
             except json.JSONDecodeError as exc:
                 rec.problem(None, f"is not valid JSON: {exc.msg} (line {number}, column {exc.colno})")
+                rec.broken = True
+                yield rec
+                continue
+            except RecursionError:
+                rec.problem(None, f"is JSON nested too deeply to read (line {number})")
                 rec.broken = True
                 yield rec
                 continue
@@ -255,7 +269,10 @@ def fill_jsonl_record(rec: Record, obj: dict[str, Any]) -> None:
     for key, value in obj.items():
         canonical = canonical_column(key)
         if canonical is None:
-            rec.extra[key] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            try:
+                rec.extra[key] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            except RecursionError:
+                rec.problem(key, "is JSON nested too deeply to keep")
         elif canonical == "images":
             found_images = True
         else:

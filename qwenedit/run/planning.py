@@ -29,7 +29,7 @@ from qwenedit.errors import InputError, JobCode
 from qwenedit.inputs import InputResolver
 from qwenedit.jobs import Job, fingerprint
 from qwenedit.ledger import DoneIndex
-from qwenedit.manifest import iter_jobs
+from qwenedit.manifest import ManifestSource, iter_jobs
 from qwenedit.options import RunOptions
 from qwenedit.pipeline import RunServices, failed_result, skipped_result
 from qwenedit.report import JobResult
@@ -54,6 +54,7 @@ class Skip:
 
     job: Job
     result: JobResult
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,12 @@ class Planner:
     prices: ModelTable
     resolver: InputResolver
     services: RunServices
+    source: ManifestSource | None = None  # the run's own copy of the manifest (else options.manifest)
 
     def classify(self, index: DoneIndex) -> Iterator[Planned]:
         """Each manifest row, in order: done at its fingerprint (Skip), bad input (Fail) or Pending."""
-        jobs = iter_jobs(self.options.manifest, **manifest_reading(self.options, self.prices))
+        manifest = self.source or self.options.manifest
+        jobs = iter_jobs(manifest, **manifest_reading(self.options, self.prices))
         known: dict[str, str] = {}  # the same image on many rows is identified once per run (bounded)
         for job in jobs:
             try:
@@ -90,7 +93,7 @@ class Planner:
             fp = fingerprint(job, identities)
             marker = index.find(job.job_id, fp)
             if marker is not None:
-                yield Skip(job, skipped_result(self.services, job, marker))
+                yield Skip(job, skipped_result(self.services, job, marker), fp)
             else:
                 yield Pending(job, fp, tuple(m.key for m in index.markers(job.job_id)))
 
@@ -148,7 +151,13 @@ class Planner:
         groups: dict[tuple[str, str], list[int]] = {}
         worst: dict[int, tuple[str, Decimal]] = {}
         job_ids: dict[int, str] = {}
+        seen: set[str] = set()  # --dedupe: a repeated edit is neither a canary row nor a cost of the rest
         for item in self.classify(index):
+            if self.options.dedupe and isinstance(item, Skip | Pending):
+                fp = item.fingerprint
+                if fp in seen:
+                    continue
+                seen.add(fp)
             if isinstance(item, Pending):
                 job = item.job
                 groups.setdefault((job.model, job.region), []).append(job.row)

@@ -10,7 +10,9 @@ the whole manifest validated and quoted (``ManifestInvalid``), the destination l
    the listing is recorded ``skipped`` on the spot — no task, no call, no per-row store request;
 3. groups the pending rows into chunks of consecutive rows and hands each ``Chunk`` to ``runner``
    (``run.chunks``; the flow makes each a Prefect task run, by default it runs directly);
-4. with ``options.canary``, runs the canary rows first and asks ``approve`` before the rest.
+4. with ``options.approve_above``, asks ``approve`` before the first call when the quote of the rows it
+   would call is above the amount (declined: nothing is called);
+5. with ``options.canary``, runs the canary rows first and asks ``approve`` before the rest.
 
 ``request_stop`` / ``stop_now`` are the two stop levels (``qwenedit.stopping`` calls them on signals).
 ``finish()`` writes the reports (``run.reports``) and returns the summary. Live counters are in
@@ -24,10 +26,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from qwenedit.canary import CanaryOutcome, CanaryPlan
+from qwenedit.canary import CanaryOutcome, CanaryPlan, Question, QuoteApproval
+from qwenedit.catalog import cost, format_money
+from qwenedit.dedupe import Leaders
 from qwenedit.errors import JobCode
 from qwenedit.jobs import Job
 from qwenedit.ledger import DoneIndex
@@ -36,7 +41,8 @@ from qwenedit.options import RunOptions
 from qwenedit.pipeline import RunContext, RunServices, RunState, RunStats, failed_result, record
 from qwenedit.report import JobResult
 from qwenedit.run.chunks import ChunkRunner, Chunks
-from qwenedit.run.planning import Pending, Planner
+from qwenedit.run.followers import run_follower
+from qwenedit.run.planning import Pending, Planner, Skip
 from qwenedit.run.reports import RunReports
 from qwenedit.run.wiring import Wired, new_run_id, wire
 from qwenedit.summary import ModelLine, RunSummary, StopCause, StoppedBy
@@ -44,7 +50,7 @@ from qwenedit.window import Window
 
 log = logging.getLogger("qwenedit.run")
 
-Approver = Callable[[CanaryOutcome], Awaitable[bool]]
+Approver = Callable[[Question], Awaitable[bool]]  # a canary's outcome, or a quote above --approve-above
 
 
 def exit_code(summary: RunSummary | Mapping[str, Any]) -> int:
@@ -70,6 +76,7 @@ class Run:
         self._chunks: Chunks | None = None
         self._abandon = asyncio.Event()  # set by stop_now: open calls end, reported possibly billed
         self._stop_asked = asyncio.Event()  # set by request_stop and stop_now: ends a pending approval
+        self.leaders = Leaders() if options.dedupe else None  # --dedupe: the first row of each edit
 
     # -- opening: every check, once ------------------------------------------------------------
 
@@ -127,7 +134,9 @@ class Run:
         return self._chunks.done if self._chunks is not None else 0
 
     def _planner(self) -> Planner:
-        return Planner(self.options, self.services.prices, self.wired.resolver, self.services)
+        return Planner(
+            self.options, self.services.prices, self.wired.resolver, self.services, self.wired.source
+        )
 
     def _reports(self) -> RunReports:
         return RunReports(self.out_dir, self.services, self.wired.resolver, self.state.spool)
@@ -141,9 +150,14 @@ class Run:
         projected spend, and the rest runs only if it returns True (no approver: the rest is declined).
         """
         self._chunks = Chunks(self.ctx, self.window, runner)
+        if self.leaders is not None:
+            leaders = self.leaders
+            self.state.on_record = lambda job, result: leaders.finished(job, result.status, result)
         index = await self.services.store(self.services.ledger.done_index)
         log.info("run %s: %d done markers listed at the destination", self.run_id, len(index))
-        if self.options.canary <= 0:
+        if self.options.approve_above is not None:
+            await self._approve_quote(index, approve)
+        if self.options.canary <= 0 or self.declined is not None:
             await self._pass(index, None)
             return
         plan, self.canary_ids = await asyncio.to_thread(
@@ -170,16 +184,28 @@ class Run:
         ctx, chunks = self.ctx, self._chunks
         assert chunks is not None
         size = self.options.chunk_size_for(self.stats.total_jobs)
-        running: set[asyncio.Task[None]] = set()
+        running: set[asyncio.Task[Any]] = set()
         pending: list[Pending] = []
         async for batch in self._planner().batches(index):
             for item in batch:
                 if select is not None and not select(item.job.row):
                     continue
                 if not isinstance(item, Pending):
+                    if isinstance(item, Skip) and self.leaders is not None:
+                        self.leaders.note_done(
+                            item.job, item.fingerprint, item.result.request_id, item.result.image_count
+                        )
                     record(ctx, item.job, item.result)
                 elif self.declined is not None:
                     record(ctx, item.job, self._declined_result(item.job))
+                elif (
+                    self.leaders is not None
+                    and (leader := self.leaders.leader_of(item.job, item.fingerprint)) is not None
+                ):  # the same edit as an earlier row: its outputs are copied, no call
+                    ctx.state.unrecorded.add(item.job.row)
+                    follower = asyncio.create_task(run_follower(ctx, self.leaders, item, leader))
+                    running.add(follower)
+                    follower.add_done_callback(running.discard)
                 else:
                     pending.append(item)
                     if len(pending) >= size:
@@ -189,6 +215,35 @@ class Run:
             await chunks.launch(pending, running)
         if running:
             await asyncio.wait(running)
+
+    async def _approve_quote(self, index: DoneIndex, decide: Approver | None) -> None:
+        """``approve_above``: before the first call, a run that could spend more than the amount asks
+        (nobody to ask, a "no", a stop or a timeout: it is declined and nothing is called)."""
+        limit = self.options.approve_above_amount()
+        assert limit is not None
+        amount, currency = limit
+        if self.validation.quote.fits(amount, currency):  # the whole manifest's worst case: no read needed
+            return
+        jobs, projected = await asyncio.to_thread(self._pending_quote, index)  # done rows cost nothing
+        if projected <= amount:
+            return
+        question = QuoteApproval(
+            jobs=jobs, projected=format_money(projected, currency), limit=format_money(amount, currency)
+        )
+        log.warning("run %s: %s; asking for approval", self.run_id, question.headline())
+        approved = await self._ask(decide, question) if decide is not None else False
+        if not approved and not self.stopping:
+            self.declined = f"{question.headline()}, and it was not approved"
+            log.warning("run %s: %s; no job is run", self.run_id, self.declined)
+
+    def _pending_quote(self, index: DoneIndex) -> tuple[int, Decimal]:
+        """The jobs this run would call (not done at their fingerprint) and their worst-case cost."""
+        jobs, total = 0, Decimal(0)
+        for item in self._planner().classify(index):
+            if isinstance(item, Pending):
+                jobs += 1
+                total += cost(item.job.n, self.services.prices.unit_price(item.job.region, item.job.model))
+        return jobs, total
 
     async def _canary_outcome(self, plan: CanaryPlan) -> CanaryOutcome:
         """The canary's summary, and report.html written for it with the projected spend of the rest."""
@@ -207,7 +262,7 @@ class Run:
         await asyncio.to_thread(self._reports().write_html, summary, self.canary_ids, headline)
         return outcome
 
-    async def _ask(self, decide: Approver, outcome: CanaryOutcome) -> bool:
+    async def _ask(self, decide: Approver, outcome: Question) -> bool:
         """The approver's answer; a stop (Ctrl-C at the question) ends the wait: not approved."""
         asking = asyncio.ensure_future(decide(outcome))
         stopped = asyncio.ensure_future(self._stop_asked.wait())

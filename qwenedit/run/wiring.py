@@ -24,18 +24,27 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from qwenedit.api import api_key_from_env, resolve_base_url
+from qwenedit.api import api_key_from_env
 from qwenedit.budget import Budget, check_guards
-from qwenedit.catalog import ModelTable, load_models, normalize_model
-from qwenedit.errors import DestinationUnusable, ManifestInvalid
+from qwenedit.catalog import ModelTable, load_models, normalize_model, normalize_region
+from qwenedit.errors import DestinationUnusable, ManifestInvalid, MixedCurrencies
 from qwenedit.inputs import InputResolver
 from qwenedit.ledger import Ledger
-from qwenedit.manifest import Validation, manifest_base, validate_manifest
+from qwenedit.manifest import (
+    MIB,
+    ManifestLimits,
+    ManifestSource,
+    Validation,
+    manifest_base,
+    validate_manifest,
+)
 from qwenedit.options import RunOptions
 from qwenedit.pacer import PacerPool
-from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, RunContext, RunServices, RunState, RunStats
+from qwenedit.pipeline import DEFAULT_OUTPUT_HOSTS, RunContext, RunServices, RunState, RunStats, Served
+from qwenedit.policy import policy_for
 from qwenedit.rates import model_limits, with_stated_limits
 from qwenedit.redact import install_log_redaction
+from qwenedit.regions import run_routes
 from qwenedit.report import ResultSpool
 from qwenedit.retry import RetryPolicy
 from qwenedit.rollups import Rollups
@@ -75,18 +84,29 @@ class Prepared:
     prices: ModelTable
 
 
-def prepare(options: RunOptions) -> Prepared:
+def prepare(options: RunOptions, source: ManifestSource | None = None) -> Prepared:
     """Every check on the options and the manifest that must pass before anything is spent (blocking).
+    ``source``: the manifest already opened (the run's own copy), else ``options.manifest``.
 
-    Raises ``PricingError`` (bad price file, budget in another currency than the jobs' prices),
-    ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors).
+    Raises ``PricingError`` (bad price file, budget, caps or ``approve_above`` in another currency than
+    the jobs' prices), ``ManifestError`` (unreadable file) or ``ManifestInvalid`` (rows with errors,
+    breaches of the run's policy among them: ``qwenedit.policy``).
     """
     prices = with_stated_limits(load_models(options.prices), options.rates)
     budget = options.budget_amount()
-    validation = validate_manifest(options.manifest, **manifest_reading(options, prices))
+    policy = policy_for(options)  # a row that breaks it is a row error: refused before any call
+    manifest = source or options.manifest
+    validation = validate_manifest(manifest, **manifest_reading(options, prices), policy=policy)
     if not validation.ok:
         raise ManifestInvalid(validation)
     check_guards(budget, options.spend_caps(), validation.quote.currencies)
+    approve_above = options.approve_above_amount()
+    others = sorted(set(validation.quote.currencies) - {approve_above[1]}) if approve_above else []
+    if approve_above is not None and others:
+        raise MixedCurrencies(
+            f"--approve-above is in {approve_above[1]} but jobs of this manifest are priced in "
+            f"{', '.join(others)}: give the amount in that currency"
+        )
     return Prepared(validation, prices)
 
 
@@ -98,7 +118,18 @@ def manifest_reading(options: RunOptions, prices: ModelTable) -> dict[str, Any]:
         "prices": prices,
         "input_root": options.input_root,
         "prompt_template": options.prompt_template,
+        "limits": manifest_limits(options),
+        "allow_private_urls": options.allow_private_urls,
     }
+
+
+def manifest_limits(options: RunOptions) -> ManifestLimits:
+    """The options' bounds on reading a manifest (file size, decompressed size, rows)."""
+    return ManifestLimits(
+        max_bytes=options.max_manifest_mib * MIB,
+        max_decompressed_bytes=options.max_manifest_decompressed_mib * MIB,
+        max_rows=options.max_manifest_rows,
+    )
 
 
 @dataclass(frozen=True)
@@ -106,6 +137,7 @@ class Wired:
     """A run's pieces once every check passed."""
 
     validation: Validation
+    source: ManifestSource  # the run's one copy of its manifest: validated, quoted, approved and run
     resolver: InputResolver  # image references: identity (planning), data URIs and presigned URLs
     window: Window  # calls in flight, per model lane
     ctx: RunContext  # what every job is given: the fixed services and the mutable state
@@ -123,9 +155,15 @@ async def wire(
 ) -> Wired:
     """Check everything, then build the run's services and state; resources close with ``stack``."""
     o = options
-    api_key = api_key_from_env(o.api_key_env)
-    install_log_redaction(api_key)  # no credential in any log line, whoever logs it
-    prepared = await asyncio.to_thread(prepare, o)
+    routes = run_routes(o)  # one endpoint and key per region a row may name (qwenedit.regions)
+    keys = {region: api_key_from_env(route.key_env or o.api_key_env) for region, route in routes.items()}
+    install_log_redaction(*keys.values())  # no credential in any log line, whoever logs it
+    own = normalize_region(o.region)
+    api_key = keys[own]
+    # One copy of the manifest for the whole run (a remote one is downloaded once): what runs is what
+    # was validated against the policy, quoted and approved; a dropper cannot swap it in between.
+    source = await asyncio.to_thread(stack.enter_context, ManifestSource.open(o.manifest, manifest_limits(o)))
+    prepared = await asyncio.to_thread(prepare, o, source)
     budget = o.budget_amount()
     prices = prepared.prices
     for note in prepared.validation.notices:
@@ -133,7 +171,8 @@ async def wire(
     stats.total_jobs = prepared.validation.job_count
     destination = open_destination(o.dest)
     await asyncio.to_thread(check_destination, destination)  # before anything is paid for
-    endpoint = resolve_base_url(o.region, o.base_url)
+    endpoints = {region: str(route.endpoint) for region, route in routes.items()}
+    endpoint = endpoints[own]
     resolver = InputResolver(
         input_root=o.input_root, manifest_dir=manifest_base(o.manifest), s3_client_factory=make_s3_client
     )
@@ -143,16 +182,19 @@ async def wire(
     pacers = pacer_pool(o, prices)
     models = sorted({normalize_model(line.model) for line in prepared.validation.quote.lines})
     window = Window(cap=o.max_in_flight, rates=pacers.rates(models))  # UnknownLimit: refused here
-    client = await stack.enter_async_context(
-        StoppableClient(
-            api_key,
-            endpoint,
-            timeout=o.timeout_s,
-            max_connections=window.bound + 8,
-            abandon=abandon,
-            stopping=stopping,
+    served: dict[str, Served] = {}
+    for region, url in endpoints.items():  # one client per region: a row is sent to its own
+        region_client = await stack.enter_async_context(
+            StoppableClient(
+                keys[region],
+                url,
+                timeout=o.timeout_s,
+                max_connections=window.bound + 8,
+                abandon=abandon,
+                stopping=stopping,
+            )
         )
-    )
+        served[region] = Served(region, region_client, url, keys[region])
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits))
     caps, shared = o.spend_caps(), None
@@ -162,12 +204,15 @@ async def wire(
         stack.push_async_callback(shared.settle)  # gives back what the run did not spend
     spool = ResultSpool(out_dir / "results.jsonl")
     stack.callback(spool.close)
-    hosts = o.allowed_output_hosts + DEFAULT_OUTPUT_HOSTS + (_host_pattern(endpoint),)
+    hosts = (
+        o.allowed_output_hosts + DEFAULT_OUTPUT_HOSTS + tuple(_host_pattern(u) for u in endpoints.values())
+    )
     services = RunServices(
         run_id=run_id,
-        client=client,
+        client=served[own].client,
         endpoint=endpoint,
         api_key=api_key,
+        served=served,
         dest=destination,
         ledger=Ledger(destination),
         prices=prices,
@@ -193,7 +238,7 @@ async def wire(
         stats=stats,
         rollups=Rollups(o.group_by) if o.group_by else None,
     )
-    return Wired(prepared.validation, resolver, window, RunContext(services, state))
+    return Wired(prepared.validation, source, resolver, window, RunContext(services, state))
 
 
 def _host_pattern(endpoint: str) -> str:

@@ -36,6 +36,11 @@ def mixed_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def both_regions(emulator: Any) -> dict[str, Any]:
+    """The run's options that serve the Beijing rows too (the emulator plays both regions' endpoints)."""
+    return {"region_endpoint": (f"beijing={emulator.base_url}",)}
+
+
 class Decider:
     """An approver that records what it was shown and what had been billed when it was asked."""
 
@@ -58,7 +63,15 @@ async def test_the_canary_takes_a_job_of_every_model_and_region_before_asking(
     emulator = emulator_factory()
     rows = mixed_rows()
     decide = Decider(emulator, answer=True)
-    summary = await run_here(write_manifest(rows), pipeline_env, emulator, tmp_path, approve=decide, canary=4)
+    summary = await run_here(
+        write_manifest(rows),
+        pipeline_env,
+        emulator,
+        tmp_path,
+        approve=decide,
+        canary=4,
+        **both_regions(emulator),
+    )
 
     outcome = decide.outcome
     assert outcome is not None
@@ -83,7 +96,9 @@ async def test_a_declined_canary_spends_nothing_more_and_a_rerun_never_pays_for_
     emulator = emulator_factory()
     manifest = write_manifest(mixed_rows())
     decline = Decider(emulator, answer=False)
-    summary = await run_here(manifest, pipeline_env, emulator, tmp_path, approve=decline, canary=3)
+    summary = await run_here(
+        manifest, pipeline_env, emulator, tmp_path, approve=decline, canary=3, **both_regions(emulator)
+    )
 
     assert billed_calls(emulator) == 3
     assert summary["stopped_by"] == {"cause": "declined", "reason": "the canary was not approved"}
@@ -94,7 +109,9 @@ async def test_a_declined_canary_spends_nothing_more_and_a_rerun_never_pays_for_
     assert len(rest) == 5
     assert set(rest["status"]) == {"not_attempted"} and set(rest["error_code"]) == {"NotApproved"}
 
-    summary = await run_here(manifest, pipeline_env, emulator, tmp_path)  # the same manifest, no canary
+    summary = await run_here(
+        manifest, pipeline_env, emulator, tmp_path, **both_regions(emulator)
+    )  # no canary
     assert summary["by_status"] == {"succeeded": 5, "failed": 0, "skipped": 3, "not_attempted": 0}
     assert billed_calls(emulator) == 8  # each row paid for once
 

@@ -90,6 +90,54 @@ def test_an_image_just_under_the_cap_is_previewed_within_the_memory_bound(tmp_pa
     assert found["thumbnails"] == 2  # the input and the output were both previewed
 
 
+_VALIDATE_CHILD = """
+import json, sys
+from pathlib import Path
+from qwenedit.cli import app
+sys.argv = ["qwenedit", "validate", "--check-images", "--json", sys.argv[1]]
+try:
+    app()
+except SystemExit as done:
+    code = done.code
+status = Path("/proc/self/status").read_text()
+peak_mb = int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 1024
+print(json.dumps({"peak_mb": peak_mb, "exit": code}))
+"""
+
+
+def _validate_peak(manifest: Path) -> tuple[dict[str, float], dict[str, object]]:
+    done = subprocess.run(
+        [sys.executable, "-c", _VALIDATE_CHILD, str(manifest)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+        cwd=manifest.parent,
+    )
+    *report, last = done.stdout.strip().splitlines()
+    return json.loads(last), json.loads("\n".join(report))  # type: ignore[no-any-return]
+
+
+@needs_proc
+def test_validating_8000px_inputs_stays_under_the_memory_bound(tmp_path: Path) -> None:
+    rows = []
+    for i in range(4):  # four different images: a 16-thread check would decode them all at once
+        flat_png(tmp_path / f"huge{i}.png", 8000, 8000, 2, bytes([40 * i, 30, 30]))
+        rows.append(f"job-{i},huge{i}.png,p")
+    for i in range(4):  # and four under the cap, decoded for real, one budget at a time
+        flat_png(tmp_path / f"big{i}.png", 6000, 6000, 6, bytes([40 * i, 128, 240, 255]))
+        rows.append(f"big-{i},big{i}.png,p")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("job_id,image_1,prompt\n" + "\n".join(rows) + "\n")
+
+    found, result = _validate_peak(manifest)
+
+    assert found["peak_mb"] < RSS_LIMIT_MB, found
+    errors = [p for p in result["problems"] if p["severity"] == "error"]  # type: ignore[attr-defined]
+    assert sorted(p["job_id"] for p in errors) == [f"job-{i}" for i in range(4)]
+    assert all("8000×8000 px" in p["reason"] and "not decoded" in p["reason"] for p in errors)
+
+
 def test_the_decode_budget_never_holds_more_than_its_limit_at_once() -> None:
     import threading
 

@@ -251,7 +251,7 @@ def test_url_check_uses_head_and_reports_http_failures(fake_web: FakeWeb) -> Non
     fake_web.routes["/ok.png"] = Route(headers={"Content-Type": "image/png"}, body=png)
     fake_web.routes["/page"] = Route(headers={"Content-Type": "text/html; charset=utf-8"}, body=b"<html>")
     fake_web.routes["/huge.png"] = Route(headers={"Content-Type": "image/png", "Content-Length": "20000000"})
-    resolver = InputResolver(http_timeout_s=2)
+    resolver = InputResolver(http_timeout_s=2, allow_private_urls=True)  # fake_web is on loopback
     assert resolver.check(fake_web.url("/ok.png")).errors == []
     assert fake_web.requests == [("HEAD", "/ok.png")]
     assert resolver.check(fake_web.url("/missing.png")).errors == [
@@ -270,14 +270,14 @@ def test_url_that_refuses_head_is_tried_with_a_one_byte_get(fake_web: FakeWeb) -
     fake_web.routes["/signed.png"] = Route(
         head_status=403, headers={"Content-Type": "image/png"}, body=image_bytes()
     )
-    with InputResolver() as resolver:
+    with InputResolver(allow_private_urls=True) as resolver:
         assert resolver.check(fake_web.url("/signed.png")).errors == []
     assert fake_web.requests == [("HEAD", "/signed.png"), ("GET", "/signed.png")]
 
 
 def test_unreachable_url_is_an_error_not_a_crash() -> None:
     port = free_port()  # nothing listens there
-    with InputResolver(http_timeout_s=1) as resolver:
+    with InputResolver(http_timeout_s=1, allow_private_urls=True) as resolver:
         errors = resolver.check(f"http://127.0.0.1:{port}/a.png").errors
     assert len(errors) == 1 and errors[0].startswith(
         f'"http://127.0.0.1:{port}/a.png" cannot be reached: ConnectError'

@@ -77,3 +77,30 @@ def test_an_unreadable_ledger_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.exit_code == 2
     assert "spend ledger record 2026-12/000000000001: not JSON" in done.output
     assert "Traceback" not in done.output
+
+
+async def test_given_caps_spend_shows_what_is_counted_and_left_of_them_now(tmp_path: Path) -> None:
+    ledger = SpendLedger(LocalDestination(tmp_path))  # the real clock: the caps are read "now"
+    await spend(ledger, "today", 10)
+    shown = CliRunner().invoke(
+        app,
+        ["spend", str(tmp_path), "--daily-budget", "0.75", "--monthly-budget", "0.30"],
+        env={"COLUMNS": "200"},
+    )
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "daily cap 0.75 USD for " in shown.output
+        and "0.30 USD counted, 0.45 USD left (not reached)" in shown.output
+    )
+    assert (
+        "monthly cap 0.30 USD for " in shown.output
+        and "0.30 USD counted, 0.00 USD left (reached)" in shown.output
+    )
+    data = json.loads(
+        CliRunner().invoke(app, ["spend", str(tmp_path), "--daily-budget", "0.75", "--json"]).output
+    )
+    assert [(c["cap"], c["left"], c["reached"]) for c in data["caps"]] == [("daily", "0.45 USD", False)]
+    bad = CliRunner().invoke(
+        app, ["spend", str(tmp_path), "--daily-budget", "1 USD", "--monthly-budget", "9 CNY"]
+    )
+    assert bad.exit_code == 2 and "one currency" in bad.output

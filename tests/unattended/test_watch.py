@@ -379,5 +379,6 @@ async def test_runs_started_from_a_local_prefix_get_no_input_prefix_and_deployme
     watched, _, prefix, dest = tick_dirs(tmp_path)
     watched.put_bytes("a.csv", b"a")
     await tick(prefix, dest)
+    watched.put_bytes("a.csv", b"a, version 2")  # a new version: a new run, not the first one attached again
     await tick(prefix, str(tmp_path / "other"), parameters={"allow_input_prefix": ["s3://shared/img/"]})
     assert [list(o["allow_input_prefix"]) for o in fake.options] == [[], ["s3://shared/img/"]]

@@ -4,8 +4,9 @@ services on), a process worker, SeaweedFS, the emulator in its own process, and 
 
 The watched prefix holds a good manifest (with a forged "processed" marker beside it and a corrupt,
 deeply nested one where markers live), a manifest with an invalid row, two drops whose names collide
-(``pair.csv`` / ``pair.jsonl``), and two manifests whose quotes together cross the deployment's daily
-cap, then one more. One tick: the good manifests run; the invalid one and the pair are failed rows of
+(``pair.csv`` / ``pair.jsonl``), one over the deployment's policy (``max_n``) and one reading an input
+from another bucket (the watcher's default input prefix is the manifest's own bucket), and two manifests whose quotes together cross the deployment's daily
+cap, then one more. One tick: the good manifests run; the invalid one, the two over the policy and the pair are failed rows of
 the tick artifact, each with its reason; the second cap manifest stops at the cap and the last one is
 not started; the emulator billed no more than the cap; the receiver gets the "run failed", "cap" and
 "tick had problems" alerts; the good run's page has its story. A second tick bills nothing more.
@@ -187,7 +188,7 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
     run_module(
         "flows.deploy", "--pool", POOL, "--watch", watch, "--dest", edited, "--only", "edit,scheduler",
         "--interval", "86400", "--paused", "--poll-interval", "1", "--param", f"report_dir={tmp_path / 'reports'}",
-        "--param", f"daily_budget={DAILY_CAP} USD",
+        "--param", f"daily_budget={DAILY_CAP} USD", "--param", "max_n=2",
     )  # fmt: skip
     installed = run_module("flows.alerts", "--webhook", receiver.url)
     assert "qwenedit-alert-failed" in installed and "qwenedit-alert-watch" in installed
@@ -208,6 +209,11 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
     s3.put_object(Bucket=bucket.bucket, Key="edited/_watch/good.csv.json", Body=b"[" * 30_000 + b"]" * 30_000)
     s3.put_object(Bucket=bucket.bucket, Key="incoming/bad.csv", Body=rows_csv(red, ["fine", ""]))
     s3.put_object(Bucket=bucket.bucket, Key="incoming/pair.csv", Body=rows_csv(red, ["one"]))
+    # Over the deployment's policy: n = 3 with max_n = 2; an input outside the manifest's own bucket.
+    over = f"job_id,image_1,prompt,n\nover-1,{red},three please,3\n"
+    s3.put_object(Bucket=bucket.bucket, Key="incoming/over.csv", Body=over.encode())
+    foreign = rows_csv("s3://someone-elses-bucket/private/secret.png", ["copy it"])
+    s3.put_object(Bucket=bucket.bucket, Key="incoming/foreign.csv", Body=foreign)
     pair_jsonl = json.dumps({"job_id": "p", "image_1": red, "prompt": "two"}) + "\n"
     s3.put_object(Bucket=bucket.bucket, Key="incoming/pair.jsonl", Body=pair_jsonl.encode())
     # Sorted last: their quotes together cross the daily cap, and zz-late.csv comes after the cap.
@@ -226,6 +232,8 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
             assert rows["bad.csv"]["outcome"] == "failed"
             assert "ManifestInvalid" in rows["bad.csv"]["reason"]
             assert "not retried until a new version" in rows["bad.csv"]["reason"]
+            for name in ("over.csv", "foreign.csv"):  # refused by the policy before any call
+                assert rows[name]["outcome"] == "failed" and "ManifestInvalid" in rows[name]["reason"]
             for name, other in (("pair.csv", "pair.jsonl"), ("pair.jsonl", "pair.csv")):
                 assert rows[name]["outcome"] == "failed" and f"'{other}'" in rows[name]["reason"]
             assert rows["z-cap-1.csv"]["outcome"] == "processed"
@@ -277,7 +285,7 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
             assert "of edit-manifest ended Failed" in failed_alert["body"]
             assert "ManifestInvalid" in failed_alert["body"]
             watch_alert = next(b for b in receiver.bodies if "tick" in str(b["subject"]))
-            assert "3 failed manifest(s)" in watch_alert["body"] and "spend_cap" in watch_alert["body"]
+            assert "5 failed manifest(s)" in watch_alert["body"] and "spend_cap" in watch_alert["body"]
             cap_alert = next(b for b in receiver.bodies if "cap" in str(b["subject"]))
             assert "z-cap-2.csv" in cap_alert["body"] and "spend_cap" in cap_alert["body"]
 
@@ -287,7 +295,8 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
             )
             assert again.state is not None and again.state.is_completed(), again.state
             rows = {Path(r["manifest"]).name: r for r in await tick_table(client)}
-            assert rows["good.csv"]["outcome"] == "skipped" and rows["bad.csv"]["outcome"] == "skipped"
+            for name in ("good.csv", "bad.csv", "over.csv", "foreign.csv"):
+                assert rows[name]["outcome"] == "skipped", rows[name]
             assert "drop a new version" in rows["bad.csv"]["reason"]
             assert rows["z-cap-2.csv"]["outcome"] == "stopped"  # the day's cap is still reached
             assert rows["zz-late.csv"]["outcome"] == "not_started"

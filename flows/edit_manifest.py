@@ -59,7 +59,7 @@ ARTIFACT_COLUMNS = (
     "error_message",
 )
 PROGRESS_EVERY_S = 10.0
-# A cancelled flow run (UI, `prefect flow-run cancel`, a worker shutting down): Prefect 3.8.8's runner sends
+# A cancelled flow run (UI, `prefect flow-run cancel`, a worker shutting down): Prefect's runner (3.9.1, as 3.8.8) sends
 # SIGTERM to the flow-run process group and SIGKILL 30 s later (hard-coded in runner/_cancellation_manager.py
 # and _process_manager.py). The run gives its calls in flight this much of it; the rest is for reports.
 PREFECT_KILL_AFTER_S = 30.0

@@ -1,6 +1,6 @@
 """Prefect's temporary API server for ``qwenedit run``, out of the terminal's reach.
 
-Without ``PREFECT_API_URL``, Prefect 3.8.8 starts a temporary API server (``SubprocessASGIServer``: uvicorn
+Without ``PREFECT_API_URL``, Prefect (3.9.1, as 3.8.8) starts a temporary API server (``SubprocessASGIServer``: uvicorn
 in a child process) the first time a flow needs an API. That child is in the CLI's process group, so a
 terminal's Ctrl-C (SIGINT to the whole group) stops it at the very moment the run starts draining its calls
 in flight. Every Prefect API call after that — a chunk task's final state, the flow run's, the artifacts —

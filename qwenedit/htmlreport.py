@@ -38,6 +38,7 @@ from typing import Any
 
 from qwenedit.catalog import format_money
 from qwenedit.qa import thumbnail_data_uri
+from qwenedit.ratechart import rate_chart_svg
 from qwenedit.redact import redact_url
 from qwenedit.report import JobResult
 from qwenedit.summary import STATUSES, RunSummary
@@ -69,6 +70,7 @@ _SHOWN_KEYS = {
     "cost_by_region_model",
     "total_cost",
     "rollups",
+    "timeline",
 }
 
 _CSS = """
@@ -312,6 +314,7 @@ def _page(
         yield f'<div class="banner" id="headline">{_e(headline)}</div>\n'
     yield from _totals(summary, got)
     yield from _costs(summary)
+    yield from _rate(summary)
     yield from _rollups(summary.get("rollups") or [])
     yield from _qa(got)
     yield from _failures(got)
@@ -390,6 +393,14 @@ def _costs(summary: Mapping[str, Any]) -> Iterator[str]:
     for currency, amount in sorted((summary.get("total_cost") or {}).items()):
         rows.append([("total", ""), ("", ""), (format_money(Decimal(amount), currency), "n")])
     yield from _table(["region", "model", "cost"], rows, "cost-table")
+
+
+def _rate(summary: Mapping[str, Any]) -> Iterator[str]:
+    """The run over time (``qwenedit.ratechart``): requests per second per model, 429s, spend."""
+    svg = rate_chart_svg(summary.get("timeline"))
+    if svg is None:
+        return
+    yield f'<h2 id="rate">Requests and spend over time</h2><figure id="rate-section">{svg}</figure>\n'
 
 
 def _rollups(rollups: Sequence[Mapping[str, Any]]) -> Iterator[str]:

@@ -53,6 +53,7 @@ from qwenedit.retry import RetryPolicy
 from qwenedit.rollups import Rollups
 from qwenedit.storage import CopyError, Destination, copy_url
 from qwenedit.summary import STATUSES
+from qwenedit.timeline import Timeline
 
 log = logging.getLogger("qwenedit.pipeline")
 
@@ -121,6 +122,7 @@ class RunStats:
     totals: RunTotals = field(default_factory=RunTotals)
 
     by_model: dict[str, list[float]] = field(default_factory=dict)  # model → [sent, 429s, first, last]
+    timeline: Timeline = field(default_factory=Timeline)  # the same sends and 429s, and spend, over time
 
     def note_send(self, model: str | None = None) -> None:
         now = time.monotonic()
@@ -132,11 +134,13 @@ class RunStats:
             row = self.by_model.setdefault(model, [0, 0, now, now])
             row[0] += 1
             row[3] = now
+            self.timeline.note_send(model, now)
 
     def note_throttled(self, model: str) -> None:
         self.throttled += 1
         now = time.monotonic()
         self.by_model.setdefault(model, [0, 0, now, now])[1] += 1
+        self.timeline.note_throttled(model, now)
 
     def outcomes(self) -> dict[str, int]:
         """Jobs recorded so far by status, as the summary counts them (``by_status``)."""
@@ -409,6 +413,7 @@ async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: J
         ctx.state.budget.release(worst_case)
     charge = _charge_for(ctx, job, fp, answer, price)
     ctx.state.budget.charge(charge.cost_decimal, charge.currency, job.model)
+    ctx.state.stats.timeline.note_cost(charge.cost_decimal, charge.currency)
     result.cost = str(Decimal(result.cost or "0") + charge.cost_decimal)
     # Until the charge record is written this paid call is known only to this row: if the write fails,
     # the row must say its images are billed and not stored.

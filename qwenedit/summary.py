@@ -215,8 +215,9 @@ _ORDER = (
     "shards",
     "report_dir",
     "rollups",
+    "timeline",
 )
-_OPTIONAL = ("models", "window", "chunks", "canary_jobs", "accounts", "shards", "rollups")
+_OPTIONAL = ("models", "window", "chunks", "canary_jobs", "accounts", "shards", "rollups", "timeline")
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,7 @@ class RunSummary:
     accounts: Sequence[str] | None = None
     shards: Sequence[Mapping[str, Any]] | None = None
     rollups: Sequence[dict[str, Any]] | None = None
+    timeline: Mapping[str, Any] | None = None  # sends, 429s and spend over time (qwenedit.timeline)
 
     @property
     def stopped(self) -> bool:
@@ -280,7 +282,7 @@ class RunSummary:
                 value = None if value is None else value.to_json()
             elif key == "models":
                 value = {m: line.to_json() for m, line in value.items()}
-            elif key in ("window",):
+            elif key in ("window", "timeline"):
                 value = dict(value)
             elif key in ("rates", "accounts", "shards", "rollups"):
                 value = list(value)
@@ -313,4 +315,5 @@ class RunSummary:
             accounts=data.get("accounts"),
             shards=data.get("shards"),
             rollups=data.get("rollups"),
+            timeline=data.get("timeline"),
         )

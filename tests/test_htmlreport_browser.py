@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from qwenedit.htmlreport import write_html_report
 from qwenedit.qa import check_output, qa_cell
 from qwenedit.report import JobResult, RunTotals
 from qwenedit.rollups import Rollups
+from qwenedit.timeline import Timeline
 from tests.emulator.helpers import body, image_bytes, image_urls, post
 from tests.emulator.helpers import data_uri as make_data_uri
 
@@ -114,6 +116,17 @@ def _run_against_emulator(emulator: EmulatorServer, out_dir: Path, in_dir: Path)
     return results
 
 
+def _two_minutes_at_the_limit_with_429s() -> dict[str, Any]:
+    """summary.json's timeline of a run at 2 req/s for 2 minutes, three 429s, $0.03 a call."""
+    timeline = Timeline(clock=lambda: 0.0)
+    for k in range(240):
+        timeline.note_send("qwen-image-edit-plus", k * 0.5)
+        timeline.note_cost(Decimal("0.03"), "USD", k * 0.5 + 1)
+    for t in (30.2, 30.7, 75.1):
+        timeline.note_throttled("qwen-image-edit-plus", t)
+    return timeline.to_json({"qwen-image-edit-plus": 2.0})
+
+
 def test_report_shows_totals_thumbnails_and_the_qa_flag_in_a_browser(
     emulator: EmulatorServer, browser: Any, tmp_path: Path
 ) -> None:
@@ -126,6 +139,7 @@ def test_report_shows_totals_thumbnails_and_the_qa_flag_in_a_browser(
     summary: dict[str, Any] = {"run_id": "20261203-demo", "manifest": "jobs.csv", "dest": str(out_dir)}
     summary.update(totals.to_dict())
     summary["rollups"] = Rollups(["sku"]).add_all(results).to_dict()
+    summary["timeline"] = _two_minutes_at_the_limit_with_429s()
     report = write_html_report(
         tmp_path / "report.html",
         summary,
@@ -171,6 +185,14 @@ def test_report_shows_totals_thumbnails_and_the_qa_flag_in_a_browser(
     )
     assert 'onerror=alert("e")' in page.locator("#failures-table").inner_text()
     assert dialogs == []
+
+    # The run over time: the rate chart (matplotlib's SVG, inline), drawn with a real size.
+    chart = page.locator("#rate-section svg#rate-chart")
+    assert chart.count() == 1 and chart.is_visible()
+    box = chart.bounding_box()
+    assert box is not None and box["width"] > 300 and box["height"] > 150
+    assert "Requests" in (chart.get_attribute("aria-label") or "")
+    assert chart.locator("path").count() > 10  # lines, markers, axes: drawn, not an empty frame
 
     # Every thumbnail decoded: inputs and outputs of 4 jobs, plus the failed job's input.
     widths = page.locator("article img").evaluate_all(

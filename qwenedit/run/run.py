@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenedit.canary import CanaryOutcome, CanaryPlan, Question, QuoteApproval
-from qwenedit.catalog import cost, format_money
+from qwenedit.catalog import cost, format_money, normalize_model
 from qwenedit.dedupe import Leaders
 from qwenedit.errors import JobCode
 from qwenedit.jobs import Job
@@ -353,7 +353,16 @@ class Run:
             chunks=self.chunks_started,
             canary_jobs=len(self.canary_rows),
             rollups=state.rollups.to_dict() if state.rollups is not None else None,
+            timeline=stats.timeline.to_json(self._limits()),
         )
+
+    def _limits(self) -> dict[str, float]:
+        """Requests per second each model of the run may send (the chart's limit lines)."""
+        limits = {}
+        for model in self.stats.by_model:
+            with contextlib.suppress(Exception):  # a model without a limit is drawn without its line
+                limits.update({model: self.services.pacers.rates([model])[normalize_model(model)]})
+        return limits
 
     def stopped_by(self) -> StoppedBy | None:
         """Why the run ended before every job ran (the first cause that applies), or None."""

@@ -250,7 +250,7 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 DEPLOYMENT_JOBS = 60  # the cancel reaches the flow run 1–4 s after it is asked for: a longer run
 # A job that passed its stop check just before the signal was handled sends within milliseconds.
 SEND_RACE_S = 0.2
-# A worker stopped by Ctrl-C tells its API server before it exits: 0.1–2 s measured, 31.5 s with the server
+# A worker stopped by Ctrl-C tells its API server before it exits: 0.1–2.8 s measured, 31.5 s with the server
 # not answering (SIGSTOPped). The README's advice, followed here: Ctrl-C, then Ctrl-C again if it is still there.
 WORKER_EXIT_S = 60.0
 FLOW_RUN_EXIT_S = 30.0  # the flow-run processes of a stopped worker: measured gone 0.05 s after its Ctrl-C

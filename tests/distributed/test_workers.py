@@ -45,6 +45,7 @@ from devkit.procs import free_port, wait_for_http, wait_until_async
 from devkit.rates import max_in_window
 from qwenedit.options import RunOptions
 from qwenedit.shards import merge_summaries
+from qwenedit.summary import RunSummary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -290,7 +291,7 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
         shard_summaries = [
             s3_json(bucket, f"two-workers/_runs/sharded-run-s0{i}/summary.json") for i in (0, 1)
         ]
-        merged = merge_summaries(shard_summaries)
+        merged = merge_summaries(RunSummary.from_json(s) for s in shard_summaries).to_json()
         stored = s3_json(bucket, "two-workers/_runs/sharded-run/summary.json")
         assert stored["total_cost"] == merged["total_cost"] and stored["by_status"] == merged["by_status"]
         assert stored["images_stored"] == sum(int(e["image_count"]) for e in emulator.ledger()) == JOBS

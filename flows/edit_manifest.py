@@ -103,22 +103,24 @@ class OpenedRun(BaseModel):
 
 
 @flow(name="edit-manifest", log_prints=False)
-async def edit_manifest(options: RunOptions) -> dict[str, Any]:
+async def edit_manifest(options: RunOptions) -> State[dict[str, Any]]:
     """Run every job of ``options.manifest`` into ``options.dest``; returns the run summary."""
     async with Run(options) as run:
         return await drive(run, approval_in_ui(options))
 
 
 @flow(name="edit-manifest", log_prints=False)
-async def edit_opened_run(opened: OpenedRun) -> dict[str, Any]:
+async def edit_opened_run(opened: OpenedRun) -> State[dict[str, Any]]:
     """As ``edit_manifest``, for a run the caller opened and keeps open (the CLI)."""
     run, approve = opened.unwrap()
     return await drive(run, approve)
 
 
-async def drive(run: Run, approve: Approver) -> dict[str, Any]:
-    """Execute an open run with chunks as task runs, finish it, publish its artifacts; returns the
-    summary in its summary.json form (a flow run's result is data)."""
+async def drive(run: Run, approve: Approver) -> State[dict[str, Any]]:
+    """Execute an open run with chunks as task runs, finish it, publish its artifacts. The flow run
+    ends Completed with the summary in its summary.json form as data (calling the flow returns it) and
+    a message that gives the outcome: the counts, and a stop's cause and reason (a spend cap, the
+    budget, a declined approval, a signal), so the run's Prefect state says why it stopped."""
     # Installed here, inside the flow run: Prefect's engine replaces the SIGTERM handler when it starts.
     with graceful_stop(run, stop_grace(run.options)), runlog.narrate(run):
         progress = asyncio.create_task(_publish_progress(run))
@@ -135,7 +137,8 @@ async def drive(run: Run, approve: Approver) -> dict[str, Any]:
                 await asyncio.wait_for(publish, PREFECT_CALL_LIMIT_S)
         else:
             await publish
-    return summary.to_json()
+    data = summary.to_json()
+    return Completed(message=runlog.outcome_text(data), data=data)
 
 
 def stop_grace(options: RunOptions) -> float:

@@ -251,6 +251,18 @@ def ended(summary: dict[str, Any]) -> None:
     emit(FINISHED, manifest, run_id=run_id, spend=spend, stopped=bool(stopped), **by_status)
 
 
+def outcome_text(summary: dict[str, Any]) -> str:
+    """One line for the flow run's final state: the counts, and the stop with its cause and reason."""
+    by_status = summary.get("by_status") or {}
+    counts = ", ".join(f"{n} {s}" for s, n in by_status.items() if n) or "no jobs"
+    stopped = summary.get("stopped_by")
+    if not stopped:
+        return counts
+    cause = str(stopped.get("cause", "stop")) if isinstance(stopped, dict) else "stop"
+    detail = _stop_detail(stopped)
+    return f"stopped by {cause}{': ' + detail if detail else ''} (no new call was started); {counts}"
+
+
 def _stop_detail(stopped: Any) -> str:
     if not isinstance(stopped, dict):
         return ""

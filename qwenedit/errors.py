@@ -546,6 +546,16 @@ class SpendLedgerError(RunError):
     unreadable record, caps in another currency than its records. Runs refuse to spend rather than guess."""
 
 
+class JobFailed(QwenEditError):
+    """Ends one job early with a ``JobCode`` and a message (the pipeline's own control flow: the job's
+    result row gets them; the run goes on)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 # =========================================================================================================
 # Job error codes
 

@@ -19,8 +19,10 @@ shrinks while requests arrive cleanly and grows when the API refuses one.
   multiplies the guard by ``BACKOFF_FACTOR`` (at least ``+MIN_BACKOFF_STEP_S``), at most once per
   ``period_s + guard_s``: the requests already sent at the old spacing may still be refused, and one
   cause must not back off twice. The guard never exceeds a quarter of the period.
-- **Memory.** The guard a throttle happened at, ×``FLOOR_FACTOR``, becomes the floor: recovery never
-  returns to a spacing that was refused.
+- **Memory.** The guard a throttle happened at, ×``FLOOR_FACTOR`` and at least ``+FLOOR_STEP_S``,
+  becomes the floor: recovery never returns to a spacing that was refused. The additive step matters
+  for small guards: a 429 at 20 ms says the arrival spread is above 20 ms, and 25 ms would soon be
+  refused again (measured with 0–40 ms of jitter: one 429 per model instead of three).
 - **Recovery while clean.** After every ``RECOVERY_PERMITS`` permits without a throttle the guard
   shrinks by ``RECOVERY_FACTOR`` (at least ``RECOVERY_STEP_S``), down to the floor — which starts at
   ``min_guard`` (5 ms, or 0.1 % of the period if that is more), below the starting guard: on a quiet
@@ -69,6 +71,7 @@ BACKOFF_FACTOR = 2.0
 MIN_BACKOFF_STEP_S = 0.005
 MAX_GUARD_FRACTION = 0.25  # of the period
 FLOOR_FACTOR = 1.25
+FLOOR_STEP_S = 0.02
 RECOVERY_PERMITS = 10
 RECOVERY_FACTOR = 0.85
 RECOVERY_STEP_S = 0.001
@@ -206,8 +209,11 @@ class Pacer:
         if now < self._hold_until:
             return False
         failed_at = self._guard
-        self._floor = min(max(self._floor, failed_at * FLOOR_FACTOR), self._max_guard)
-        self._guard = min(max(failed_at * BACKOFF_FACTOR, failed_at + MIN_BACKOFF_STEP_S), self._max_guard)
+        self._floor = min(
+            max(self._floor, failed_at * FLOOR_FACTOR, failed_at + FLOOR_STEP_S), self._max_guard
+        )
+        backoff = max(failed_at * BACKOFF_FACTOR, failed_at + MIN_BACKOFF_STEP_S, self._floor)
+        self._guard = min(backoff, self._max_guard)
         self._next = max(self._next, self._last + self.interval)
         self._hold_until = now + self.limit.period_s + self._guard
         self.backoffs += 1

@@ -43,7 +43,7 @@ from qwenedit import errors, qa
 from qwenedit.api import DashScopeClient, EditRequest, EditResult
 from qwenedit.budget import Budget
 from qwenedit.catalog import ModelTable, Price, cost
-from qwenedit.errors import InputError, JobCode, is_transient_storage_error
+from qwenedit.errors import InputError, JobCode, JobFailed, is_transient_storage_error
 from qwenedit.jobs import Job
 from qwenedit.ledger import Charge, Done, DoneMarker, Ledger, url_expiry
 from qwenedit.pacer import Pacer, PacerPool
@@ -208,7 +208,7 @@ class RunServices:
         region the run does not serve; should one get here, it fails before any call."""
         served = self.served.get(job.region)
         if served is None:
-            raise _JobFailed(
+            raise JobFailed(
                 JobCode.BAD_INPUT, f"region {job.region} is not served by this run (--region-endpoint)"
             )
         return served
@@ -225,8 +225,8 @@ class RunServices:
                     return await self.blocking(fn, *args)
         except Exception as err:
             if is_transient_storage_error(err):
-                raise _JobFailed(
-                    JobCode.STORAGE_UNAVAILABLE, f"destination unreachable: {_safe_text(err)}"
+                raise JobFailed(
+                    JobCode.STORAGE_UNAVAILABLE, f"destination unreachable: {error_text(err)}"
                 ) from None
             raise
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
@@ -253,15 +253,6 @@ class RunContext:
 
     services: RunServices
     state: RunState
-
-
-class _JobFailed(Exception):
-    """Internal: ends a job early with a code and a message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def new_result(job: Job, status: str = "failed") -> JobResult:
@@ -322,13 +313,13 @@ async def run_job(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[st
     result = new_result(job)
     try:
         await _run(ctx, job, fp, stale_markers, result)
-    except _JobFailed as failure:
+    except JobFailed as failure:
         result.status = result.status if result.status == "not_attempted" else "failed"
         result.error_code, result.error_message = failure.code, failure.message
     except Exception as exc:  # a bug or an unforeseen fault must not take the whole run down
         log.exception("job %s: unexpected error", job.job_id)
         result.status = "failed"
-        result.error_code, result.error_message = type(exc).__name__, _safe_text(exc)
+        result.error_code, result.error_message = type(exc).__name__, error_text(exc)
     return record(ctx, job, result)
 
 
@@ -349,7 +340,8 @@ def _anchored(ctx: RunContext, job: Job) -> list[str]:
     return images
 
 
-def _safe_text(exc: BaseException, limit: int = 300) -> str:
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text for a result row: URLs scrubbed, at most ``limit`` characters."""
     return scrub_urls(str(exc))[:limit]  # presigned query strings are credentials
 
 
@@ -372,7 +364,7 @@ async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str],
             if not ctx.services.recall_expired:
                 result.request_id, result.image_count = charge.request_id, charge.image_count
                 result.billed_not_stored = charge.image_count
-                raise _JobFailed(
+                raise JobFailed(
                     JobCode.OUTPUTS_EXPIRED,
                     f"outputs expired before they were stored (request {charge.request_id}, billed "
                     f"{charge.cost} {charge.currency} in run {charge.run_id}); rerun with --recall-expired to pay again",
@@ -389,7 +381,7 @@ async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str],
         flagged = charge
         try:
             charge = await _paid_call(ctx, job, fp, price, result)
-        except _JobFailed as failure:  # no regeneration (budget, API, stop): the flagged outputs stand
+        except JobFailed as failure:  # no regeneration (budget, API, stop): the flagged outputs stand
             result.error_message = f"QA regeneration not done: {failure.code}: {failure.message}"[:300]
             charge = flagged
             break
@@ -405,7 +397,7 @@ async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: J
     if not await ctx.state.budget.reserve(worst_case, price.currency):  # the run's budget and the shared caps
         if result.attempts == 0:
             result.status = "not_attempted"
-        raise _JobFailed(JobCode.BUDGET_EXCEEDED, ctx.state.budget.refusal())
+        raise JobFailed(JobCode.BUDGET_EXCEEDED, ctx.state.budget.refusal())
     try:
         images = await _resolve_inputs(ctx, job)
         answer = await _call(ctx, job, EditRequest.from_job(job, tuple(images)), result, worst_case, price)
@@ -444,7 +436,7 @@ async def _call(
                 _stop_if_tripped(ctx, result)
                 if lost and not await ctx.state.budget.still_fits():
                     refusal = ctx.state.budget.refusal().removeprefix("not started: ")
-                    raise _JobFailed(
+                    raise JobFailed(
                         JobCode.BUDGET_EXCEEDED, f"not retried after a lost answer: {refusal}"[:300]
                     )
                 lost = False
@@ -459,7 +451,7 @@ async def _call(
                     raise
     except errors.DashScopeError as err:
         result.request_id = err.request_id
-        raise _JobFailed(err.code, err.message[:300]) from None
+        raise JobFailed(err.code, err.message[:300]) from None
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
@@ -507,7 +499,7 @@ async def _resolve_inputs(ctx: RunContext, job: Job) -> list[str]:
             images.append(await ctx.services.blocking(ctx.services.resolve_input, ref))
         except InputError as err:
             located = err.located(job.row, job.job_id, f"image_{i}")
-            raise _JobFailed(JobCode.BAD_INPUT, str(located)[:300]) from None
+            raise JobFailed(JobCode.BAD_INPUT, str(located)[:300]) from None
     return images
 
 
@@ -519,13 +511,13 @@ def _sent(stats: RunStats, pacer: Pacer, model: str) -> None:
 def _stop_if_tripped(ctx: RunContext, result: JobResult) -> None:
     if ctx.state.stop_reason is not None:
         result.status = "not_attempted" if result.attempts == 0 else "failed"
-        raise _JobFailed(
+        raise JobFailed(
             JobCode.RUN_STOPPED, f"run stopped ({ctx.state.stop_reason}); the same command resumes"
         )
     reason = ctx.state.breaker.reason
     if reason is not None:
         result.status = "not_attempted" if result.attempts == 0 else "failed"
-        raise _JobFailed(
+        raise JobFailed(
             JobCode.RUN_STOPPED, f"run stopped by account error {reason.code}: {reason.message[:200]}"
         )
 
@@ -561,19 +553,19 @@ async def _store_outputs(
     stored: list[str] = []
     keys: list[str] = []
     if stale:
-        await ctx.services.store(_supersede, ctx.services.dest, job.job_id, charge.request_id)
+        await ctx.services.store(supersede, ctx.services.dest, job.job_id, charge.request_id)
     try:
         for k, url in enumerate(charge.output_urls, start=1):
             key = output_key(job.job_id, k)
             if not host_allowed(url, ctx.services.allowed_output_hosts):
-                raise _JobFailed(
+                raise JobFailed(
                     JobCode.OUTPUT_HOST_REFUSED,
                     f"output {k} is on host {urlsplit(url).hostname!r}, which is not an allowed result host; not fetched",
                 )
             await _copy(ctx, job, charge, url, key, k, fresh)
             stored.append(ctx.services.dest.uri(key))
             keys.append(key)
-    except _JobFailed:
+    except JobFailed:
         result.outputs = stored
         result.billed_not_stored = charge.image_count - len(stored)
         raise
@@ -610,7 +602,7 @@ async def _commit(ctx: RunContext, job: Job, fp: str, charge: Charge, result: Jo
     result.status = "succeeded"
 
 
-def _supersede(dest: Destination, job_id: str, request_id: str) -> None:
+def supersede(dest: Destination, job_id: str, request_id: str) -> None:
     """Move outputs of an earlier version of a changed row aside (they were paid for: keep them)."""
     for k in range(1, 7):  # n is at most 6
         key = output_key(job_id, k)
@@ -662,13 +654,13 @@ async def _copy(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k
                 return
     except CopyError as err:
         if err.expired:
-            raise _JobFailed(
+            raise JobFailed(
                 JobCode.OUTPUTS_EXPIRED, f"outputs expired before they were stored ({err})"
             ) from None
-        raise _JobFailed(JobCode.COPY_FAILED, f"output {k} not stored after {tries} tries: {err}") from None
+        raise JobFailed(JobCode.COPY_FAILED, f"output {k} not stored after {tries} tries: {err}") from None
     except Exception as err:
         if is_transient_storage_error(err):
-            raise _JobFailed(
-                JobCode.COPY_FAILED, f"output {k} not stored after {tries} tries: {_safe_text(err)}"
+            raise JobFailed(
+                JobCode.COPY_FAILED, f"output {k} not stored after {tries} tries: {error_text(err)}"
             ) from None
         raise

@@ -5,6 +5,8 @@ Imports are deferred: ``qwenedit validate`` and ``--help`` never load Prefect.
 
 from __future__ import annotations
 
+from typing import Any
+
 from qwenedit.run import Approver, Run
 from qwenedit.summary import RunSummary
 
@@ -20,4 +22,6 @@ async def run_in_flow(run: Run, approve: Approver) -> RunSummary:
     """Execute and finish ``run`` (opened by the caller) as an ``edit-manifest`` flow run."""
     from flows.edit_manifest import OpenedRun, edit_opened_run
 
-    return RunSummary.from_json(await edit_opened_run(OpenedRun.of(run, approve)))
+    # The flow ends in a Completed state whose data is the summary.json form: calling it returns that data.
+    data: Any = await edit_opened_run(OpenedRun.of(run, approve))
+    return RunSummary.from_json(data)

@@ -18,17 +18,16 @@ from __future__ import annotations
 import logging
 
 from qwenedit.dedupe import DUPLICATE_OF_FAILED, Leader, LeaderOutcome, Leaders, follower_done
-from qwenedit.errors import JobCode
+from qwenedit.errors import JobCode, JobFailed
 from qwenedit.pipeline import (
     RunContext,
-    _JobFailed,
-    _safe_text,
-    _supersede,
+    error_text,
     failed_result,
     new_result,
     output_key,
     record,
     run_job,
+    supersede,
     utcnow_iso,
 )
 from qwenedit.report import JobResult
@@ -69,11 +68,11 @@ async def run_follower(ctx: RunContext, leaders: Leaders, item: Pending, leader:
         done = follower_done(job, fp, leader, outcome, outputs, ctx.services.run_id, utcnow_iso())
         await ctx.services.store(ctx.services.ledger.write_done, done)
         result.status = "succeeded"
-    except _JobFailed as failure:
+    except JobFailed as failure:
         result.status, result.error_code, result.error_message = "failed", failure.code, failure.message
     except Exception as exc:  # a bug must not take the run down
         log.exception("job %s: unexpected error copying a duplicate", job.job_id)
-        result.status, result.error_code, result.error_message = "failed", type(exc).__name__, _safe_text(exc)
+        result.status, result.error_code, result.error_message = "failed", type(exc).__name__, error_text(exc)
     return record(ctx, job, result)
 
 
@@ -82,14 +81,14 @@ def _copy_outputs(
 ) -> list[str]:
     """Copy the leader's stored outputs to the follower's keys (an earlier version's moved aside)."""
     if stale:
-        _supersede(dest, job_id, outcome.request_id)
+        supersede(dest, job_id, outcome.request_id)
     count = outcome.image_count or MAX_OUTPUTS  # 0: the done marker did not say; copy what is there
     stored: list[str] = []
     for k in range(1, count + 1):
         data = dest.get_bytes(output_key(leader_id, k))
         if data is None:
             if outcome.image_count or not stored:
-                raise _JobFailed(
+                raise JobFailed(
                     JobCode.COPY_FAILED,
                     f"output {k} of job {leader_id}, which this row duplicates, is not at the destination",
                 )

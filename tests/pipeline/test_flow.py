@@ -252,3 +252,26 @@ async def test_requests_never_exceed_the_limit_in_any_second_and_none_are_thrott
     span = max(arrivals) - min(arrivals)
     assert (len(arrivals) - 1) / span >= 0.85 * 5.0  # a regression guard; bench/ measures the real rate
     assert summary["by_status"]["succeeded"] == 30
+
+
+@pytest.mark.slow
+async def test_a_stopped_runs_prefect_state_gives_the_cause_and_reason(
+    pipeline_env: Any, emulator_factory: Any, write_manifest: Any, tmp_path: Path
+) -> None:
+    emulator = emulator_factory(rps=20.0)
+    manifest = write_manifest(simple_rows(6))
+    options = RunOptions(
+        manifest=str(manifest),
+        dest=pipeline_env.uri("out"),
+        base_url=emulator.base_url,
+        report_dir=str(tmp_path / "reports"),
+        rates=("20",),
+        max_in_flight=1,
+        daily_budget="0.06",
+    )
+    state = await edit_manifest(options, return_state=True)
+    summary = await state.result()
+    assert state.is_completed() and summary["stopped_by"]["cause"] == "spend_cap"
+    assert state.message is not None
+    assert state.message.startswith("stopped by spend_cap: ") and "daily" in state.message
+    assert "not_attempted" in state.message and billed_images(emulator) <= 2

@@ -175,3 +175,11 @@ def _limits_file(folder: Path) -> Path:
     path = folder / "limits.csv"
     path.write_text(f"model,rate_limit\n{NEW},2/s\n{PRO},2/s\n")
     return path
+
+
+def test_validate_quotes_the_current_models_once_rps_states_their_limits(tmp_path: Path) -> None:
+    refused = run_validate(_mixed_manifest(tmp_path))
+    assert refused.exit_code == 1 and "has no known rate limit" in refused.stdout
+    out = run_validate(_mixed_manifest(tmp_path), "--rps", f"{NEW}=2", "--rps", f"{PRO}=2")
+    assert out.exit_code == 0, out.stdout + out.stderr
+    assert "at most $0.175." in out.stdout  # 0.03 + 2 × 0.035 + 0.075, without a price file

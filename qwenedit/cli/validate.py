@@ -46,6 +46,7 @@ from qwenedit.manifest import (
     validate_manifest,
 )
 from qwenedit.policy import Policy, make_policy
+from qwenedit.rates import with_stated_limits
 from qwenedit.storage import make_s3_client
 from qwenedit.templates import parse_template
 
@@ -70,6 +71,7 @@ SHARED_WITH_RUN = (
     "prices",
     "input_root",
     "prompt_template",
+    "rates",
     "allow_private_urls",
     "max_manifest_mib",
     "max_manifest_decompressed_mib",
@@ -131,6 +133,7 @@ def validate(
             fields["allow_private_urls"],
             manifest_limits(fields),
             _policy(fields),
+            tuple(fields["rates"] or ()),
         )
     except _Fail as fail:
         _print_failure(out, err, fail, json_output)
@@ -189,11 +192,14 @@ def _run(
     allow_private_urls: bool = False,
     limits: ManifestLimits | None = None,
     policy: Policy | None = None,
+    rates: tuple[str, ...] = (),
 ) -> int:
     try:
-        prices = load_models(prices_path)
+        prices = with_stated_limits(load_models(prices_path), rates)  # --rps MODEL=RATE states a limit
     except PriceFileError as exc:
         raise _Fail(str(exc)) from None
+    except ValueError as exc:
+        raise _Fail(f"--rps {exc}") from None
     region, model = _check_defaults(prices, region, model)
     budget: tuple[Decimal, str] | None = None
     if budget_text is not None:

@@ -103,20 +103,20 @@ class OpenedRun(BaseModel):
 
 
 @flow(name="edit-manifest", log_prints=False)
-async def edit_manifest(options: RunOptions) -> State[dict[str, Any]]:
+async def edit_manifest(options: RunOptions) -> State[dict[str, Any]] | dict[str, Any]:
     """Run every job of ``options.manifest`` into ``options.dest``; returns the run summary."""
     async with Run(options) as run:
         return await drive(run, approval_in_ui(options))
 
 
 @flow(name="edit-manifest", log_prints=False)
-async def edit_opened_run(opened: OpenedRun) -> State[dict[str, Any]]:
+async def edit_opened_run(opened: OpenedRun) -> State[dict[str, Any]] | dict[str, Any]:
     """As ``edit_manifest``, for a run the caller opened and keeps open (the CLI)."""
     run, approve = opened.unwrap()
     return await drive(run, approve)
 
 
-async def drive(run: Run, approve: Approver) -> State[dict[str, Any]]:
+async def drive(run: Run, approve: Approver) -> State[dict[str, Any]] | dict[str, Any]:
     """Execute an open run with chunks as task runs, finish it, publish its artifacts. The flow run
     ends Completed with the summary in its summary.json form as data (calling the flow returns it) and
     a message that gives the outcome: the counts, and a stop's cause and reason (a spend cap, the
@@ -138,6 +138,10 @@ async def drive(run: Run, approve: Approver) -> State[dict[str, Any]]:
         else:
             await publish
     data = summary.to_json()
+    if isinstance(approve, UiApproval) and approve.timed_out:
+        # The server turns any state after an expired pause into Failed("... never resumed"), which says why;
+        # the summary still reaches the caller as the flow's return value.
+        return data
     return Completed(message=runlog.outcome_text(data), data=data)
 
 
@@ -156,12 +160,23 @@ class CanaryApproval(RunInput):
     approve: bool = False
 
 
-def approval_in_ui(options: RunOptions) -> Approver:
+def approval_in_ui(options: RunOptions) -> UiApproval:
     """Pause the flow run after the canary (or before a run above ``approve_above``) until someone approves
     or declines in the Prefect UI; a pause that times out (``approval_timeout_s``) declines: nothing more
     is spent."""
+    return UiApproval(options)
 
-    async def approve(outcome: Question) -> bool:
+
+class UiApproval:
+    """The approver of a deployment run: a pause with a form in the Prefect UI. ``timed_out``: a pause ran
+    out, so Prefect's server ends the flow run Failed ("... never resumed") whatever the flow returns."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.timed_out = False
+
+    async def __call__(self, outcome: Question) -> bool:
+        options = self.options
         form = CanaryApproval.with_initial_data(description=outcome.markdown(), approve=False)
         runlog.approval_asked(options, options.approval_timeout_s)
         try:
@@ -169,6 +184,7 @@ def approval_in_ui(options: RunOptions) -> Approver:
                 wait_for_input=form, timeout=int(options.approval_timeout_s), key=outcome.key
             )
         except FlowPauseTimeout:
+            self.timed_out = True
             log.warning(
                 "no approval within %.0f s: the rest of the run is not started", options.approval_timeout_s
             )
@@ -176,8 +192,6 @@ def approval_in_ui(options: RunOptions) -> Approver:
             return False
         runlog.approval_answered(options, bool(answer.approve))
         return bool(answer.approve)
-
-    return approve
 
 
 def _artifact_key(kind: str, run_id: str) -> str:

@@ -18,13 +18,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m devkit.demo
 
+# Tests run on worker processes (pytest-xdist): most of them wait on servers, latency and rate limits,
+# not on the CPU. `loadgroup` hands out one test at a time (longest first, tests/conftest.py) and keeps
+# each xdist_group on one worker. Override with e.g. `make test PYTEST_N=0` for one process.
+PYTEST_N    ?= 2
+PYTEST_N_ALL ?= 3
+XDIST       = --dist loadgroup
+
 # The inner loop: lint, types, import contracts and every test not marked slow (under 3 minutes on 2 cores).
 check: lint
-	$(BIN)/pytest -q -ra -m "not slow"
+	$(BIN)/pytest -q -ra -n $(PYTEST_N) $(XDIST) -m "not slow"
 
 # The whole suite (what CI runs). Its report.html test drives Debian's chromium (installed if missing).
 test: lint browser
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra -n $(PYTEST_N_ALL) $(XDIST)
 
 browser: $(STAMP)
 	bash .ci/install-browser

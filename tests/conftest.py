@@ -4,8 +4,16 @@ import os
 import signal
 import tempfile
 
-# Must happen before anything imports prefect: never touch ~/.prefect, never phone home.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="qwenedit-prefect-"))
+import pytest
+
+# Must happen before anything imports prefect: never touch ~/.prefect, never phone home. Under pytest-xdist
+# each worker process has a Prefect test server of its own, so it gets a home of its own too (a worker
+# inherits the environment of the controller, whose copy of this file has already made one).
+_OWN_HOME = "QWENEDIT_TEST_PREFECT_HOME"  # the home this file made, not one the caller chose
+if "PREFECT_HOME" not in os.environ or (
+    os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("PREFECT_HOME") == os.environ.get(_OWN_HOME)
+):
+    os.environ["PREFECT_HOME"] = os.environ[_OWN_HOME] = tempfile.mkdtemp(prefix="qwenedit-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
@@ -22,3 +30,24 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.prefect",
 ]
+
+# The longest tests (minutes each, mostly waiting on servers, rate limits and latency) go first, so that
+# under pytest-xdist they overlap with the rest of the suite instead of ending it alone; then the other
+# slow ones. Order within each rank is collection order (a stable sort).
+_LONGEST_FIRST = (
+    "tests/unattended/test_watch_e2e.py",
+    "tests/distributed/test_workers.py",
+    "tests/test_catalogue_bench_smoke.py",
+    "tests/chaos/test_graceful_stop.py",
+    "tests/chaos/test_storage_outage.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        if path in _LONGEST_FIRST:
+            return _LONGEST_FIRST.index(path)
+        return len(_LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)

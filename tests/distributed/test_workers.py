@@ -47,7 +47,11 @@ from qwenedit.options import RunOptions
 from qwenedit.shards import merge_summaries
 from qwenedit.summary import RunSummary
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(420),
+    pytest.mark.xdist_group("pacing"),
+]  # rates on a real clock
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

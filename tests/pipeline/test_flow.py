@@ -232,6 +232,7 @@ async def test_budget_stops_new_calls_before_spend_could_exceed_it(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pacing")  # measures request rates on a real clock: not beside another such test
 async def test_requests_never_exceed_the_limit_in_any_second_and_none_are_throttled(
     pipeline_env: Any, write_manifest: Any, tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from s3transfer.subscribers import BaseSubscriber
 from qwenedit.errors import ConditionalWritesUnsupported, InvalidKey, StorageError, s3_error_code, s3_status
 from qwenedit.storage.base import PutOutcome, Readable
 from qwenedit.storage.keys import decode_metadata, encode_metadata, validate_key
+from qwenedit.storage.listing import install_lean_listing
 from qwenedit.storage.settings import S3Settings, make_conditional_client, make_s3_client
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ class S3Destination:
         )
         self._session = session
         self._conditional_client: S3Client | None = None
+        # A client the caller supplied is used as it is, for listings too; otherwise listings get their own.
+        self._listing_client: S3Client | None = client
         self._conditional = self.settings.conditional_writes
         self._lock = threading.Lock()
 
@@ -93,6 +96,16 @@ class S3Destination:
             if self._conditional_client is None:
                 self._conditional_client = make_conditional_client(self.settings, self._session)
             return self._conditional_client
+
+    @property
+    def listing_client(self) -> S3Client:
+        """The client listings go through: one of its own, whose ListObjectsV2 answers carry keys only
+        (:mod:`qwenedit.storage.listing`), unless the caller supplied the client."""
+        with self._lock:
+            if self._listing_client is None:
+                client = make_s3_client(self.settings, session=self._session)
+                self._listing_client = install_lean_listing(client)
+            return self._listing_client
 
     def uri(self, key: str = "") -> str:
         full = self._key(key) if key else self.prefix
@@ -196,7 +209,7 @@ class S3Destination:
         # A listing prefix may end in "/" or be a partial name; only refuse what could escape.
         if prefix.startswith("/") or ".." in prefix.split("/"):
             raise InvalidKey(f"invalid listing prefix: {prefix!r}")
-        paginator = self.client.get_paginator("list_objects_v2")
+        paginator = self.listing_client.get_paginator("list_objects_v2")
         pages = paginator.paginate(
             Bucket=self.bucket, Prefix=self.prefix + prefix, PaginationConfig={"PageSize": page_size}
         )

@@ -10,8 +10,8 @@ see the destination can resume the work:
 - a **done** record, written after every output is stored: the job's fingerprint and its outputs. It
   is the job's commit marker. Its key carries what a rerun needs to skip the job without reading it:
   ``_ledger/_done/{job_id}@{fingerprint hex}@{image_count}@{request_id}.json``. One listing of
-  ``_ledger/_done/`` (one LIST per 1,000 jobs) therefore tells which rows of a manifest are done
-  (``DoneIndex``), with no request per row. A job has at most one done record: the marker of an
+  ``_ledger/_done/`` (one LIST per 1,000 jobs; on S3 several LISTs at a time, over disjoint key
+  ranges) therefore tells which rows of a manifest are done (``DoneIndex``), with no request per row. A job has at most one done record: the marker of an
   earlier version of a changed row is removed before the new version is called.
 
 Records never contain the API key or storage credentials. Output URLs are presigned by the API's
@@ -207,8 +207,10 @@ class Ledger:
         self.store.put_bytes(done_key(done), _dump(done), "application/json", overwrite=True)
 
     def done_index(self) -> DoneIndex:
-        """Every done marker, from one listing of ``_ledger/_done/`` (one LIST per 1,000 jobs)."""
-        return DoneIndex(self.store.list_keys(DONE_PREFIX))
+        """Every done marker, from one listing of ``_ledger/_done/`` (one LIST per 1,000 jobs; on a store
+        that offers ``list_keys_unordered``, S3, several LISTs at a time over disjoint key ranges)."""
+        lister = getattr(self.store, "list_keys_unordered", None) or self.store.list_keys
+        return DoneIndex(lister(DONE_PREFIX))
 
     def done_markers(self, job_id: str) -> list[DoneMarker]:
         """One job's done markers (a listing of its own prefix)."""

@@ -552,6 +552,7 @@ async def _store_outputs(
     result.width, result.height = charge.width, charge.height
     stored: list[str] = []
     keys: list[str] = []
+    bodies: dict[str, bytes] = {}  # key → the bytes this job's copy stored (QA checks them, no read-back)
     if stale:
         await ctx.services.store(supersede, ctx.services.dest, job.job_id, charge.request_id)
     try:
@@ -562,7 +563,7 @@ async def _store_outputs(
                     JobCode.OUTPUT_HOST_REFUSED,
                     f"output {k} is on host {urlsplit(url).hostname!r}, which is not an allowed result host; not fetched",
                 )
-            await _copy(ctx, job, charge, url, key, k, fresh)
+            await _copy(ctx, job, charge, url, key, k, fresh, bodies if ctx.services.qa else None)
             stored.append(ctx.services.dest.uri(key))
             keys.append(key)
     except JobFailed:
@@ -570,15 +571,21 @@ async def _store_outputs(
         result.billed_not_stored = charge.image_count - len(stored)
         raise
     result.outputs = stored
-    result.qa = await _inspect(ctx, job, charge, keys) if ctx.services.qa else ""
+    result.qa = await _inspect(ctx, job, charge, keys, bodies) if ctx.services.qa else ""
 
 
-async def _inspect(ctx: RunContext, job: Job, charge: Charge, keys: Sequence[str]) -> str:
-    """QA of the stored outputs, read back from the destination: the ``qa`` cell of results.csv."""
+async def _inspect(
+    ctx: RunContext, job: Job, charge: Charge, keys: Sequence[str], bodies: Mapping[str, bytes]
+) -> str:
+    """QA of the stored outputs: the ``qa`` cell of results.csv. Each is checked on the bytes its copy
+    stored; one this job did not write itself (found already stored, or streamed because it was too
+    large to hold) is read back from the destination."""
     expected = (charge.width, charge.height) if charge.width and charge.height else None
     flags = []
     for key in keys:
-        data = await ctx.services.store(ctx.services.dest.get_bytes, key)
+        data = bodies.get(key)
+        if data is None:
+            data = await ctx.services.store(ctx.services.dest.get_bytes, key)
         check = partial(qa.check_output, data or b"", expected=expected, requested=job.size)
         flags.append(await ctx.services.blocking(check))
     return qa.qa_cell(flags)
@@ -618,8 +625,18 @@ def supersede(dest: Destination, job_id: str, request_id: str) -> None:
         dest.delete(key)
 
 
-async def _copy(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k: int, fresh: bool) -> None:
-    """Stream one output to its key; retried through outages, never by calling the API again."""
+async def _copy(
+    ctx: RunContext,
+    job: Job,
+    charge: Charge,
+    url: str,
+    key: str,
+    k: int,
+    fresh: bool,
+    bodies: dict[str, bytes] | None = None,
+) -> None:
+    """Copy one output to its key; retried through outages, never by calling the API again. With
+    ``bodies``, the bytes stored (when the copy held them whole) are kept there under ``key``."""
     # A fresh call's outputs cannot be stored yet (stale ones were moved aside): skip the HEAD per image on
     # the hot path. The create-only write still answers "exists" if a retry finds its own earlier upload.
     metadata = {
@@ -641,6 +658,7 @@ async def _copy(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k
             content_type="image/png",
             metadata=metadata,
             check_existing=not fresh,
+            on_body=None if bodies is None else partial(bodies.__setitem__, key),
         ),
     )
     tries = 0

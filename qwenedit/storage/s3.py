@@ -153,6 +153,12 @@ class S3Destination:
     def _upload(
         self, client: S3Client, fileobj: Readable, full_key: str, extra: dict[str, Any], size: int | None
     ) -> None:
+        if size is not None and size < self.settings.multipart_threshold:
+            # One PutObject, as s3transfer would send for a body this small, without a transfer manager
+            # (and its thread pools) per object: most of the CPU an upload of an output image cost.
+            data = fileobj.getvalue() if isinstance(fileobj, io.BytesIO) else fileobj.read()
+            client.put_object(Bucket=self.bucket, Key=full_key, Body=data, **extra)
+            return
         # What client.upload_fileobj does, plus telling s3transfer the size when we know it.
         subscribers = [_ProvideSize(size)] if size is not None else None
         body = cast(IO[bytes], fileobj)  # s3transfer only calls read(n) on non-seekable input
@@ -164,10 +170,11 @@ class S3Destination:
         self, key: str, data: bytes, content_type: str = "application/octet-stream", overwrite: bool = True
     ) -> PutOutcome:
         if not overwrite:
+            size = len(data)
             try:
-                return self.put_create_only(key, io.BytesIO(data), content_type)
-            except ConditionalWritesUnsupported:
-                return self.put_create_only(key, io.BytesIO(data), content_type)  # now HEAD-then-PUT
+                return self.put_create_only(key, io.BytesIO(data), content_type, size=size)
+            except ConditionalWritesUnsupported:  # now HEAD-then-PUT
+                return self.put_create_only(key, io.BytesIO(data), content_type, size=size)
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
         return "created"
 

@@ -508,6 +508,18 @@ class CatalogueConfig:
     timeout_s: float = 7200.0
     keep_workdir: bool = False
     a_store: str = "seaweedfs"  # (a)'s destination: "seaweedfs" or "local"
+    quiet_load: float | None = None  # wait for a 1-min load average below this before each measured run
+
+
+def wait_for_quiet(load: float | None, log: Log, max_wait_s: float = 3 * 3600) -> None:
+    """Hold the next measured run until the machine's 1-minute load average is below ``load`` (the
+    seeding before it need not be quiet; the measurement must be). ``None``: do not wait."""
+    if load is None:
+        return
+    deadline = time.monotonic() + max_wait_s
+    while (now := os.getloadavg()[0]) >= load and time.monotonic() < deadline:
+        log(f"waiting for a quiet machine: load {now:.2f} ≥ {load}")
+        time.sleep(30)
 
 
 def part_a(
@@ -548,6 +560,7 @@ def part_a(
     home = folder / "prefect-home"
     warm = warm_up(home, folder, images, emulator, RUN_RPS)
     log(f"(a) warm-up run: exit {warm.measured.returncode}, {warm.measured.wall_s:.0f} s")
+    wait_for_quiet(cfg.quiet_load, log)
     store_cpu_before = _cpu_of(store_pid)
     run = qwenedit_run(
         "a-unchanged",
@@ -883,6 +896,13 @@ def main(argv: list[str], results: Path) -> int:
         default="seaweedfs",
         help="(a): where the seeded ledger is (default seaweedfs)",
     )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        metavar="LOAD",
+        help="(a): after seeding, wait until the 1-min load average is below LOAD before the measured run",
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="pass --chunk-size to qwenedit run")
     p.add_argument("--timeout", type=float, default=7200.0, help="stop one run after this many seconds")
     p.add_argument("--results", type=Path, default=results, help="where catalogue.json goes")
@@ -903,6 +923,7 @@ def main(argv: list[str], results: Path) -> int:
         timeout_s=args.timeout,
         keep_workdir=args.keep,
         a_store=args.a_store,
+        quiet_load=args.wait_quiet,
     )
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / args.out

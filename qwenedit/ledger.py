@@ -212,6 +212,20 @@ class Ledger:
         lister = getattr(self.store, "list_keys_unordered", None) or self.store.list_keys
         return DoneIndex(lister(DONE_PREFIX))
 
+    def charged_jobs(self, max_keys: int) -> set[str] | None:
+        """The jobs with at least one charge record, from one listing of ``_ledger/`` (one LIST per
+        1,000 records; on a new destination, one LIST in all); None if the listing passes ``max_keys``
+        keys (then it is cheaper for each job to list its own charges)."""
+        jobs: set[str] = set()
+        start = len(LEDGER_PREFIX) + 1
+        for n, key in enumerate(self.store.list_keys(f"{LEDGER_PREFIX}/"), start=1):
+            if n > max_keys:
+                return None
+            job_id, _, rest = key[start:].partition("/")
+            if rest.startswith("charges/") and not job_id.startswith("_"):
+                jobs.add(job_id)
+        return jobs
+
     def done_markers(self, job_id: str) -> list[DoneMarker]:
         """One job's done markers (a listing of its own prefix)."""
         found = (parse_done_key(k) for k in self.store.list_keys(f"{DONE_PREFIX}{job_id}@"))

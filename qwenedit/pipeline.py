@@ -7,8 +7,8 @@ totals, budget, breaker, stop reason); this module knows nothing of Prefect.
 
 The order of the steps is the contract:
 
-1. the job's charges are listed once: a charge with the same fingerprint and live output URLs → copy
-   only (no call);
+1. the job's charges are listed once (or known to be none: ``RunState.charged``, the run's one listing
+   of the ledger): a charge with the same fingerprint and live output URLs → copy only (no call);
 2. otherwise the done markers of an earlier version of the row are removed, the worst-case cost is
    reserved against the budget, and the API is called — one pacer permit per attempt, retrying only
    what the error taxonomy calls retryable (``qwenedit.retry``);
@@ -245,6 +245,9 @@ class RunState:
     stop_reason: str | None = None  # set by a graceful stop: no new call starts, calls in flight finish
     unrecorded: set[int] = field(default_factory=set)  # rows handed to a chunk whose result is not spooled
     on_record: Callable[[Job, JobResult], None] | None = None  # told of every recorded result (--dedupe)
+    # Jobs with a charge record, from one listing of the ledger at the start (and every charge this run
+    # writes); None: not listed, each job lists its own charges. A job not in it has none to resume.
+    charged: set[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -350,7 +353,7 @@ async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str],
         ctx.services.served_at(job).region, job.model
     )  # where it is served
     result.unit_price, result.currency = str(price.amount), price.currency
-    charges = await ctx.services.store(ctx.services.ledger.charges, job.job_id)
+    charges = await _charges(ctx, job)
     pending = [c for c in charges if c.fingerprint == fp]
     # Outputs of an earlier, different version of this row may sit at the same keys.
     stale = {c.request_id for c in charges if c.fingerprint != fp}
@@ -390,6 +393,15 @@ async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str],
     await _commit(ctx, job, fp, charge, result)
 
 
+async def _charges(ctx: RunContext, job: Job) -> list[Charge]:
+    """The job's charge records: none if the run's listing of the ledger found none (no request),
+    else one listing of its own charges."""
+    charged = ctx.state.charged
+    if charged is not None and job.job_id not in charged:
+        return []
+    return await ctx.services.store(ctx.services.ledger.charges, job.job_id)
+
+
 async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: JobResult) -> Charge:
     """Reserve the budget, call (paced, retried), and write the charge record before anything else."""
     _stop_if_tripped(ctx, result)
@@ -411,6 +423,8 @@ async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: J
     # the row must say its images are billed and not stored.
     result.request_id, result.image_count = charge.request_id, charge.image_count
     result.billed_not_stored = charge.image_count
+    if ctx.state.charged is not None:
+        ctx.state.charged.add(job.job_id)  # should this job run again in this run, it lists its charges
     await ctx.services.store(ctx.services.ledger.write_charge, charge)
     result.billed_not_stored = 0
     return charge

@@ -133,11 +133,27 @@ def decoding(
             img.close()  # the pixels are freed before the budget is released (and memory handed back)
 
 
+def _reduced_mode(img: Image.Image) -> str:
+    """The mode ``downscale`` reduces ``img`` in: its own if reducible; RGB for colour without alpha (a
+    palette with no transparency, CMYK, YCbCr...), L for bilevel; RGBA otherwise. Reducing RGBA costs
+    several times RGB, and an alpha of 255 everywhere changes nothing a reader of the copy sees."""
+    if img.mode in _REDUCIBLE:
+        return img.mode
+    if img.mode == "1":
+        return "L"
+    if img.mode == "P":
+        alpha = "transparency" in img.info or (img.palette is not None and "A" in img.palette.mode)
+        return "RGBA" if alpha else "RGB"
+    if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return "RGB"
+    return "RGBA"
+
+
 def downscale(img: Image.Image, side: int) -> Image.Image:
-    """A copy no larger than ``side`` px a side, in RGB, RGBA, L or LA (others become RGBA), made by
-    integer box reduction strip by strip, then a bilinear thumbnail: no full-size copy is made."""
+    """A copy no larger than ``side`` px a side, in RGB, RGBA, L or LA (see ``_reduced_mode``), made
+    by integer box reduction strip by strip, then a bilinear thumbnail: no full-size copy is made."""
     factor = max(1, min(img.width, img.height) // side)
-    mode = img.mode if img.mode in _REDUCIBLE else "RGBA"
+    mode = _reduced_mode(img)
     if factor == 1 and mode == img.mode:
         small = img.copy()
     else:
@@ -145,7 +161,7 @@ def downscale(img: Image.Image, side: int) -> Image.Image:
         rows = max(factor, (_STRIP_BYTES // max(1, width * 4)) // factor * factor)
         small = Image.new(mode, (-(-width // factor), -(-height // factor)))
         for top in range(0, height, rows):
-            strip = img.crop((0, top, width, min(height, top + rows)))
+            strip = img if rows >= height else img.crop((0, top, width, min(height, top + rows)))
             if strip.mode != mode:
                 strip = strip.convert(mode)
             small.paste(strip.reduce(factor) if factor > 1 else strip, (0, top // factor))

@@ -10,8 +10,8 @@ see the destination can resume the work:
 - a **done** record, written after every output is stored: the job's fingerprint and its outputs. It
   is the job's commit marker. Its key carries what a rerun needs to skip the job without reading it:
   ``_ledger/_done/{job_id}@{fingerprint hex}@{image_count}@{request_id}.json``. One listing of
-  ``_ledger/_done/`` (one LIST per 1,000 jobs) therefore tells which rows of a manifest are done
-  (``DoneIndex``), with no request per row. A job has at most one done record: the marker of an
+  ``_ledger/_done/`` (one LIST per 1,000 jobs; on S3 several LISTs at a time, over disjoint key
+  ranges) therefore tells which rows of a manifest are done (``DoneIndex``), with no request per row. A job has at most one done record: the marker of an
   earlier version of a changed row is removed before the new version is called.
 
 Records never contain the API key or storage credentials. Output URLs are presigned by the API's
@@ -207,8 +207,24 @@ class Ledger:
         self.store.put_bytes(done_key(done), _dump(done), "application/json", overwrite=True)
 
     def done_index(self) -> DoneIndex:
-        """Every done marker, from one listing of ``_ledger/_done/`` (one LIST per 1,000 jobs)."""
-        return DoneIndex(self.store.list_keys(DONE_PREFIX))
+        """Every done marker, from one listing of ``_ledger/_done/`` (one LIST per 1,000 jobs; on a store
+        that offers ``list_keys_unordered``, S3, several LISTs at a time over disjoint key ranges)."""
+        lister = getattr(self.store, "list_keys_unordered", None) or self.store.list_keys
+        return DoneIndex(lister(DONE_PREFIX))
+
+    def charged_jobs(self, max_keys: int) -> set[str] | None:
+        """The jobs with at least one charge record, from one listing of ``_ledger/`` (one LIST per
+        1,000 records; on a new destination, one LIST in all); None if the listing passes ``max_keys``
+        keys (then it is cheaper for each job to list its own charges)."""
+        jobs: set[str] = set()
+        start = len(LEDGER_PREFIX) + 1
+        for n, key in enumerate(self.store.list_keys(f"{LEDGER_PREFIX}/"), start=1):
+            if n > max_keys:
+                return None
+            job_id, _, rest = key[start:].partition("/")
+            if rest.startswith("charges/") and not job_id.startswith("_"):
+                jobs.add(job_id)
+        return jobs
 
     def done_markers(self, job_id: str) -> list[DoneMarker]:
         """One job's done markers (a listing of its own prefix)."""

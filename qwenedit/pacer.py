@@ -38,11 +38,17 @@ Behaviour at the edges:
 - **Cancellation**: a waiter cancelled while queued or sleeping consumes no permit.
 - **Push-back**: ``penalize(seconds)`` delays every later permit by that much; it is what the pipeline
   calls on a 429, so it also counts as ``throttled()``.
-- **Send-time accounting**: ``mark_sent()`` (called when the request's first byte leaves) spaces the
-  next permit from the real send time when a request left later than its permit. As a send gate
-  (``before_send()`` awaited just before the first byte leaves, ``after_send()`` once the headers are
-  written) it also holds a request that would leave less than one interval after the previous one's
-  write, so sends stay spaced even when requests overtake each other or a stall delays a write.
+- **Permits keep their schedule**: a permit granted a little late (the event loop woke the waiter
+  late, up to ``CATCH_UP_FRACTION`` of an interval) does not move the ones after it, and a request
+  that reaches the wire late moves the next permit only if it left more than
+  ``PERMIT_LEAD_FRACTION`` of an interval after its permit (so permits never run far ahead of the
+  sends). Time every request spends between its permit and the wire (a connection from the pool,
+  the body's encoding, event-loop hops) is then not added to every spacing.
+- **Send-time accounting** (the send gate): ``before_send()`` awaited just before the first byte
+  leaves, ``after_send()`` once the headers are written, lets requests out first come first served,
+  each one interval after the previous one's write. So sends stay spaced even when requests
+  overtake each other or a stall delays a write. ``mark_sent()`` records a send for callers without
+  a gate.
 
 Every attempt of every job takes a permit, retries included: the pacer is the only way to the API.
 
@@ -78,6 +84,9 @@ RECOVERY_STEP_S = 0.001
 MIN_GUARD_S = 0.005
 MIN_GUARD_PERIOD_FRACTION = 0.001
 HISTORY_POINTS = 256
+CATCH_UP_FRACTION = 0.1  # of an interval (at most CATCH_UP_MAX_S): a late wake-up keeps the schedule
+CATCH_UP_MAX_S = 0.05
+PERMIT_LEAD_FRACTION = 0.5  # permits run at most half an interval ahead of the last send
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -144,21 +153,25 @@ class Pacer:
                 await self._sleep(wait)  # loop again: penalize()/throttled() may have moved _next
             now = self._clock()
             self._recover()
+            # A waiter woken a little late keeps the schedule; after an idle spell it starts afresh.
+            late = now - self._next
+            base = self._next if 0 <= late <= min(CATCH_UP_FRACTION * self.interval, CATCH_UP_MAX_S) else now
             self._last = now
-            self._next = now + self.interval
+            self._next = base + self.interval
             self.granted += 1
             return now
 
     def mark_sent(self) -> None:
         """Send-time accounting: the request behind the last permit actually left now.
 
-        A request that leaves late (a busy event loop, a slow body encode) would otherwise arrive
-        closer than one interval to the next one; spacing the next permit from the real send time
-        keeps the gap where the requests are counted.
+        The next send is spaced from the real send time (by the gate). The next *permit* moves only
+        if this request left more than ``PERMIT_LEAD_FRACTION`` of an interval after its permit:
+        the time every request spends reaching the wire is not added to every spacing, yet permits
+        never run far ahead of what is really sent.
         """
         now = self._clock()
         self._last_sent = max(self._last_sent, now)
-        self._next = max(self._next, now + self.interval)
+        self._next = max(self._next, now + (1 - PERMIT_LEAD_FRACTION) * self.interval)
 
     async def before_send(self) -> None:
         """Send gate, first half: await it as the request's first byte is about to leave

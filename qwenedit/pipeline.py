@@ -7,8 +7,8 @@ totals, budget, breaker, stop reason); this module knows nothing of Prefect.
 
 The order of the steps is the contract:
 
-1. the job's charges are listed once: a charge with the same fingerprint and live output URLs → copy
-   only (no call);
+1. the job's charges are listed once (or known to be none: ``RunState.charged``, the run's one listing
+   of the ledger): a charge with the same fingerprint and live output URLs → copy only (no call);
 2. otherwise the done markers of an earlier version of the row are removed, the worst-case cost is
    reserved against the budget, and the API is called — one pacer permit per attempt, retrying only
    what the error taxonomy calls retryable (``qwenedit.retry``);
@@ -245,6 +245,9 @@ class RunState:
     stop_reason: str | None = None  # set by a graceful stop: no new call starts, calls in flight finish
     unrecorded: set[int] = field(default_factory=set)  # rows handed to a chunk whose result is not spooled
     on_record: Callable[[Job, JobResult], None] | None = None  # told of every recorded result (--dedupe)
+    # Jobs with a charge record, from one listing of the ledger at the start (and every charge this run
+    # writes); None: not listed, each job lists its own charges. A job not in it has none to resume.
+    charged: set[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -350,7 +353,7 @@ async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str],
         ctx.services.served_at(job).region, job.model
     )  # where it is served
     result.unit_price, result.currency = str(price.amount), price.currency
-    charges = await ctx.services.store(ctx.services.ledger.charges, job.job_id)
+    charges = await _charges(ctx, job)
     pending = [c for c in charges if c.fingerprint == fp]
     # Outputs of an earlier, different version of this row may sit at the same keys.
     stale = {c.request_id for c in charges if c.fingerprint != fp}
@@ -390,6 +393,15 @@ async def _run(ctx: RunContext, job: Job, fp: str, stale_markers: Sequence[str],
     await _commit(ctx, job, fp, charge, result)
 
 
+async def _charges(ctx: RunContext, job: Job) -> list[Charge]:
+    """The job's charge records: none if the run's listing of the ledger found none (no request),
+    else one listing of its own charges."""
+    charged = ctx.state.charged
+    if charged is not None and job.job_id not in charged:
+        return []
+    return await ctx.services.store(ctx.services.ledger.charges, job.job_id)
+
+
 async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: JobResult) -> Charge:
     """Reserve the budget, call (paced, retried), and write the charge record before anything else."""
     _stop_if_tripped(ctx, result)
@@ -411,6 +423,8 @@ async def _paid_call(ctx: RunContext, job: Job, fp: str, price: Price, result: J
     # the row must say its images are billed and not stored.
     result.request_id, result.image_count = charge.request_id, charge.image_count
     result.billed_not_stored = charge.image_count
+    if ctx.state.charged is not None:
+        ctx.state.charged.add(job.job_id)  # should this job run again in this run, it lists its charges
     await ctx.services.store(ctx.services.ledger.write_charge, charge)
     result.billed_not_stored = 0
     return charge
@@ -552,6 +566,7 @@ async def _store_outputs(
     result.width, result.height = charge.width, charge.height
     stored: list[str] = []
     keys: list[str] = []
+    bodies: dict[str, bytes] = {}  # key → the bytes this job's copy stored (QA checks them, no read-back)
     if stale:
         await ctx.services.store(supersede, ctx.services.dest, job.job_id, charge.request_id)
     try:
@@ -562,7 +577,7 @@ async def _store_outputs(
                     JobCode.OUTPUT_HOST_REFUSED,
                     f"output {k} is on host {urlsplit(url).hostname!r}, which is not an allowed result host; not fetched",
                 )
-            await _copy(ctx, job, charge, url, key, k, fresh)
+            await _copy(ctx, job, charge, url, key, k, fresh, bodies if ctx.services.qa else None)
             stored.append(ctx.services.dest.uri(key))
             keys.append(key)
     except JobFailed:
@@ -570,15 +585,21 @@ async def _store_outputs(
         result.billed_not_stored = charge.image_count - len(stored)
         raise
     result.outputs = stored
-    result.qa = await _inspect(ctx, job, charge, keys) if ctx.services.qa else ""
+    result.qa = await _inspect(ctx, job, charge, keys, bodies) if ctx.services.qa else ""
 
 
-async def _inspect(ctx: RunContext, job: Job, charge: Charge, keys: Sequence[str]) -> str:
-    """QA of the stored outputs, read back from the destination: the ``qa`` cell of results.csv."""
+async def _inspect(
+    ctx: RunContext, job: Job, charge: Charge, keys: Sequence[str], bodies: Mapping[str, bytes]
+) -> str:
+    """QA of the stored outputs: the ``qa`` cell of results.csv. Each is checked on the bytes its copy
+    stored; one this job did not write itself (found already stored, or streamed because it was too
+    large to hold) is read back from the destination."""
     expected = (charge.width, charge.height) if charge.width and charge.height else None
     flags = []
     for key in keys:
-        data = await ctx.services.store(ctx.services.dest.get_bytes, key)
+        data = bodies.get(key)
+        if data is None:
+            data = await ctx.services.store(ctx.services.dest.get_bytes, key)
         check = partial(qa.check_output, data or b"", expected=expected, requested=job.size)
         flags.append(await ctx.services.blocking(check))
     return qa.qa_cell(flags)
@@ -618,8 +639,18 @@ def supersede(dest: Destination, job_id: str, request_id: str) -> None:
         dest.delete(key)
 
 
-async def _copy(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k: int, fresh: bool) -> None:
-    """Stream one output to its key; retried through outages, never by calling the API again."""
+async def _copy(
+    ctx: RunContext,
+    job: Job,
+    charge: Charge,
+    url: str,
+    key: str,
+    k: int,
+    fresh: bool,
+    bodies: dict[str, bytes] | None = None,
+) -> None:
+    """Copy one output to its key; retried through outages, never by calling the API again. With
+    ``bodies``, the bytes stored (when the copy held them whole) are kept there under ``key``."""
     # A fresh call's outputs cannot be stored yet (stale ones were moved aside): skip the HEAD per image on
     # the hot path. The create-only write still answers "exists" if a retry finds its own earlier upload.
     metadata = {
@@ -641,6 +672,7 @@ async def _copy(ctx: RunContext, job: Job, charge: Charge, url: str, key: str, k
             content_type="image/png",
             metadata=metadata,
             check_existing=not fresh,
+            on_body=None if bodies is None else partial(bodies.__setitem__, key),
         ),
     )
     tries = 0

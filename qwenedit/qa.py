@@ -182,6 +182,8 @@ def _is_blank(img: Image.Image, threshold: float) -> bool:
 
 def _flatten(img: Image.Image) -> Image.Image:
     """RGB on a white background (a fully transparent image is blank, whatever its RGB)."""
+    if img.mode in ("RGB", "L"):  # nothing to composite
+        return img if img.mode == "RGB" else img.convert("RGB")
     rgba = img.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")

@@ -14,6 +14,7 @@ import pytest
 
 from bench.catalogue import (
     DONE_PREFIX,
+    copy_into_seaweed,
     done_marker_key,
     every_hundredth,
     main,
@@ -22,7 +23,9 @@ from bench.catalogue import (
     write_catalogue_manifest,
 )
 from bench.workload import make_images
-from qwenedit.ledger import Done
+from devkit.seaweed import SeaweedServer, ensure_bucket
+from qwenedit.ledger import Done, Ledger
+from qwenedit.storage import S3Destination
 
 
 def test_seeded_markers_are_done_records_named_by_job_and_fingerprint(tmp_path: Path) -> None:
@@ -38,6 +41,26 @@ def test_seeded_markers_are_done_records_named_by_job_and_fingerprint(tmp_path: 
         assert body["fingerprint"] == fps[body["job_id"]]
         assert path.name.startswith(f"{body['job_id']}@{fps[body['job_id']].removeprefix('sha256:')}")
         assert DONE_PREFIX + path.name == done_marker_key(Done(**{**body, "outputs": tuple(body["outputs"])}))
+
+
+def test_markers_copied_into_seaweedfs_are_listed_and_read_as_the_run_would(
+    tmp_path: Path, seaweed: SeaweedServer
+) -> None:
+    images = make_images(tmp_path / "images")
+    manifest = tmp_path / "m.csv"
+    write_catalogue_manifest(manifest, 40, images)
+    staged = tmp_path / "staged"
+    assert seed_done_markers(manifest, staged) == 40
+    ensure_bucket(seaweed.client(), "bench-seed")
+    copy_into_seaweed(seaweed, staged, "bench-seed", "cat-a")
+    dest = S3Destination("bench-seed", "cat-a", settings=seaweed.settings(), session=seaweed.session())
+    local = sorted(DONE_PREFIX + p.name for p in (staged / DONE_PREFIX).iterdir())
+    assert sorted(dest.list_keys(DONE_PREFIX)) == local
+    index = Ledger(dest).done_index()
+    fps = dict(row_fingerprints(manifest))
+    assert len(index) == 40 and all(index.find(job, fp) is not None for job, fp in fps.items())
+    for key in local[:3]:
+        assert dest.get_bytes(key) == (staged / key).read_bytes()
 
 
 def test_a_changed_prompt_changes_exactly_that_rows_fingerprint(tmp_path: Path) -> None:

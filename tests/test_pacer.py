@@ -19,6 +19,7 @@ from qwenedit.pacer import (
     FLOOR_STEP_S,
     HISTORY_POINTS,
     MIN_GUARD_S,
+    PERMIT_LEAD_FRACTION,
     RECOVERY_FACTOR,
     RECOVERY_PERMITS,
     Pacer,
@@ -317,14 +318,52 @@ def test_pacer_key_never_contains_the_api_key() -> None:
     assert "sk-SECRET-123456" not in repr(key)
 
 
-async def test_a_late_send_spaces_the_next_permit_from_the_real_send_time() -> None:
+async def test_a_late_send_keeps_the_permit_schedule() -> None:
     vc = VirtualClock()
     p = pacer(2.0, vc)
     t0 = await p.acquire()
     vc.now += 0.2  # the request left 200 ms after its permit (busy event loop)
     p.mark_sent()
     t1 = await p.acquire()
-    assert t1 - (t0 + 0.2) == pytest.approx(p.interval)
+    assert t1 - t0 == pytest.approx(p.interval)  # the gate spaces the sends; the permits keep time
+
+
+async def test_a_send_more_than_half_an_interval_late_holds_the_next_permit_back() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    t0 = await p.acquire()
+    vc.now += 0.4  # later than half the ~0.52 s interval: permits must not run ahead of the sends
+    p.mark_sent()
+    t1 = await p.acquire()
+    assert t1 - (t0 + 0.4) == pytest.approx((1 - PERMIT_LEAD_FRACTION) * p.interval)
+
+
+async def test_a_waiter_woken_a_little_late_does_not_move_later_permits() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+
+    async def late_sleep(seconds: float) -> None:  # every wake-up 5 ms late (a busy event loop)
+        await vc.sleep(seconds + 0.005)
+
+    p._sleep = late_sleep
+    grants = [await p.acquire() for _ in range(RECOVERY_PERMITS - 1)]  # at the starting guard
+    gaps = [b - a for a, b in itertools.pairwise(grants[1:])]  # the first permit was immediate
+    assert all(g == pytest.approx(p.interval) for g in gaps)  # 5 ms late each, yet not 5 ms apart
+
+
+async def test_time_every_request_spends_reaching_the_wire_costs_no_rate() -> None:
+    vc = VirtualClock()
+    p = pacer(2.0, vc)
+    sends: list[float] = []
+    for _ in range(RECOVERY_PERMITS - 1):  # at the starting guard
+        await p.acquire()
+        await vc.sleep(0.03)  # every request reaches its gate 30 ms after its permit
+        await p.before_send()
+        sends.append(vc.now)
+        p.mark_sent()
+        p.after_send()
+    gaps = [b - a for a, b in itertools.pairwise(sends)]
+    assert all(g == pytest.approx(p.interval) for g in gaps)
 
 
 async def test_an_on_time_send_does_not_slow_the_pacer() -> None:
@@ -395,3 +434,21 @@ async def test_concurrent_send_gates_pass_one_interval_apart_in_order() -> None:
     assert [i for i, _ in sends] == list(range(5))
     gaps = [b - a for (_, a), (_, b) in itertools.pairwise(sends)]
     assert all(g == pytest.approx(p.interval) for g in gaps)
+
+
+@pytest.mark.parametrize("limit", [RateLimit(2, 1), RateLimit(5, 1), RateLimit(2, 60), RateLimit(0.5, 1)])
+async def test_sends_late_at_random_stay_one_interval_apart(limit: RateLimit) -> None:
+    vc = VirtualClock()
+    p = pacer(limit, vc, guard_s=0.01 * limit.period_s)
+    rng = random.Random(11)
+    sends: list[float] = []
+    for _ in range(300):
+        await p.acquire()
+        await vc.sleep(rng.choice([0.0, 0.0, 0.3, 0.7]) * p.interval)  # on time, or late by up to 70 %
+        await p.before_send()
+        sends.append(vc.now)
+        p.mark_sent()
+        vc.now += rng.uniform(0, 0.2) * p.interval  # the write takes a while
+        p.after_send()
+    assert min(b - a for a, b in itertools.pairwise(sends)) >= p.interval * (1 - 1e-9)
+    assert max_in_window(sends, limit.period_s) <= max(1, int(limit.count))

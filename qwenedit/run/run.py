@@ -155,6 +155,7 @@ class Run:
             self.state.on_record = lambda job, result: leaders.finished(job, result.status, result)
         index = await self.services.store(self.services.ledger.done_index)
         log.info("run %s: %d done markers listed at the destination", self.run_id, len(index))
+        self.state.charged = await self._charged_jobs(index)
         if self.options.approve_above is not None:
             await self._approve_quote(index, approve)
         if self.options.canary <= 0 or self.declined is not None:
@@ -178,6 +179,19 @@ class Run:
                     plan.remaining_jobs,
                 )
         await self._pass(index, lambda row: row not in plan.rows)
+
+    async def _charged_jobs(self, index: DoneIndex) -> set[str] | None:
+        """The jobs with a charge record, from one listing of the ledger, when that listing is cheaper than
+        the per-job listings of charges it saves: each row without a done record would list its own, so
+        the listing is given up past 100 keys per such row (≤ 1 LIST per 10 rows). A first run of a new
+        catalogue lists once, and its jobs go straight to their call. None: each job lists its own."""
+        unfinished = self.stats.total_jobs - len(index)
+        if unfinished <= 0:  # every row may be done: nothing to save
+            return None
+        charged = await self.services.store(self.services.ledger.charged_jobs, 100 * unfinished)
+        if charged is not None:
+            log.info("run %s: %d jobs with charges listed at the destination", self.run_id, len(charged))
+        return charged
 
     async def _pass(self, index: DoneIndex, select: Callable[[int], bool] | None) -> None:
         """One pass over the manifest: rows ``select`` accepts (all if None) are recorded or run in chunks."""

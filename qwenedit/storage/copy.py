@@ -1,7 +1,9 @@
-"""Streaming copy of an output URL into a destination: :func:`copy_url`.
+"""Copy of an output URL into a destination: :func:`copy_url`.
 
-The body flows from the HTTP response to the store in chunks (never whole in memory), capped at
-``max_bytes``; only images are stored (an ``image/*`` content type, or a generic one whose first bytes
+A body of at most ``hold_bytes`` (16 MiB: every output the API makes, and S3's default single-PUT size)
+is read whole and stored in one write, and the caller may see the bytes it stored (``on_body``: output
+QA checks them there, with no read-back); a larger one flows from the HTTP response to the store in
+chunks (never whole in memory). Either way it is capped at ``max_bytes``; only images are stored (an ``image/*`` content type, or a generic one whose first bytes
 are an image). Failures become :class:`~qwenedit.errors.CopyError`, which says whether retrying can
 help (``retryable``), whether the URL has expired (``expired``) and which side failed (``where``).
 Error messages never contain a URL's query string: a presigned URL carries credentials in it.
@@ -9,7 +11,8 @@ Error messages never contain a URL's query string: a presigned URL carries crede
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import io
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import botocore.exceptions
@@ -49,6 +52,10 @@ class _StreamReader:
                 return chunk
         self._done = True
         return b""
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of what is not yet read."""
+        self._pending = data + self._pending
 
     def peek(self, n: int) -> bytes:
         """The first ``n`` bytes not yet read, without consuming them."""
@@ -105,8 +112,11 @@ def copy_url(
     metadata: Mapping[str, str] | None = None,
     max_bytes: int = 64 * MiB,
     check_existing: bool = True,
+    hold_bytes: int = 16 * MiB,
+    on_body: Callable[[bytes], object] | None = None,
 ) -> PutOutcome:
-    """Stream ``url`` into ``dest`` at ``key``, create-only. Never holds the whole body in memory.
+    """Copy ``url`` into ``dest`` at ``key``, create-only. A body over ``hold_bytes`` is streamed, never
+    whole in memory; a smaller one is read whole and stored in one write.
 
     - If ``check_existing`` and the key is already stored, answers ``"exists"`` without fetching: a rerun
       after the URL expired must not turn a stored image into an "expired" failure.
@@ -117,6 +127,9 @@ def copy_url(
     - The stored content type is the response's ``image/*`` type, else ``content_type``; a generic
       (``application/octet-stream``/missing) type is accepted only if the first bytes are an image.
     - Error messages never contain the URL's query string (presigned URLs carry credentials in it).
+    - ``on_body(data)`` is called with the bytes stored when this call created the key from a body it
+      held whole (not for ``"exists"``, nor for a streamed body): the caller can inspect exactly what
+      was stored without reading it back.
     """
     safe = redact_url(url)
     validate_key(key)
@@ -159,8 +172,13 @@ def copy_url(
                 raise CopyError(f"{safe} is not an image (content type {ctype})", retryable=False)
             encoded = resp.headers.get("content-encoding", "identity").lower() not in ("", "identity")
             size = int(declared) if declared is not None and declared.isdigit() and not encoded else None
+            whole = _read_whole(reader, size, min(hold_bytes, max_bytes))
             try:
-                return dest.put_create_only(key, reader, store_type, metadata, size=size)
+                if whole is None:
+                    outcome = dest.put_create_only(key, reader, store_type, metadata, size=size)
+                else:
+                    body = io.BytesIO(whole)
+                    outcome = dest.put_create_only(key, body, store_type, metadata, size=len(whole))
             except (
                 botocore.exceptions.BotoCoreError,
                 botocore.exceptions.ClientError,
@@ -178,6 +196,21 @@ def copy_url(
         if query:
             detail = detail.replace(query, "…")
         raise CopyError(f"{type(exc).__name__} fetching {safe}: {detail}", retryable=True) from None
+    if whole is not None and outcome == "created" and on_body is not None:
+        on_body(whole)
+    return outcome
+
+
+def _read_whole(reader: _StreamReader, size: int | None, limit: int) -> bytes | None:
+    """The whole body if it is at most ``limit`` bytes (declared or found so), else None with nothing
+    consumed (the body is then streamed)."""
+    if size is not None and size > limit:
+        return None
+    data = reader.read(limit + 1)
+    if len(data) > limit:
+        reader.unread(data)
+        return None
+    return data
 
 
 def _dest_error(exc: BaseException, dest: Destination, key: str) -> CopyError:

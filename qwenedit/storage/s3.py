@@ -24,6 +24,7 @@ from s3transfer.subscribers import BaseSubscriber
 from qwenedit.errors import ConditionalWritesUnsupported, InvalidKey, StorageError, s3_error_code, s3_status
 from qwenedit.storage.base import PutOutcome, Readable
 from qwenedit.storage.keys import decode_metadata, encode_metadata, validate_key
+from qwenedit.storage.listing import LIST_WORKERS, install_lean_listing, partitioned_pages
 from qwenedit.storage.settings import S3Settings, make_conditional_client, make_s3_client
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ class S3Destination:
         )
         self._session = session
         self._conditional_client: S3Client | None = None
+        # A client the caller supplied is used as it is, for listings too; otherwise listings get their own.
+        self._listing_client: S3Client | None = client
         self._conditional = self.settings.conditional_writes
         self._lock = threading.Lock()
 
@@ -93,6 +96,16 @@ class S3Destination:
             if self._conditional_client is None:
                 self._conditional_client = make_conditional_client(self.settings, self._session)
             return self._conditional_client
+
+    @property
+    def listing_client(self) -> S3Client:
+        """The client listings go through: one of its own, whose ListObjectsV2 answers carry keys only
+        (:mod:`qwenedit.storage.listing`), unless the caller supplied the client."""
+        with self._lock:
+            if self._listing_client is None:
+                client = make_s3_client(self.settings, session=self._session)
+                self._listing_client = install_lean_listing(client)
+            return self._listing_client
 
     def uri(self, key: str = "") -> str:
         full = self._key(key) if key else self.prefix
@@ -140,6 +153,12 @@ class S3Destination:
     def _upload(
         self, client: S3Client, fileobj: Readable, full_key: str, extra: dict[str, Any], size: int | None
     ) -> None:
+        if size is not None and size < self.settings.multipart_threshold:
+            # One PutObject, as s3transfer would send for a body this small, without a transfer manager
+            # (and its thread pools) per object: most of the CPU an upload of an output image cost.
+            data = fileobj.getvalue() if isinstance(fileobj, io.BytesIO) else fileobj.read()
+            client.put_object(Bucket=self.bucket, Key=full_key, Body=data, **extra)
+            return
         # What client.upload_fileobj does, plus telling s3transfer the size when we know it.
         subscribers = [_ProvideSize(size)] if size is not None else None
         body = cast(IO[bytes], fileobj)  # s3transfer only calls read(n) on non-seekable input
@@ -151,10 +170,11 @@ class S3Destination:
         self, key: str, data: bytes, content_type: str = "application/octet-stream", overwrite: bool = True
     ) -> PutOutcome:
         if not overwrite:
+            size = len(data)
             try:
-                return self.put_create_only(key, io.BytesIO(data), content_type)
-            except ConditionalWritesUnsupported:
-                return self.put_create_only(key, io.BytesIO(data), content_type)  # now HEAD-then-PUT
+                return self.put_create_only(key, io.BytesIO(data), content_type, size=size)
+            except ConditionalWritesUnsupported:  # now HEAD-then-PUT
+                return self.put_create_only(key, io.BytesIO(data), content_type, size=size)
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
         return "created"
 
@@ -196,7 +216,7 @@ class S3Destination:
         # A listing prefix may end in "/" or be a partial name; only refuse what could escape.
         if prefix.startswith("/") or ".." in prefix.split("/"):
             raise InvalidKey(f"invalid listing prefix: {prefix!r}")
-        paginator = self.client.get_paginator("list_objects_v2")
+        paginator = self.listing_client.get_paginator("list_objects_v2")
         pages = paginator.paginate(
             Bucket=self.bucket, Prefix=self.prefix + prefix, PaginationConfig={"PageSize": page_size}
         )
@@ -204,6 +224,27 @@ class S3Destination:
         for page in pages:
             for obj in page.get("Contents", []):
                 yield obj["Key"][cut:]
+
+    def list_keys_unordered(
+        self, prefix: str = "", *, page_size: int = 1000, workers: int = LIST_WORKERS
+    ) -> Iterator[str]:
+        """Every key starting with ``prefix``, each once, in no set order: ``workers`` concurrent LISTs
+        over disjoint key ranges (``StartAfter``), for a listing of many pages (the bulk done listing).
+        See :func:`qwenedit.storage.listing.partitioned_pages`."""
+        if prefix.startswith("/") or ".." in prefix.split("/"):
+            raise InvalidKey(f"invalid listing prefix: {prefix!r}")
+        full, cut = self.prefix + prefix, len(self.prefix)
+        client = self.listing_client
+
+        def page(start_after: str | None, max_keys: int) -> tuple[list[str], bool]:
+            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": max_keys}
+            if start_after is not None:
+                params["StartAfter"] = self.prefix + start_after
+            resp = client.list_objects_v2(**params)
+            return [o["Key"][cut:] for o in resp.get("Contents", [])], bool(resp.get("IsTruncated"))
+
+        for keys in partitioned_pages(page, prefix, workers=workers, page_size=page_size):
+            yield from keys
 
     def probe_conditional_writes(self) -> bool:
         """Start-up self-test: PUT a canary twice with ``If-None-Match: *``; fall back if not honoured.

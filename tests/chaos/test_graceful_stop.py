@@ -44,7 +44,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400), pytest.mark.usefixture
 
 JOBS = 24
 MAX_IN_FLIGHT = 8
-GRACE_S = 20.0
+# The calls open at the signal take 3–5 s; the run drains them, writes its reports and exits, 5–10 s on a quiet
+# machine. Seen: 20.5 s at load average 17–25 on 2 cores, when a 20 s grace failed the test. 60 s keeps what
+# the test proves (the run exits on its own, within its grace period, having drained every open call).
+GRACE_S = 60.0
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,7 @@ def test_runtime_config_rejects_bad_values_and_keeps_the_old_ones(emulator: Emul
 async def test_latency_sleeps_without_blocking_other_requests(
     emulator_factory: Callable[..., EmulatorServer],
 ) -> None:
-    latency = 1.0
+    latency = 2.0
     server = emulator_factory(latency_median_s=latency)
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
@@ -233,7 +233,8 @@ async def test_latency_sleeps_without_blocking_other_requests(
     assert {r.status_code for r in responses} == {200}
     assert elapsed >= latency
     # Proven by the emulator's own arrival times, not by a wall-clock bound that a busy machine can miss: a
-    # sleep that blocked the server would keep each request out until the one before it had slept.
+    # sleep that blocked the server would keep each request out until the one before it had slept (six calls
+    # one after another would arrive over 5 x latency).
     assert len(arrived) == 6 and max(arrived) - min(arrived) < latency, arrived
 
 

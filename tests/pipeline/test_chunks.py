@@ -39,7 +39,7 @@ class CountingDestination:
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] += 1
-            if name == "list_keys":
+            if name in ("list_keys", "list_keys_unordered"):  # the latter: S3's partitioned bulk listing
                 self.listed.append(str(args[0] if args else kwargs.get("prefix", "")))
             if name == "get_bytes":
                 self.read.append(str(args[0]))

@@ -318,7 +318,9 @@ def test_list_keys_paginates_and_filters_by_prefix(s3_bucket: S3Bucket) -> None:
     s3_bucket.client.put_object(Bucket=s3_bucket.bucket, Key="outside.json", Body=b"{}")
 
     calls: list[str] = []
-    dest.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: calls.append("list"))
+    dest.listing_client.meta.events.register(
+        "before-call.s3.ListObjectsV2", lambda **kw: calls.append("list")
+    )
     keys = list(dest.list_keys("jobs/", page_size=5))
     assert keys == [f"jobs/{i:03d}.json" for i in range(23)]
     assert len(calls) == 5  # 23 keys, 5 per page

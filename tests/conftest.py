@@ -15,6 +15,12 @@ if "PREFECT_HOME" not in os.environ or (
 ):
     os.environ["PREFECT_HOME"] = os.environ[_OWN_HOME] = tempfile.mkdtemp(prefix="qwenedit-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A terminal size inherited from the environment would be frozen into the CLI's module-level console when it
+# is imported, and the COLUMNS a test gives its CliRunner would then be ignored: pytest-xdist workers start
+# with COLUMNS=80 in their environment (seen: the policy tables wrapped at 80 although the test asked for 250,
+# only under xdist). The tests that read CLI output say which width they mean.
+for _size in ("COLUMNS", "LINES"):
+    os.environ.pop(_size, None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 # A suite started in the background by a script (`make test &`, nohup) inherits SIGINT *ignored*, and so

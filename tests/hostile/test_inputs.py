@@ -153,9 +153,9 @@ def test_a_cell_larger_than_any_image_is_a_located_read_error_and_nothing_runs(
     )
     before = seed_destination(pipeline_env)
     args = ["run", str(manifest), "--dest", pipeline_env.uri("out"), "--base-url", emulator.base_url]
-    result = CliRunner().invoke(app, [*args, "--no-progress"])
+    result = CliRunner().invoke(app, [*args, "--no-progress"], env={"COLUMNS": "250"})
     assert result.exit_code == 2
-    said = " ".join(result.output.split())  # the console wraps long lines
+    said = " ".join(result.output.split())  # at 80 columns the console would fold the path mid-word
     assert "jobs.csv', line 2: cannot be read as CSV: field larger than field limit" in said
     assert emulator.stats()["requests"] == 0
     assert snapshot(pipeline_env) == before

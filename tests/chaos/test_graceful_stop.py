@@ -39,6 +39,7 @@ from devkit.procs import free_port, wait_for_http, wait_until, wait_until_async
 from flows.edit_manifest import PREFECT_KILL_AFTER_S
 from tests.chaos.conftest import RunRecord, chaos_rows, check_invariants
 from tests.distributed.test_workers import POOL, ROOT, VENV_BIN, Procs
+from tests.fixtures.prefect import prefect_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400), pytest.mark.usefixtures("prefect_server")]
 
@@ -326,7 +327,6 @@ async def test_a_cancelled_deployment_run_drains_its_calls_and_a_new_run_of_the_
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.deployments import arun_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Crashed
 
     bucket = pipeline_env
@@ -387,7 +387,7 @@ async def test_a_cancelled_deployment_run_drains_its_calls_and_a_new_run_of_the_
             }
         }
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with prefect_api(api_url):
         started = time.monotonic()
         flow_run = await arun_deployment(
             "edit-manifest/edit", parameters=parameters("cancelled-run"), timeout=0, as_subflow=False

@@ -46,6 +46,7 @@ from devkit.rates import max_in_window
 from qwenedit.options import RunOptions
 from qwenedit.shards import merge_summaries
 from qwenedit.summary import RunSummary
+from tests.fixtures.prefect import prefect_api
 
 pytestmark = [
     pytest.mark.slow,
@@ -201,7 +202,6 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.deployments import arun_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.scheduled import run_option
     from flows.sharded import edit_manifest_sharded
@@ -265,7 +265,7 @@ async def test_sharded_run_on_two_workers_shares_one_account_and_the_scheduler_r
 
     manifest = write_local_manifest(tmp_path / "drop", JOBS)
     metrics: dict[str, Any] = {}
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with prefect_api(api_url):
         # --- 2. sharded: two shard runs, one per worker, one account ------------------------------
         t0 = time.monotonic()
         options = RunOptions(

@@ -35,6 +35,7 @@ from PIL import Image
 from devkit.emulator import EmulatorProcess
 from devkit.procs import free_port, wait_for_http, wait_until_async
 from tests.distributed.test_workers import Procs
+from tests.fixtures.prefect import prefect_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -136,7 +137,6 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
         LogFilterFlowRunId,
     )
     from prefect.deployments import arun_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.scheduled import artifact_key
 
@@ -221,7 +221,7 @@ async def test_one_tick_runs_the_good_manifest_and_fails_each_bad_drop_with_its_
         s3.put_object(Bucket=bucket.bucket, Key=f"incoming/{name}", Body=rows_csv(red, ["cap"] * CAP_JOBS))
     s3.put_object(Bucket=bucket.bucket, Key="incoming/zz-late.csv", Body=rows_csv(red, ["late"]))
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with prefect_api(api_url):
         tick = await arun_deployment(
             "process-new-manifests/nightly", poll_interval=1, timeout=360, as_subflow=False
         )

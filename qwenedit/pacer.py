@@ -39,11 +39,13 @@ Behaviour at the edges:
 - **Push-back**: ``penalize(seconds)`` delays every later permit by that much; it is what the pipeline
   calls on a 429, so it also counts as ``throttled()``.
 - **Permits keep their schedule**: a permit granted a little late (the event loop woke the waiter
-  late, up to ``CATCH_UP_FRACTION`` of an interval) does not move the ones after it, and a request
-  that reaches the wire late moves the next permit only if it left more than
-  ``PERMIT_LEAD_FRACTION`` of an interval after its permit (so permits never run far ahead of the
-  sends). Time every request spends between its permit and the wire (a connection from the pool,
-  the body's encoding, event-loop hops) is then not added to every spacing.
+  up to ``CATCH_UP_MAX_S`` late, at most ``CATCH_UP_FRACTION`` of an interval) does not move the
+  ones after it, and a request that reaches the wire after its permit moves the next permit only by
+  what exceeds ``PERMIT_LEAD_MAX_S`` (at most ``PERMIT_LEAD_FRACTION`` of an interval). The few
+  milliseconds every request spends between its permit and the wire on a quiet machine (a
+  connection from the pool, the body's encoding, event-loop hops) are then not added to every
+  spacing, while a busy machine, whose requests leave tens of milliseconds late, still slows the
+  pacer down: the lateness that comes with load also bunches arrivals.
 - **Send-time accounting** (the send gate): ``before_send()`` awaited just before the first byte
   leaves, ``after_send()`` once the headers are written, lets requests out first come first served,
   each one interval after the previous one's write. So sends stay spaced even when requests
@@ -85,8 +87,9 @@ MIN_GUARD_S = 0.005
 MIN_GUARD_PERIOD_FRACTION = 0.001
 HISTORY_POINTS = 256
 CATCH_UP_FRACTION = 0.1  # of an interval (at most CATCH_UP_MAX_S): a late wake-up keeps the schedule
-CATCH_UP_MAX_S = 0.05
-PERMIT_LEAD_FRACTION = 0.5  # permits run at most half an interval ahead of the last send
+CATCH_UP_MAX_S = 0.02
+PERMIT_LEAD_FRACTION = 0.5  # of an interval (at most PERMIT_LEAD_MAX_S): send lateness that is forgiven
+PERMIT_LEAD_MAX_S = 0.02
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -164,14 +167,17 @@ class Pacer:
     def mark_sent(self) -> None:
         """Send-time accounting: the request behind the last permit actually left now.
 
-        The next send is spaced from the real send time (by the gate). The next *permit* moves only
-        if this request left more than ``PERMIT_LEAD_FRACTION`` of an interval after its permit:
-        the time every request spends reaching the wire is not added to every spacing, yet permits
-        never run far ahead of what is really sent.
+        The next send is spaced from the real send time (by the gate). The next *permit* is spaced
+        from it too, less the forgiven lateness (``_lead``): the few milliseconds every request
+        spends reaching the wire are not added to every spacing, more than that is.
         """
         now = self._clock()
         self._last_sent = max(self._last_sent, now)
-        self._next = max(self._next, now + (1 - PERMIT_LEAD_FRACTION) * self.interval)
+        self._next = max(self._next, now + self.interval - self._lead)
+
+    @property
+    def _lead(self) -> float:
+        return min(PERMIT_LEAD_FRACTION * self.interval, PERMIT_LEAD_MAX_S)
 
     async def before_send(self) -> None:
         """Send gate, first half: await it as the request's first byte is about to leave

@@ -19,7 +19,7 @@ from qwenedit.pacer import (
     FLOOR_STEP_S,
     HISTORY_POINTS,
     MIN_GUARD_S,
-    PERMIT_LEAD_FRACTION,
+    PERMIT_LEAD_MAX_S,
     RECOVERY_FACTOR,
     RECOVERY_PERMITS,
     Pacer,
@@ -322,20 +322,21 @@ async def test_a_late_send_keeps_the_permit_schedule() -> None:
     vc = VirtualClock()
     p = pacer(2.0, vc)
     t0 = await p.acquire()
-    vc.now += 0.2  # the request left 200 ms after its permit (busy event loop)
+    vc.now += 0.015  # the request left 15 ms after its permit (a connection, the body, a few hops)
     p.mark_sent()
     t1 = await p.acquire()
     assert t1 - t0 == pytest.approx(p.interval)  # the gate spaces the sends; the permits keep time
 
 
-async def test_a_send_more_than_half_an_interval_late_holds_the_next_permit_back() -> None:
+@pytest.mark.parametrize("late", [0.05, 0.4])
+async def test_a_send_later_than_the_forgiven_lead_holds_the_next_permit_back(late: float) -> None:
     vc = VirtualClock()
     p = pacer(2.0, vc)
     t0 = await p.acquire()
-    vc.now += 0.4  # later than half the ~0.52 s interval: permits must not run ahead of the sends
+    vc.now += late  # a busy machine: what exceeds the lead slows the pacer, as load bunches arrivals
     p.mark_sent()
     t1 = await p.acquire()
-    assert t1 - (t0 + 0.4) == pytest.approx((1 - PERMIT_LEAD_FRACTION) * p.interval)
+    assert t1 - (t0 + late) == pytest.approx(p.interval - PERMIT_LEAD_MAX_S)
 
 
 async def test_a_waiter_woken_a_little_late_does_not_move_later_permits() -> None:
@@ -357,7 +358,7 @@ async def test_time_every_request_spends_reaching_the_wire_costs_no_rate() -> No
     sends: list[float] = []
     for _ in range(RECOVERY_PERMITS - 1):  # at the starting guard
         await p.acquire()
-        await vc.sleep(0.03)  # every request reaches its gate 30 ms after its permit
+        await vc.sleep(0.015)  # every request reaches its gate 15 ms after its permit
         await p.before_send()
         sends.append(vc.now)
         p.mark_sent()

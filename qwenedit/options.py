@@ -99,7 +99,12 @@ class RunOptions(BaseModel):
     store_attempts: int = Field(8, ge=1, description="tries per storage operation during an outage")
     backoff_base: float = Field(1.0, ge=0, description="first retry waits about this many seconds")
     backoff_cap: float = Field(30.0, ge=0, description="no retry waits longer than this")
-    throttle_penalty: float = Field(1.0, ge=0, description="seconds every pacer waits after a 429")
+    throttle_penalty: float | None = Field(
+        None,
+        ge=0,
+        description="seconds a model's pacer holds its next permit after a 429 (default: one interval of its "
+        "widened spacing: 0.5 s at 2/s, 30 s at 2/min)",
+    )
     timeout_s: float = Field(120.0, gt=0, description="seconds to wait for one API answer")
     stop_grace_s: float | None = Field(
         None,

@@ -36,8 +36,9 @@ Behaviour at the edges:
 - **No burst**: after an idle spell the next permit is immediate and the one after waits a full
   interval; permits never accumulate.
 - **Cancellation**: a waiter cancelled while queued or sleeping consumes no permit.
-- **Push-back**: ``penalize(seconds)`` delays every later permit by that much; it is what the pipeline
-  calls on a 429, so it also counts as ``throttled()``.
+- **Push-back**: ``penalize(seconds)`` delays every later permit by that much (by default one interval
+  of the widened spacing: a limit's own time scale, 0.5 s at 2/s, 30 s at 2/min); it is what the
+  pipeline calls on a 429, so it also counts as ``throttled()``.
 - **Permits keep their schedule**: a permit granted a little late (the event loop woke the waiter
   up to ``CATCH_UP_MAX_S`` late, at most ``CATCH_UP_FRACTION`` of an interval) does not move the
   ones after it, and a request that reaches the wire after its permit moves the next permit only by
@@ -239,10 +240,11 @@ class Pacer:
         self._note_guard()
         return True
 
-    def penalize(self, seconds: float) -> None:
-        """Hold back every later permit until ``seconds`` from now (after a 429: also ``throttled()``)."""
+    def penalize(self, seconds: float | None = None) -> None:
+        """Hold back every later permit until ``seconds`` from now, by default one interval of the
+        spacing ``throttled()`` (which this calls: it follows a 429) has just widened."""
         self.throttled()
-        self._next = max(self._next, self._clock() + seconds)
+        self._next = max(self._next, self._clock() + (self.interval if seconds is None else seconds))
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for progress lines and summaries."""

@@ -197,7 +197,7 @@ class RunServices:
     allowed_output_hosts: tuple[str, ...]
     api_retry: RetryPolicy
     store_retry: RetryPolicy
-    throttle_penalty: float = 1.0
+    throttle_penalty: float | None = None  # None: one interval of the model's spacing
     recall_expired: bool = False
     qa: bool = True  # inspect every stored output (qwenedit.qa)
     qa_retries: int = 0  # regenerations allowed for a job whose outputs QA flagged

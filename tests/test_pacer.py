@@ -138,6 +138,20 @@ async def test_a_cancelled_waiter_consumes_no_permit_and_keeps_the_order() -> No
     assert t == pytest.approx(1000.0 + p.interval)
 
 
+@pytest.mark.parametrize("limit", [RateLimit(2, 1), RateLimit(2, 60)])
+async def test_penalize_by_default_holds_the_next_permit_one_widened_interval(limit: RateLimit) -> None:
+    vc = VirtualClock()
+    p = pacer(limit, vc, guard_s=0.01 * limit.period_s)
+    await p.acquire()
+    vc.now += 0.1 * limit.interval_s  # the 429 comes back a little later
+    refused_at = vc.now
+    p.penalize()
+    t1 = await p.acquire()
+    assert p.backoffs == 1
+    assert t1 - refused_at == pytest.approx(p.interval)  # the new, wider interval: the limit's own time scale
+    assert p.interval > (limit.period_s + 0.01 * limit.period_s) / limit.count
+
+
 async def test_penalize_pushes_every_later_permit_back() -> None:
     vc = VirtualClock()
     p = pacer(2.0, vc)

@@ -316,10 +316,7 @@ def partitioned_pages(
 
     threading.Thread(target=finish, name="qwenedit-list-end", daemon=True).start()
     try:
-        while True:
-            item = out.get()
-            if item is None:
-                return
+        while (item := out.get()) is not None:  # None: every range is listed
             if isinstance(item, BaseException):
                 raise item
             yield item

@@ -570,7 +570,8 @@ async def _store_outputs(
     result.width, result.height = charge.width, charge.height
     stored: list[str] = []
     keys: list[str] = []
-    bodies: dict[str, bytes] = {}  # key → the bytes this job's copy stored (QA checks them, no read-back)
+    # key → QA flags of the bytes this job's copy stored, checked in the copy's own thread (no read-back)
+    checked: dict[str, list[str]] | None = {} if ctx.services.qa else None
     if stale:
         await ctx.services.store(supersede, ctx.services.dest, job.job_id, charge.request_id)
     try:
@@ -581,7 +582,7 @@ async def _store_outputs(
                     JobCode.OUTPUT_HOST_REFUSED,
                     f"output {k} is on host {urlsplit(url).hostname!r}, which is not an allowed result host; not fetched",
                 )
-            await _copy(ctx, job, charge, url, key, k, fresh, bodies if ctx.services.qa else None)
+            await _copy(ctx, job, charge, url, key, k, fresh, checked)
             stored.append(ctx.services.dest.uri(key))
             keys.append(key)
     except JobFailed:
@@ -589,23 +590,35 @@ async def _store_outputs(
         result.billed_not_stored = charge.image_count - len(stored)
         raise
     result.outputs = stored
-    result.qa = await _inspect(ctx, job, charge, keys, bodies) if ctx.services.qa else ""
+    result.qa = await _inspect(ctx, job, charge, keys, checked) if checked is not None else ""
+
+
+def _qa_check(job: Job, charge: Charge) -> Callable[[bytes], list[str]]:
+    """The QA check of one output of ``job``'s call ``charge``: bytes → the checks they fail."""
+    expected = (charge.width, charge.height) if charge.width and charge.height else None
+    return partial(qa.check_output, expected=expected, requested=job.size)
+
+
+def _check_into(
+    checked: dict[str, list[str]], key: str, check: Callable[[bytes], list[str]], data: bytes
+) -> None:
+    checked[key] = check(data)
 
 
 async def _inspect(
-    ctx: RunContext, job: Job, charge: Charge, keys: Sequence[str], bodies: Mapping[str, bytes]
+    ctx: RunContext, job: Job, charge: Charge, keys: Sequence[str], checked: Mapping[str, list[str]]
 ) -> str:
-    """QA of the stored outputs: the ``qa`` cell of results.csv. Each is checked on the bytes its copy
-    stored; one this job did not write itself (found already stored, or streamed because it was too
-    large to hold) is read back from the destination."""
-    expected = (charge.width, charge.height) if charge.width and charge.height else None
+    """QA of the stored outputs: the ``qa`` cell of results.csv. Each was checked on the bytes its copy
+    stored, in the copy's thread (``checked``); one this job did not write itself (found already stored,
+    or streamed because it was too large to hold) is read back from the destination."""
+    check = _qa_check(job, charge)
     flags = []
     for key in keys:
-        data = bodies.get(key)
-        if data is None:
-            data = await ctx.services.store(ctx.services.dest.get_bytes, key)
-        check = partial(qa.check_output, data or b"", expected=expected, requested=job.size)
-        flags.append(await ctx.services.blocking(check))
+        if key in checked:
+            flags.append(checked[key])
+            continue
+        data = await ctx.services.store(ctx.services.dest.get_bytes, key)
+        flags.append(await ctx.services.blocking(check, data or b""))
     return qa.qa_cell(flags)
 
 
@@ -651,10 +664,11 @@ async def _copy(
     key: str,
     k: int,
     fresh: bool,
-    bodies: dict[str, bytes] | None = None,
+    checked: dict[str, list[str]] | None = None,
 ) -> None:
     """Copy one output to its key; retried through outages, never by calling the API again. With
-    ``bodies``, the bytes stored (when the copy held them whole) are kept there under ``key``."""
+    ``checked``, the bytes stored (when the copy held them whole) are QA-checked in the copy's own
+    thread and their flags kept there under ``key``."""
     # A fresh call's outputs cannot be stored yet (stale ones were moved aside): skip the HEAD per image on
     # the hot path. The create-only write still answers "exists" if a retry finds its own earlier upload.
     metadata = {
@@ -676,7 +690,7 @@ async def _copy(
             content_type="image/png",
             metadata=metadata,
             check_existing=not fresh,
-            on_body=None if bodies is None else partial(bodies.__setitem__, key),
+            on_body=None if checked is None else partial(_check_into, checked, key, _qa_check(job, charge)),
         ),
     )
     tries = 0

@@ -140,8 +140,9 @@ def _record_put_headers(dest: S3Destination) -> list[dict[str, str]]:
     def record(request: Any, **_: Any) -> None:
         seen.append({k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
 
-    for op in ("PutObject", "UploadPart"):
-        dest._cond_client().meta.events.register(f"before-send.s3.{op}", record)
+    for op in ("PutObject", "UploadPart"):  # one PUT (the destination's writer) and s3transfer's multipart
+        for client in (dest.client, dest._cond_client()):
+            client.meta.events.register(f"before-send.s3.{op}", record)
     return seen
 
 

@@ -234,6 +234,7 @@ class PutWriter:
         elif self._checksums:
             headers[_CHECKSUM] = Crc32Checksum().handle(data)  # type: ignore[no-untyped-call]
         if self._checksums:
+            headers["x-amz-sdk-checksum-algorithm"] = "CRC32"
             where = "trailer" if trailer else "header"
             context["checksum"] = {
                 "request_algorithm": {"in": where, "name": _CHECKSUM, "algorithm": "crc32"}

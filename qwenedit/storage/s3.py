@@ -3,9 +3,9 @@
 Create-only writes use ``If-None-Match: *`` (a 412 answer means the key exists). A body of known size
 (given, or a ``BytesIO``'s) under ``multipart_threshold`` is stored in one PutObject by
 :class:`~qwenedit.storage.put.PutWriter` on the destination's client; larger or unsized bodies go
-through s3transfer. A store that refuses
-conditional writes (a 501 about If-None-Match) is remembered and served with HEAD-then-PUT from then
-on: racy, but harmless, since the key is deterministic and the bytes are the same.
+through s3transfer. A store that refuses conditional writes (a 501 about If-None-Match) is remembered
+and served with HEAD-then-PUT from then on: racy, but harmless, since the key is deterministic and the
+bytes are the same.
 :meth:`S3Destination.probe_conditional_writes` finds a store that silently ignores the header.
 """
 

@@ -118,9 +118,14 @@ class _SignedHeaders(dict[str, str]):
 
 class _S3SigV4Auth(S3SigV4Auth):
     """botocore's S3 SigV4 signer, the headers to sign held in a dict: a request's headers are unique
-    (a ``HeadersDict``), so the canonical request, and the signature, are the same."""
+    (a ``_Headers``), so the canonical request, and the signature, are the same. One instance signs one
+    request; it selects the headers once (botocore selects them twice, unchanged in between)."""
+
+    _selected: _SignedHeaders | None = None
 
     def headers_to_sign(self, request: Any) -> Any:
+        if self._selected is not None:
+            return self._selected
         found = _SignedHeaders()
         for name, value in request.headers.items():
             lname = name.lower()
@@ -128,6 +133,7 @@ class _S3SigV4Auth(S3SigV4Auth):
                 found[lname] = value
         if "host" not in found:
             found["host"] = _host_from_url(request.url)
+        self._selected = found
         return found
 
 

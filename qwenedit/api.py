@@ -41,7 +41,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -228,6 +228,10 @@ class EditResult:
     width: int | None  # usage.width; None if a 2xx left it out (never fail a paid call over it)
     height: int | None
     image_count: int  # usage.image_count: the number billed, even if it disagrees with image_urls
+    # Seconds from the request's first byte to its complete answer (the server's time, without the
+    # waits before the send: pool, connect, send gate); None when the transport does not report its
+    # steps (httpx.MockTransport, ASGITransport).
+    answered_in_s: float | None = field(default=None, compare=False)
 
     @property
     def count_mismatch(self) -> bool:
@@ -397,6 +401,7 @@ class _Send:
         self._gate = gate
         self._gate_open = False
         self.sent = False
+        self.sent_at: float | None = None  # time.monotonic() when the first byte was about to go out (traced)
         self.traced = False  # the transport reports its steps (httpcore); False: assume the worst
         self.body_sent = False  # every byte of the request was handed to the socket
         self.status: int | None = None  # set once response headers arrive
@@ -410,6 +415,8 @@ class _Send:
             if not self.sent and self._gate is not None:
                 await self._gate.before_send()  # httpcore awaits this before the first byte is written
                 self._gate_open = True
+            if self.sent_at is None:
+                self.sent_at = time.monotonic()
             self.mark_sent()
         elif event.endswith(("send_request_headers.complete", "send_request_headers.failed")):
             self.close_gate()
@@ -551,9 +558,12 @@ class DashScopeClient:
             header_rid or "?",
             time.monotonic() - started,
         )
-        return parse_response(
+        result = parse_response(
             status, content_type, data, header_rid, truncated=truncated, secret=self._api_key
         )
+        if send.sent_at is None:
+            return result
+        return replace(result, answered_in_s=time.monotonic() - send.sent_at)
 
     async def _exchange(
         self, body: bytes, headers: dict[str, str], send: _Send

@@ -479,8 +479,12 @@ async def _send(ctx: RunContext, client: DashScopeClient, request: EditRequest, 
         )
     finally:
         ctx.state.stats.in_flight -= 1
-    if ctx.services.on_latency is not None:  # answered calls only: what one call holds its place for
-        ctx.services.on_latency(request.model, time.monotonic() - started)
+    if ctx.services.on_latency is not None:  # answered calls only
+        # The server's time (first byte out → answer) when the transport reports it: the waits before
+        # the send (pool, connect, send gate) are this run's own queueing, and counting them would
+        # let a run short of CPU grow its window, and so its queueing, without end.
+        took = answer.answered_in_s
+        ctx.services.on_latency(request.model, time.monotonic() - started if took is None else took)
     return answer
 
 

@@ -15,9 +15,12 @@ Each model has its own lane of ``ceil(rate × latency × headroom)`` places: a s
 can never fill the window with calls waiting for its pacer and starve the fast ones. The total is
 still capped by ``cap``/``memory_cap``; lanes then share it first come, first served.
 
-Latency per model is an exponentially weighted mean of ``observe_latency(model, seconds)``: the time a
-call holds its place *after* its permit (the API call and whatever the caller keeps the place for,
-e.g. the copy of the outputs) — not the wait for the pacer, which would make the window feed itself.
+Latency per model is an exponentially weighted mean of ``observe_latency(model, seconds)``: the
+server's time for a call, from its first byte out to its answer (the pipeline reports the time after
+the permit when the transport does not say when the request left) — not the waits before the send
+(the pacer, the connection pool, the send gate): those are the run's own queueing, and counting them
+would make the window feed itself. On a machine short of CPU that loop grew a run's window to its
+``memory_cap`` (calls waiting seconds for the GIL before their first byte).
 
 ``Window`` is asyncio-only (one event loop). ``window_size`` is the pure sizing function.
 """
@@ -106,7 +109,7 @@ class Window:
         self._resize()
 
     def observe_latency(self, model: str, seconds: float) -> None:
-        """One call of ``model`` held its place ``seconds`` (after its permit)."""
+        """One call of ``model`` took the server ``seconds`` (see the module docstring)."""
         if seconds < 0 or not math.isfinite(seconds):
             return
         old = self._latency.get(model)

@@ -39,7 +39,7 @@ import io
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -150,7 +150,7 @@ def _error_in_200(body: bytes) -> bool:
 class PutWriter:
     """Single-request PutObject through ``client``'s signer, connection pool and settings."""
 
-    def __init__(self, client: S3Client, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, client: S3Client) -> None:
         self._client = client
         meta = client.meta
         # The client's own parts (botocore keeps no public name for the first two).
@@ -176,7 +176,6 @@ class PutWriter:
             retry_quota=self._quota,  # type: ignore[arg-type]  # the stubs name the wrong class
             service_name="s3",
         )
-        self._sleep = sleep
         self._buckets: dict[str, tuple[str, str, str]] = {}
         self._lock = threading.Lock()
 
@@ -279,7 +278,7 @@ class PutWriter:
                 error = parsed.get("Error", {})
                 error_class: Any = self._client.exceptions.from_code(error.get("Code"))
                 raise error_class(parsed, "PutObject")
-            self._sleep(delay)
+            time.sleep(delay)  # botocore's backoff, as its endpoint sleeps it
             attempt += 1
 
     def _send(

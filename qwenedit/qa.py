@@ -199,12 +199,12 @@ def _is_blank(img: Image.Image, threshold: float) -> bool:
     under ``threshold``: the same answer, from less work when the image is plainly not blank.
 
     The image is reduced band by band, middle first, into the box reduction ``downscale`` makes
-    (each band's pixels are exactly those rows of it). After 1, 2 and 4 bands, the rows of the final image
-    (after ``downscale``'s bilinear thumbnail, when it has one) that depend only on the reduced rows
-    so far are exact, and over n pixels, for any n_S of them, n·var ≥ n_S·var_S (the variance about
-    the overall mean is at least that about the subset's own). So n_S·var_S ≥ n·threshold² (plus a
-    margin far above float error) proves the image is not blank, and the other bands are never
-    reduced. Otherwise the whole reduction is made and judged exactly as before.
+    (each band's pixels are exactly those rows of it). After 1, 2 and 4 bands, the rows of the final
+    image (after ``downscale``'s bilinear thumbnail, when it has one) that depend only on the rows
+    reduced so far are exact, and over n pixels, for any n_S of them, n·var ≥ n_S·var_S (the
+    variance about the overall mean is at least that about the subset's own). So n_S·var_S ≥
+    n·threshold² (plus a margin far above float error) proves the image is not blank, and the other
+    bands are never reduced. Otherwise the whole reduction is made and judged exactly as before.
     """
     factor = reduction_factor(img.size, BLANK_SIDE)
     reduction = Image.new(reduced_mode(img), (-(-img.width // factor), -(-img.height // factor)))

@@ -173,6 +173,8 @@ def reduce_rows(img: Image.Image, factor: int, top: int, bottom: int) -> Image.I
     result is then exactly those rows of the whole image's reduction (box reduction works block by
     block, and mode conversion pixel by pixel), which ``downscale`` and output QA rely on."""
     mode = reduced_mode(img)
+    if mode == img.mode and mode not in ("RGBA", "LA") and factor > 1:  # (Pillow premultiplies those whole)
+        return img.reduce(factor, (0, top, img.width, bottom))  # no copy of the strip first
     strip = img if (top, bottom) == (0, img.height) else img.crop((0, top, img.width, bottom))
     if strip.mode != mode:
         strip = strip.convert(mode)

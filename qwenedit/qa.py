@@ -65,6 +65,7 @@ MAX_THUMBNAIL_PIXELS = MAX_INPUT_PIXELS
 BLANK_SIDE = 128
 BLANK_STDDEV = 2.0
 _BLANK_BANDS = 8  # the blank check reduces the image in this many bands, middle first, and stops early
+_BLANK_PROOF_AT = (1, 2, 4)  # ... once the bands made so far (this many) prove the image is not blank
 _VARIANCE_MARGIN = 1e-6  # far above the float error of a variance of 8-bit values; far below any image's
 _REDUCING_GAP = 2.0  # Image.thumbnail's default: it box-reduces first from twice this scale
 _LEVELS = range(256)
@@ -198,12 +199,12 @@ def _is_blank(img: Image.Image, threshold: float) -> bool:
     under ``threshold``: the same answer, from less work when the image is plainly not blank.
 
     The image is reduced band by band, middle first, into the box reduction ``downscale`` makes
-    (each band's pixels are exactly those rows of it). After each band, the rows of the final image
-    (after ``downscale``'s bilinear thumbnail, when it has one) that depend only on the reduced rows
-    so far are exact, and over n pixels, for any n_S of them, n·var ≥ n_S·var_S (the variance about
-    the overall mean is at least that about the subset's own). So n_S·var_S ≥ n·threshold² (plus a
-    margin far above float error) proves the image is not blank, and the other bands are never
-    reduced. Otherwise the whole reduction is made and judged exactly as before.
+    (each band's pixels are exactly those rows of it). After 1, 2 and 4 bands, the rows of the final
+    image (after ``downscale``'s bilinear thumbnail, when it has one) that depend only on the rows
+    reduced so far are exact, and over n pixels, for any n_S of them, n·var ≥ n_S·var_S (the
+    variance about the overall mean is at least that about the subset's own). So n_S·var_S ≥
+    n·threshold² (plus a margin far above float error) proves the image is not blank, and the other
+    bands are never reduced. Otherwise the whole reduction is made and judged exactly as before.
     """
     factor = reduction_factor(img.size, BLANK_SIDE)
     reduction = Image.new(reduced_mode(img), (-(-img.width // factor), -(-img.height // factor)))
@@ -214,7 +215,7 @@ def _is_blank(img: Image.Image, threshold: float) -> bool:
     for done, (top, bottom) in enumerate(bands, start=1):
         reduction.paste(reduce_rows(img, factor, top, bottom), (0, top // factor))
         covered[top // factor : -(-bottom // factor)] = [True] * (-(-bottom // factor) - top // factor)
-        if done < len(bands) and _proves_not_blank(reduction, covered, threshold):
+        if done in _BLANK_PROOF_AT and done < len(bands) and _proves_not_blank(reduction, covered, threshold):
             return False
     reduction.thumbnail((BLANK_SIDE, BLANK_SIDE), Image.Resampling.BILINEAR)
     return max(ImageStat.Stat(_flatten(reduction)).stddev) < threshold

@@ -10,7 +10,9 @@ report thumbnails, input validation), so memory per decode has one documented bo
   stay within ``DECODE_MEMORY`` (≈151 MB: one image at the cap, or dozens of ordinary ones at once;
   an image over the budget still runs, alone). Threads wait on memory, not on a fixed count.
 - ``downscale(img, side)`` makes a copy at most ``side`` px a side without a full-size converted copy:
-  it reduces strip by strip (palette, 16-bit, CMYK… are converted one strip at a time).
+  it reduces strip by strip (palette, 16-bit, CMYK… are converted one strip at a time). Its pieces
+  (``reduction_factor``, ``strips``, ``reduce_rows``) are public so output QA can reduce only the
+  strips it needs, to exactly the same pixels.
 
 The input cap is derived from the API's documented input limits (docs/dashscope-api.md §2): each side
 is recommended up to 3072 px, so ``MAX_INPUT_PIXELS`` = 4 × 3072² (37.7 M pixels: 6144 × 6144, or a
@@ -133,7 +135,7 @@ def decoding(
             img.close()  # the pixels are freed before the budget is released (and memory handed back)
 
 
-def _reduced_mode(img: Image.Image) -> str:
+def reduced_mode(img: Image.Image) -> str:
     """The mode ``downscale`` reduces ``img`` in: its own if reducible; RGB for colour without alpha (a
     palette with no transparency, CMYK, YCbCr...), L for bilevel; RGBA otherwise. Reducing RGBA costs
     several times RGB, and an alpha of 255 everywhere changes nothing a reader of the copy sees."""
@@ -149,21 +151,51 @@ def _reduced_mode(img: Image.Image) -> str:
     return "RGBA"
 
 
+def reduction_factor(size: tuple[int, int], side: int) -> int:
+    """The integer box-reduction factor ``downscale`` uses to bring ``size`` near ``side`` px a side."""
+    return max(1, min(size) // side)
+
+
+def strips(img: Image.Image, factor: int, max_rows: int | None = None) -> list[tuple[int, int]]:
+    """Source row ranges ``(top, bottom)`` that tile ``img`` top to bottom for ``reduce_rows``: each
+    a multiple of ``factor`` rows high (bar the last) and small enough that one converted strip
+    stays near ``_STRIP_BYTES``; ``max_rows`` caps the height further."""
+    rows = max(factor, (_STRIP_BYTES // max(1, img.width * 4)) // factor * factor)
+    if max_rows is not None:
+        rows = min(rows, max(factor, max_rows // factor * factor))
+    return [(top, min(img.height, top + rows)) for top in range(0, img.height, rows)]
+
+
+def reduce_rows(img: Image.Image, factor: int, top: int, bottom: int) -> Image.Image:
+    """Source rows ``top``..``bottom`` of ``img`` in ``reduced_mode`` and reduced ``factor`` times.
+
+    ``top`` must be a multiple of ``factor`` (``bottom`` too, unless it is the image's height): the
+    result is then exactly those rows of the whole image's reduction (box reduction works block by
+    block, and mode conversion pixel by pixel), which ``downscale`` and output QA rely on."""
+    mode = reduced_mode(img)
+    if mode == img.mode and mode not in ("RGBA", "LA") and factor > 1:  # (Pillow premultiplies those whole)
+        return img.reduce(factor, (0, top, img.width, bottom))  # no copy of the strip first
+    strip = img if (top, bottom) == (0, img.height) else img.crop((0, top, img.width, bottom))
+    if strip.mode != mode:
+        strip = strip.convert(mode)
+    if factor > 1:
+        return strip.reduce(factor)
+    return img.copy() if strip is img else strip
+
+
 def downscale(img: Image.Image, side: int) -> Image.Image:
-    """A copy no larger than ``side`` px a side, in RGB, RGBA, L or LA (see ``_reduced_mode``), made
+    """A copy no larger than ``side`` px a side, in RGB, RGBA, L or LA (see ``reduced_mode``), made
     by integer box reduction strip by strip, then a bilinear thumbnail: no full-size copy is made."""
-    factor = max(1, min(img.width, img.height) // side)
-    mode = _reduced_mode(img)
-    if factor == 1 and mode == img.mode:
+    factor = reduction_factor(img.size, side)
+    if factor == 1 and reduced_mode(img) == img.mode:
         small = img.copy()
     else:
-        width, height = img.size
-        rows = max(factor, (_STRIP_BYTES // max(1, width * 4)) // factor * factor)
-        small = Image.new(mode, (-(-width // factor), -(-height // factor)))
-        for top in range(0, height, rows):
-            strip = img if rows >= height else img.crop((0, top, width, min(height, top + rows)))
-            if strip.mode != mode:
-                strip = strip.convert(mode)
-            small.paste(strip.reduce(factor) if factor > 1 else strip, (0, top // factor))
+        parts = strips(img, factor)
+        if len(parts) == 1:
+            small = reduce_rows(img, factor, 0, img.height)
+        else:
+            small = Image.new(reduced_mode(img), (-(-img.width // factor), -(-img.height // factor)))
+            for top, bottom in parts:
+                small.paste(reduce_rows(img, factor, top, bottom), (0, top // factor))
     small.thumbnail((side, side), Image.Resampling.BILINEAR)
     return small

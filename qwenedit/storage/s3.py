@@ -1,8 +1,11 @@
 """S3-compatible destinations: a bucket and a prefix, written through the one client factory.
 
-Create-only writes use ``If-None-Match: *`` (a 412 answer means the key exists). A store that refuses
-conditional writes (a 501 about If-None-Match) is remembered and served with HEAD-then-PUT from then
-on: racy, but harmless, since the key is deterministic and the bytes are the same.
+Create-only writes use ``If-None-Match: *`` (a 412 answer means the key exists). A body of known size
+(given, or a ``BytesIO``'s) under ``multipart_threshold`` is stored in one PutObject by
+:class:`~qwenedit.storage.put.PutWriter` on the destination's client; larger or unsized bodies go
+through s3transfer. A store that refuses conditional writes (a 501 about If-None-Match) is remembered
+and served with HEAD-then-PUT from then on: racy, but harmless, since the key is deterministic and the
+bytes are the same.
 :meth:`S3Destination.probe_conditional_writes` finds a store that silently ignores the header.
 """
 
@@ -25,6 +28,7 @@ from qwenedit.errors import ConditionalWritesUnsupported, InvalidKey, StorageErr
 from qwenedit.storage.base import PutOutcome, Readable
 from qwenedit.storage.keys import decode_metadata, encode_metadata, validate_key
 from qwenedit.storage.listing import LIST_WORKERS, install_lean_listing, partitioned_pages
+from qwenedit.storage.put import PutWriter
 from qwenedit.storage.settings import S3Settings, make_conditional_client, make_s3_client
 
 if TYPE_CHECKING:
@@ -74,6 +78,7 @@ class S3Destination:
             client if client is not None else make_s3_client(self.settings, session=session)
         )
         self._session = session
+        self.writer = PutWriter(self.client)
         self._conditional_client: S3Client | None = None
         # A client the caller supplied is used as it is, for listings too; otherwise listings get their own.
         self._listing_client: S3Client | None = client
@@ -92,6 +97,7 @@ class S3Destination:
         return self.prefix + validate_key(key)
 
     def _cond_client(self) -> S3Client:
+        """The client of create-only multipart uploads (s3transfer): ``If-None-Match: *`` on every put."""
         with self._lock:
             if self._conditional_client is None:
                 self._conditional_client = make_conditional_client(self.settings, self._session)
@@ -121,10 +127,12 @@ class S3Destination:
         size: int | None = None,
     ) -> PutOutcome:
         full = self._key(key)
-        extra = {"ContentType": content_type, "Metadata": encode_metadata(metadata)}
+        meta = encode_metadata(metadata)
+        if size is None and isinstance(fileobj, io.BytesIO):
+            size = fileobj.getbuffer().nbytes - fileobj.tell()
         if self._conditional:
             try:
-                self._upload(self._cond_client(), fileobj, full, extra, size)
+                self._upload(fileobj, full, content_type, meta, size, create_only=True)
                 return "created"
             except botocore.exceptions.ClientError as exc:
                 code = s3_error_code(exc)
@@ -147,18 +155,31 @@ class S3Destination:
                 ) from None
         if self.exists(key):
             return "exists"
-        self._upload(self.client, fileobj, full, extra, size)
+        self._upload(fileobj, full, content_type, meta, size, create_only=False)
         return "created"
 
     def _upload(
-        self, client: S3Client, fileobj: Readable, full_key: str, extra: dict[str, Any], size: int | None
+        self,
+        fileobj: Readable,
+        full_key: str,
+        content_type: str,
+        metadata: dict[str, str],
+        size: int | None,
+        *,
+        create_only: bool,
     ) -> None:
         if size is not None and size < self.settings.multipart_threshold:
             # One PutObject, as s3transfer would send for a body this small, without a transfer manager
-            # (and its thread pools) per object: most of the CPU an upload of an output image cost.
-            data = fileobj.getvalue() if isinstance(fileobj, io.BytesIO) else fileobj.read()
-            client.put_object(Bucket=self.bucket, Key=full_key, Body=data, **extra)
+            # (and its thread pools) per object, and without the client's per-call work (PutWriter).
+            data = (
+                fileobj.getvalue()
+                if isinstance(fileobj, io.BytesIO) and not fileobj.tell()
+                else fileobj.read()
+            )
+            self.writer.put(self.bucket, full_key, data, content_type, metadata, create_only=create_only)
             return
+        client = self._cond_client() if create_only else self.client
+        extra = {"ContentType": content_type, "Metadata": metadata}
         # What client.upload_fileobj does, plus telling s3transfer the size when we know it.
         subscribers = [_ProvideSize(size)] if size is not None else None
         body = cast(IO[bytes], fileobj)  # s3transfer only calls read(n) on non-seekable input
@@ -175,7 +196,7 @@ class S3Destination:
                 return self.put_create_only(key, io.BytesIO(data), content_type, size=size)
             except ConditionalWritesUnsupported:  # now HEAD-then-PUT
                 return self.put_create_only(key, io.BytesIO(data), content_type, size=size)
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        self.writer.put(self.bucket, self._key(key), data, content_type)
         return "created"
 
     def get_bytes(self, key: str) -> bytes | None:
@@ -255,12 +276,12 @@ class S3Destination:
         if not self.settings.conditional_writes:
             return False
         full = self._key(f".qwenedit-probe/{uuid.uuid4().hex}")
-        client = self._cond_client()
+        put = self.writer.put
         honoured = False
         try:
-            client.put_object(Bucket=self.bucket, Key=full, Body=b"1")
+            put(self.bucket, full, b"1", "application/octet-stream", create_only=True)
             try:
-                client.put_object(Bucket=self.bucket, Key=full, Body=b"2")
+                put(self.bucket, full, b"2", "application/octet-stream", create_only=True)
             except botocore.exceptions.ClientError as exc:
                 honoured = s3_error_code(exc) in _EXISTS_CODES or s3_status(exc) == 412
                 if not honoured and not _refuses_if_none_match(exc):

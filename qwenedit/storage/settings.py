@@ -1,8 +1,9 @@
 """How to talk to an S3-compatible store: :class:`S3Settings` and THE S3 client factory.
 
-Every S3 call in qwenedit goes through a client made by :func:`make_s3_client`; create-only writes use
-a second client from :func:`make_conditional_client` (``If-None-Match: *`` on every put). Settings hold
-no credentials: boto3's standard chain supplies them.
+Every S3 call in qwenedit goes through a client made by :func:`make_s3_client` (objects stored in one
+request through its signer, pool and retry settings: :mod:`qwenedit.storage.put`); create-only uploads
+through s3transfer use a second client from :func:`make_conditional_client` (``If-None-Match: *`` on
+every put). Settings hold no credentials: boto3's standard chain supplies them.
 
 Environment variables (:meth:`S3Settings.from_env` reads ``QWENEDIT_S3_*``; boto3 reads ``AWS_*``):
 

@@ -17,7 +17,7 @@ import pytest
 
 from devkit.moto import MotoServer
 from devkit.seaweed import SeaweedServer, ensure_bucket
-from qwenedit.storage import MiB, S3Destination
+from qwenedit.storage import MiB, S3Destination, encode_metadata
 
 pytestmark = pytest.mark.slow  # starts SeaweedFS servers of its own (plain and TLS) and restarts one
 
@@ -140,8 +140,9 @@ def _record_put_headers(dest: S3Destination) -> list[dict[str, str]]:
     def record(request: Any, **_: Any) -> None:
         seen.append({k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
 
-    for op in ("PutObject", "UploadPart"):
-        dest._cond_client().meta.events.register(f"before-send.s3.{op}", record)
+    for op in ("PutObject", "UploadPart"):  # one PUT (the destination's writer) and s3transfer's multipart
+        for client in (dest.client, dest._cond_client()):
+            client.meta.events.register(f"before-send.s3.{op}", record)
     return seen
 
 
@@ -181,3 +182,39 @@ def test_tls_when_required_sends_plain_bodies(tls_seaweed: SeaweedServer) -> Non
     assert seen and not any("aws-chunked" in h.get("Content-Encoding", "") for h in seen)
     assert not any(k.lower().startswith("x-amz-checksum") for h in seen for k in h)
     assert dest.get_bytes("a.png") == b"png"
+
+
+def test_tls_one_put_sends_what_put_object_sends(tls_seaweed: SeaweedServer) -> None:
+    # The destination's writer over HTTPS: an aws-chunked body with a trailing CRC32, as boto3 sends it.
+    dest = S3Destination(
+        "tls-bucket", "writer", settings=tls_seaweed.settings(), session=tls_seaweed.session()
+    )
+    seen = _record_put_headers(dest)
+    body, meta = os.urandom(50_000), encode_metadata({"prompt": "换成夜景"})
+    dest.client.put_object(
+        Bucket="tls-bucket",
+        Key="writer/c.png",
+        Body=body,
+        ContentType="image/png",
+        Metadata=meta,
+        IfNoneMatch="*",
+    )
+    assert dest.put_create_only("w.png", io.BytesIO(body), "image/png", {"prompt": "换成夜景"}) == "created"
+    assert dest.put_create_only("w.png", io.BytesIO(b"x"), "image/png") == "exists"
+    volatile = {
+        "authorization",
+        "x-amz-date",
+        "user-agent",
+        "amz-sdk-invocation-id",
+        "amz-sdk-request",
+        "expect",
+    }
+    by_client, by_writer = (
+        {k.lower(): v for k, v in h.items() if k.lower() not in volatile} for h in seen[:2]
+    )
+    assert by_writer == by_client
+    assert by_writer["content-encoding"] == "aws-chunked"
+    assert by_writer["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert dest.get_bytes("w.png") == body
+    head = dest.head("w.png")
+    assert head is not None and head["metadata"] == {"prompt": "换成夜景"}

@@ -27,6 +27,7 @@ from qwenedit.storage import (
     parse_size,
 )
 from tests.fixtures.s3 import S3Bucket
+from tests.storage.answers import Answers, conditional, error, response
 
 # ---------------------------------------------------------------------------------------------------------
 # Settings (pure)
@@ -381,15 +382,10 @@ def test_probe_detects_honoured_conditional_writes(s3_bucket: S3Bucket) -> None:
     assert s3_bucket.keys() == []  # the canary was cleaned up
 
 
-def _strip_if_none_match(request: Any, **_: Any) -> None:  # before signing: the signature still holds
-    if "If-None-Match" in request.headers:
-        del request.headers["If-None-Match"]
-
-
 def test_probe_falls_back_when_store_ignores_if_none_match(s3_bucket: S3Bucket) -> None:
-    # Simulates rclone/JuiceFS, which silently overwrite: the header never reaches the store.
+    # Simulates rclone/JuiceFS, which silently overwrite: every create-only PUT is answered 200.
     dest = s3_bucket.destination()
-    dest._cond_client().meta.events.register("before-sign.s3", _strip_if_none_match)
+    Answers(forever=response(200), when=conditional).install(dest.client)
     assert dest.probe_conditional_writes() is False
     assert not dest.conditional_writes
     assert dest.put_create_only("k.png", io.BytesIO(b"one"), "image/png") == "created"
@@ -397,63 +393,60 @@ def test_probe_falls_back_when_store_ignores_if_none_match(s3_bucket: S3Bucket) 
     assert dest.get_bytes("k.png") == b"one"
 
 
-class _NotImplementedResponse:
-    status_code = 501
-    headers: dict[str, str] = {}  # noqa: RUF012
-    raw = None
-    text = ""
-    content = b""
+_NOT_IMPLEMENTED = error(501, "NotImplemented", "If-None-Match not supported")
 
 
-def _refuse_conditional_put(params: dict[str, Any], **_: Any) -> Any:
-    if "If-None-Match" not in params.get("headers", {}):
-        return None
-    parsed = {
-        "Error": {"Code": "NotImplemented", "Message": "If-None-Match not supported"},
-        "ResponseMetadata": {"HTTPStatusCode": 501, "HTTPHeaders": {}},
-    }
-    return _NotImplementedResponse(), parsed
-
-
-def test_store_refusing_if_none_match_switches_to_head_then_put(s3_bucket: S3Bucket) -> None:
+@pytest.mark.parametrize("streamed", [False, True], ids=["one-put", "s3transfer"])
+def test_store_refusing_if_none_match_switches_to_head_then_put(s3_bucket: S3Bucket, streamed: bool) -> None:
     dest = s3_bucket.destination()
-    dest._cond_client().meta.events.register("before-call.s3.PutObject", _refuse_conditional_put)
+    for client in (dest.client, dest._cond_client()):
+        Answers(forever=_NOT_IMPLEMENTED, when=conditional).install(client)
+
+    def body(data: bytes) -> Any:  # a reader of unknown size goes through s3transfer
+        return _Reader(data) if streamed else io.BytesIO(data)
+
     with pytest.raises(ConditionalWritesUnsupported, match="QWENEDIT_S3_CONDITIONAL_WRITES=off"):
-        dest.put_create_only("s.png", io.BytesIO(b"s"), "image/png")
+        dest.put_create_only("s.png", body(b"s"), "image/png")
     assert not dest.conditional_writes
     assert s3_bucket.keys() == []
-    assert dest.put_create_only("s.png", io.BytesIO(b"s"), "image/png") == "created"  # the retry
-    assert dest.put_create_only("s.png", io.BytesIO(b"t"), "image/png") == "exists"
+    assert dest.put_create_only("s.png", body(b"s"), "image/png") == "created"  # the retry
+    assert dest.put_create_only("s.png", body(b"t"), "image/png") == "exists"
     assert dest.get_bytes("s.png") == b"s"
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self._body = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._body.read(n)
+
+
+def test_a_501_about_a_checksum_is_an_error_not_a_switch(s3_bucket: S3Bucket) -> None:
+    dest = s3_bucket.destination()
+    Answers(error(501, "NotImplemented", "x-amz-checksum-crc32 is not supported")).install(dest.client)
+    with pytest.raises(botocore.exceptions.ClientError, match="NotImplemented"):
+        dest.put_create_only("s.png", io.BytesIO(b"s"), "image/png")
+    assert dest.conditional_writes
 
 
 def test_put_bytes_create_only_retries_by_itself_after_the_switch(s3_bucket: S3Bucket) -> None:
     dest = s3_bucket.destination()
-    dest._cond_client().meta.events.register("before-call.s3.PutObject", _refuse_conditional_put)
+    Answers(forever=_NOT_IMPLEMENTED, when=conditional).install(dest.client)
     assert dest.put_bytes("done.json", b"1", "application/json", overwrite=False) == "created"
     assert dest.put_bytes("done.json", b"2", "application/json", overwrite=False) == "exists"
     assert dest.get_bytes("done.json") == b"1"
 
 
-class _ConflictResponse(_NotImplementedResponse):
-    status_code = 409
-
-
-def _conflict(params: dict[str, Any], **_: Any) -> Any:
-    parsed = {
-        "Error": {"Code": "ConditionalRequestConflict", "Message": "concurrent write"},
-        "ResponseMetadata": {"HTTPStatusCode": 409, "HTTPHeaders": {}},
-    }
-    return _ConflictResponse(), parsed
-
-
 def test_conflicting_concurrent_write_is_exists_only_if_the_other_writer_won(s3_bucket: S3Bucket) -> None:
     dest = s3_bucket.destination()
-    dest._cond_client().meta.events.register("before-call.s3.PutObject", _conflict)
+    conflict = error(409, "ConditionalRequestConflict", "concurrent write")
+    Answers(forever=conflict, when=conditional).install(dest.client)
     with pytest.raises(botocore.exceptions.ClientError, match="ConditionalRequestConflict"):
         dest.put_create_only("c.png", io.BytesIO(b"mine"), "image/png")  # nobody won: retry later
     dest.put_bytes("c.png", b"theirs", "image/png")  # the other writer lands
     assert dest.put_create_only("c.png", io.BytesIO(b"mine"), "image/png") == "exists"
+    assert dest.get_bytes("c.png") == b"theirs"
     assert dest.conditional_writes
 
 

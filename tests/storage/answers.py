@@ -12,6 +12,17 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
+# Headers that differ between any two requests, or that only botocore sends (SDK telemetry, and the
+# Expect: 100-continue it puts on every PutObject, which PutWriter sends from 1 MiB only).
+VOLATILE_HEADERS = frozenset(
+    {"authorization", "x-amz-date", "user-agent", "amz-sdk-invocation-id", "amz-sdk-request", "expect"}
+)
+
+
+def stable_headers(headers: Any) -> dict[str, str]:
+    """A request's headers without the volatile ones, names in lower case: what two writers must agree on."""
+    return {k.lower(): v for k, v in dict(headers).items() if k.lower() not in VOLATILE_HEADERS}
+
 
 class _Raw:
     def __init__(self, body: bytes) -> None:

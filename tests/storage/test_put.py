@@ -23,23 +23,7 @@ from qwenedit.errors import is_transient_storage_error, s3_error_code, s3_reason
 from qwenedit.storage import MiB, S3Destination, S3Settings, encode_metadata, make_s3_client
 from qwenedit.storage.put import PutWriter, _Headers, _Request, _S3SigV4Auth
 from tests.fixtures.s3 import S3Bucket
-from tests.storage.answers import Answers, error, error_body, response
-
-# Headers that differ between any two requests, or that only botocore sends (SDK telemetry, and the
-# Expect: 100-continue it puts on every PutObject, which PutWriter sends from 1 MiB only).
-_VOLATILE = {
-    "authorization",
-    "x-amz-date",
-    "user-agent",
-    "amz-sdk-invocation-id",
-    "amz-sdk-request",
-    "expect",
-}
-
-
-def _stable(headers: dict[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower() not in _VOLATILE}
-
+from tests.storage.answers import Answers, error, error_body, response, stable_headers
 
 # ---------------------------------------------------------------------------------------------------------
 # The request (pure: no store)
@@ -146,7 +130,7 @@ def test_the_writer_sends_what_put_object_sends(s3_bucket: S3Bucket, checksum_mo
         IfNoneMatch="*",
     )
     dest.writer.put(s3_bucket.bucket, "by-writer.png", body, "image/png", meta, create_only=True)
-    by_client, by_writer = (_stable(h) for h in seen.seen)
+    by_client, by_writer = (stable_headers(h) for h in seen.seen)
     assert by_writer == by_client
     assert by_writer["if-none-match"] == "*" and by_writer["x-amz-meta-job-id"] == "j1"
     assert ("x-amz-checksum-crc32" in by_writer) == (checksum_mode == "when_supported")
